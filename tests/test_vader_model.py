@@ -1,0 +1,174 @@
+"""The meta-architecture: loss formula, momentum arithmetic, queue order, gradients, checkpoints."""
+
+import math
+
+import pytest
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from vader_d2.modeling.vader import info_nce_loss, sample_grid
+
+from .helpers import demo_cfg, fake_batch
+
+
+def direct_info_nce(q, k, negatives, q_ids, neg_ids, t):
+    """The formula of method.md, written out per query in float64."""
+    total = 0.0
+    for i in range(q.shape[0]):
+        pos = math.exp(float(q[i] @ k[i]) / t)
+        neg = sum(
+            math.exp(float(q[i] @ negatives[j]) / t)
+            for j in range(negatives.shape[0])
+            if neg_ids[j] >= 0 and neg_ids[j] != q_ids[i]
+        )
+        total += -math.log(pos / (pos + neg))
+    return total / q.shape[0]
+
+
+def unit(*shape):
+    return torch.nn.functional.normalize(torch.randn(*shape, dtype=torch.float64), dim=-1)
+
+
+@pytest.mark.parametrize("temperature", [0.07, 0.5])
+def test_loss_matches_direct_formula(temperature):
+    torch.manual_seed(0)
+    q, k, negatives = unit(6, 8), unit(6, 8), unit(20, 8)
+    q_ids = torch.tensor([0, 0, 1, 1, 2, 3])
+    neg_ids = torch.tensor([0, 1, 2, 5, 6, -1, -1, 7, 0, 1, 8, 9, 3, 3, 4, 4, 5, 5, -1, 9])
+    loss, *_ = info_nce_loss(q, k, negatives, q_ids, neg_ids, temperature)
+    expected = direct_info_nce(q, k, negatives, q_ids, neg_ids, temperature)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_negatives_from_own_image_do_not_count():
+    torch.manual_seed(1)
+    q, k, negatives = unit(4, 8), unit(4, 8), unit(10, 8)
+    q_ids = torch.tensor([3, 3, 4, 4])
+    neg_ids = torch.tensor([3, 3, 3, 4, 7, 7, 8, 8, -1, 3])
+    _, _, _, excluded = info_nce_loss(q, k, negatives, q_ids, neg_ids, 0.1)
+    assert torch.equal(excluded, (neg_ids[None] == q_ids[:, None]) | (neg_ids[None] < 0))
+
+    q_ids = torch.tensor([3, 3, 3, 3])
+    loss = info_nce_loss(q, k, negatives, q_ids, neg_ids, 0.1)[0]
+    # Moving a negative of the queries' own image (or an empty slot) must not change the loss.
+    moved = negatives.clone()
+    moved[[0, 1, 2, 8, 9]] = q[0]
+    assert info_nce_loss(q, k, moved, q_ids, neg_ids, 0.1)[0].item() == pytest.approx(loss.item(), rel=1e-12)
+    # ...while moving a negative of another image does.
+    moved[3] = q[0]
+    assert info_nce_loss(q, k, moved, q_ids, neg_ids, 0.1)[0].item() != pytest.approx(loss.item(), rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = build_model(demo_cfg())
+    m.train()
+    return m
+
+
+def test_momentum_update_arithmetic(model):
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in model.query_encoder.parameters():
+            p.add_(torch.randn_like(p))
+    before = [p.detach().clone() for p in model.key_encoder.parameters()]
+    query = [p.detach().clone() for p in model.query_encoder.parameters()]
+    model.momentum_update_key_encoder()
+    m = model.momentum
+    for b, q, after in zip(before, query, model.key_encoder.parameters()):
+        expected = (m * b.double() + (1 - m) * q.double()).float()
+        torch.testing.assert_close(after, expected, rtol=0, atol=2e-6)
+    assert not any(torch.equal(b, a) for b, a in zip(before, model.key_encoder.parameters()))
+
+
+def test_reset_key_encoder_copies_query(model):
+    model.reset_key_encoder()
+    for (name, q), k in zip(model.query_encoder.state_dict().items(), model.key_encoder.state_dict().values()):
+        assert torch.equal(q, k), name
+
+
+def test_queue_is_fifo_and_wraps(model):
+    size, dim = model.queue.shape
+    model.queue.zero_()
+    model.queue_image_ids.fill_(-1)
+    model.queue_ptr.zero_()
+    chunk = size // 4 + 3  # not a divisor of the queue size: exercises the wrap inside one write
+    written = []
+    for step in range(6):
+        keys = torch.full((chunk, dim), float(step))
+        ids = torch.arange(chunk) + 100_000 * step
+        model.enqueue(keys, ids)
+        written.append(ids)
+    stream = torch.cat(written)
+    # The queue holds the last `size` ids written, each in slot (position in stream) mod size.
+    last = stream[-size:]
+    slots = (torch.arange(stream.numel() - size, stream.numel())) % size
+    assert torch.equal(model.queue_image_ids[slots], last)
+    assert int(model.queue_ptr) == stream.numel() % size
+    assert torch.equal(model.queue[slots, 0], (last // 100_000).float())
+
+
+def test_no_gradient_reaches_key_encoder(model):
+    model.zero_grad(set_to_none=True)
+    with EventStorage(0):
+        losses = model(fake_batch(4, crop=128))
+    sum(losses.values()).backward()
+    assert all(p.grad is None and not p.requires_grad for p in model.key_encoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.query_encoder.parameters())
+
+
+def test_batch_of_one_image_has_no_negatives(model):
+    """Every key in the queue comes from the query's own image: nothing to contrast, loss exactly 0."""
+    model.queue_image_ids.fill_(-1)
+    batch = fake_batch(3, crop=128)
+    for x in batch:
+        x["image_id"] = 42
+    with EventStorage(0):
+        loss = model(batch)["loss_vader"]
+    assert loss.item() == 0.0
+
+
+def test_checkpoint_restores_key_encoder_and_queue(model, tmp_path):
+    with EventStorage(0):
+        for _ in range(2):
+            model(fake_batch(4, crop=128))
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("snapshot")
+    torch.manual_seed(123)
+    restored = build_model(demo_cfg())
+    DetectionCheckpointer(restored).load(str(tmp_path / "snapshot.pth"))
+    original = model.state_dict()
+    for name, value in restored.state_dict().items():
+        assert torch.equal(value, original[name]), name
+    assert int(restored.queue_ptr) == int(model.queue_ptr) != 0
+
+
+def test_dense_embeddings_are_unit_vectors_at_stride_4(model):
+    model.eval()
+    try:
+        out = model([{"image": torch.randint(0, 256, (3, 100, 150), dtype=torch.uint8)}])
+    finally:
+        model.train()
+    embedding = out[0]["embedding"]
+    assert embedding.shape == (model.key_encoder.head.projection.out_channels, 25, 38)
+    torch.testing.assert_close(embedding.norm(dim=0), torch.ones(25, 38), rtol=0, atol=1e-5)
+
+
+def test_sample_grid_reads_cells_exactly_and_interpolates_between():
+    torch.manual_seed(3)
+    embeddings = torch.nn.functional.normalize(torch.randn(2, 4, 5, 7), dim=1)
+    positions = torch.tensor([[[0.0, 0.0], [6.0, 4.0]], [[3.0, 2.0], [1.0, 1.0]]])
+    for mode in ("bilinear", "nearest"):
+        sampled = sample_grid(embeddings, positions, mode)
+        for b in range(2):
+            for p in range(2):
+                x, y = positions[b, p].long()
+                torch.testing.assert_close(sampled[b, p], embeddings[b, :, y, x])
+    halfway = sample_grid(embeddings[:1], torch.tensor([[[2.5, 1.0]]]), "bilinear")[0, 0]
+    expected = torch.nn.functional.normalize(embeddings[0, :, 1, 2] + embeddings[0, :, 1, 3], dim=0)
+    torch.testing.assert_close(halfway, expected)
+    nearest = sample_grid(embeddings[:1], torch.tensor([[[2.4, 0.6]]]), "nearest")[0, 0]
+    torch.testing.assert_close(nearest, embeddings[0, :, 1, 2])

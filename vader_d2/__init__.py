@@ -1,0 +1,18 @@
+"""VADeR (View-Agnostic Dense Representations) as a Detectron2 plugin.
+
+Importing the package registers the VADeR meta-architecture and the datasets it knows about.
+"""
+
+try:
+    import detectron2  # noqa: F401
+except ImportError:  # pragma: no cover - exercised by a subprocess test
+    raise SystemExit(
+        "vader_d2 needs Detectron2, which is not installed in this Python; "
+        "run `make setup` in the vader_d2 checkout (or see README.md) to install it."
+    ) from None
+
+from .config import add_vader_config
+from .data import VADeRViewMapper, register_unlabeled_folder
+from .modeling import VADeR, DenseHead
+
+__all__ = ["add_vader_config", "VADeRViewMapper", "register_unlabeled_folder", "VADeR", "DenseHead"]

@@ -1,0 +1,306 @@
+"""
+The VADeR meta-architecture: query and momentum key encoders, the negative queue and the pixel InfoNCE.
+
+One training step, for a batch of images each given as two views plus the correspondence between them:
+
+1. the query encoder embeds view 1 densely (one L2-normalised vector per stride-4 cell);
+2. the key encoder (a momentum average of the query encoder, no gradient) embeds view 2;
+3. per image, PAIRS_PER_IMAGE cells of view 1 that have a match in view 2 are drawn at random; a
+   query is the cell's view-1 embedding, its positive key the view-2 embedding at the matched location;
+4. negatives are the keys in the queue that come from *other images* (a key from the query's own image,
+   whether from this batch or an earlier epoch, is masked out);
+5. InfoNCE with temperature-scaled cosine similarity; then the batch's keys (all-gathered across
+   processes) are written to the queue, oldest first out.
+
+The current batch's keys are enqueued *before* the loss is computed, so the other images of the batch
+serve as negatives too (the freshest ones available), and the first step already has negatives.
+
+``MODEL.VADER.LOSS = "global"`` runs the MoCo v2 baseline through the same code: the encoders pool the
+backbone's last stage into one vector per view and each image contributes one query/key pair.
+"""
+
+import copy
+from typing import Dict, List
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.structures import ImageList
+from detectron2.utils.events import get_event_storage
+
+from .dense_head import DenseHead
+
+__all__ = ["VADeR", "DenseEncoder", "GlobalEncoder", "info_nce_loss", "concat_all_gather"]
+
+
+class DenseEncoder(nn.Module):
+    """Backbone (ResNet-FPN) + dense head: images (B, 3, H, W) -> embeddings (B, D, H/4, W/4)."""
+
+    def __init__(self, backbone: Backbone, head: DenseHead):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, images):
+        return self.head(self.backbone(images))
+
+
+class GlobalEncoder(nn.Module):
+    """MoCo v2 encoder on the same backbone: pooled ``in_feature`` -> 2-layer MLP -> (B, D), normalised."""
+
+    def __init__(self, backbone: Backbone, in_feature: str, hidden_dim: int, embed_dim: int):
+        super().__init__()
+        self.backbone = backbone
+        self.in_feature = in_feature
+        channels = backbone.bottom_up.output_shape()[in_feature].channels
+        self.head = nn.Sequential(nn.Linear(channels, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, embed_dim))
+        # MoCo transfers only the ResNet; the FPN is not part of the baseline's computation.
+        for name, p in backbone.named_parameters():
+            if not name.startswith("bottom_up."):
+                p.requires_grad_(False)
+
+    def forward(self, images):
+        features = self.backbone.bottom_up(images)[self.in_feature]
+        return F.normalize(self.head(features.mean(dim=(2, 3))), dim=1)
+
+
+def info_nce_loss(queries, keys, negatives, query_image_ids, negative_image_ids, temperature):
+    """
+    L = -log( exp(q.k/t) / (exp(q.k/t) + sum_n exp(q.n/t)) ), averaged over queries.
+
+    Negatives whose image id equals the query's, or is negative (an empty queue slot), are excluded.
+    Returns the loss and the (N, K) masked negative logits (for diagnostics).
+    """
+    positive = (queries * keys).sum(dim=1) / temperature
+    negative = (queries @ negatives.t()).float() / temperature
+    excluded = (negative_image_ids[None, :] < 0) | (negative_image_ids[None, :] == query_image_ids[:, None])
+    # A finite floor instead of -inf keeps rows with no usable negative finite (their loss is 0).
+    negative = negative.masked_fill(excluded, torch.finfo(negative.dtype).min)
+    normaliser = torch.logaddexp(positive.float(), torch.logsumexp(negative, dim=1))
+    return (normaliser - positive.float()).mean(), positive, negative, excluded
+
+
+@torch.no_grad()
+def concat_all_gather(tensor):
+    """Concatenate ``tensor`` from every process along dim 0 (a no-op without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered, dim=0)
+
+
+def sample_grid(embeddings, positions, mode):
+    """
+    Read (B, D, H, W) embeddings at (B, P, 2) sub-cell grid positions (x, y; cell (r, c) is at (c, r)).
+    Returns (B, P, D), re-normalised after bilinear interpolation.
+    """
+    height, width = embeddings.shape[-2:]
+    if mode == "nearest":
+        x = positions[..., 0].round().clamp_(0, width - 1).long()
+        y = positions[..., 1].round().clamp_(0, height - 1).long()
+        flat = embeddings.flatten(2)
+        return torch.gather(flat, 2, (y * width + x)[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2)
+    # grid_sample's align_corners=False puts cell c's centre at (2c + 1) / size - 1.
+    size = positions.new_tensor([width, height])
+    grid = (2 * positions + 1) / size - 1
+    sampled = F.grid_sample(embeddings, grid[:, :, None, :], mode="bilinear", padding_mode="border", align_corners=False)
+    return F.normalize(sampled[..., 0].transpose(1, 2), dim=2)
+
+
+@META_ARCH_REGISTRY.register()
+class VADeR(nn.Module):
+    @configurable
+    def __init__(
+        self,
+        *,
+        encoder: nn.Module,
+        loss_type: str,
+        embed_dim: int,
+        queue_size: int,
+        momentum: float,
+        temperature: float,
+        pairs_per_image: int,
+        symmetric: bool,
+        key_sampling: str,
+        metrics_period: int,
+        pixel_mean: List[float],
+        pixel_std: List[float],
+    ):
+        super().__init__()
+        self.query_encoder = encoder
+        self.key_encoder = copy.deepcopy(encoder)
+        self.key_encoder.requires_grad_(False)
+        self.loss_type = loss_type
+        self.momentum = momentum
+        self.temperature = temperature
+        self.pairs_per_image = pairs_per_image
+        self.symmetric = symmetric
+        self.key_sampling = key_sampling
+        self.metrics_period = metrics_period
+
+        self.register_buffer("queue", torch.zeros(queue_size, embed_dim))
+        # Image id of every queued key; -1 marks a slot not yet filled.
+        self.register_buffer("queue_image_ids", torch.full((queue_size,), -1, dtype=torch.long))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.skipped_images = 0
+
+    @classmethod
+    def from_config(cls, cfg):
+        v = cfg.MODEL.VADER
+        backbone = build_backbone(cfg)
+        if v.LOSS == "dense":
+            encoder = DenseEncoder(backbone, DenseHead(cfg, backbone.output_shape()))
+        else:
+            encoder = GlobalEncoder(backbone, v.GLOBAL_HEAD.IN_FEATURE, v.GLOBAL_HEAD.HIDDEN_DIM, v.EMBED_DIM)
+        return {
+            "encoder": encoder,
+            "loss_type": v.LOSS,
+            "embed_dim": v.EMBED_DIM,
+            "queue_size": v.QUEUE_SIZE,
+            "momentum": v.MOMENTUM,
+            "temperature": v.TEMPERATURE,
+            "pairs_per_image": v.PAIRS_PER_IMAGE,
+            "symmetric": v.SYMMETRIC,
+            "key_sampling": v.KEY_SAMPLING,
+            "metrics_period": v.METRICS_PERIOD,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+        }
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    @property
+    def backbone(self):
+        return self.query_encoder.backbone
+
+    @torch.no_grad()
+    def reset_key_encoder(self):
+        """Make the key encoder a copy of the query encoder (the start of a fresh run)."""
+        for key, query in zip(self.key_encoder.state_dict().values(), self.query_encoder.state_dict().values()):
+            key.copy_(query)
+
+    @torch.no_grad()
+    def momentum_update_key_encoder(self):
+        """theta_k <- m * theta_k + (1 - m) * theta_q, for all parameters at once."""
+        key_params = list(self.key_encoder.parameters())
+        torch._foreach_mul_(key_params, self.momentum)
+        torch._foreach_add_(key_params, list(self.query_encoder.parameters()), alpha=1.0 - self.momentum)
+
+    @torch.no_grad()
+    def enqueue(self, keys, image_ids):
+        """Write keys (all processes' keys, in rank order) over the oldest queue entries."""
+        keys = concat_all_gather(keys)
+        image_ids = concat_all_gather(image_ids)
+        slots = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % self.queue.shape[0]
+        self.queue.index_copy_(0, slots, keys.to(self.queue.dtype))
+        self.queue_image_ids.index_copy_(0, slots, image_ids)
+        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % self.queue.shape[0])
+
+    def normalize(self, images: List[torch.Tensor]):
+        return (torch.stack(images).to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
+
+    def forward(self, batched_inputs: List[Dict]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        view1 = self.normalize([x["view1"] for x in batched_inputs])
+        view2 = self.normalize([x["view2"] for x in batched_inputs])
+        image_ids = torch.tensor([x["image_id"] for x in batched_inputs], device=self.device)
+        self.skipped_images += sum(x.get("num_skipped", 0) for x in batched_inputs)
+
+        with torch.no_grad():
+            self.momentum_update_key_encoder()
+        if self.loss_type == "dense":
+            queries, keys, query_ids = self.dense_pairs(batched_inputs, view1, view2, image_ids)
+        else:
+            queries, keys, query_ids = self.global_pairs(view1, view2, image_ids)
+
+        self.enqueue(keys, query_ids)
+        loss, positive, negative, excluded = info_nce_loss(
+            queries, keys, self.queue, query_ids, self.queue_image_ids, self.temperature
+        )
+        self.log_metrics(batched_inputs, positive, negative, excluded)
+        return {"loss_vader" if self.loss_type == "dense" else "loss_moco": loss}
+
+    def dense_pairs(self, batched_inputs, view1, view2, image_ids):
+        """Queries and positive keys for PAIRS_PER_IMAGE matched cells per image (both directions if symmetric)."""
+        valid = torch.stack([x["valid"] for x in batched_inputs]).to(self.device).flatten(1)
+        matches = torch.stack([x["correspondence"] for x in batched_inputs]).to(self.device).flatten(1, 2)
+        # Uniform choice among valid cells without replacement: the top-P of random scores, invalid last.
+        scores = torch.rand(valid.shape, device=self.device).masked_fill_(~valid, -1.0)
+        cells = scores.topk(self.pairs_per_image, dim=1).indices  # (B, P) flat view-1 cell indices
+        positions = torch.gather(matches, 1, cells[..., None].expand(-1, -1, 2))  # (B, P, 2) in view 2
+
+        def at_cells(embeddings):
+            flat = embeddings.flatten(2)
+            return torch.gather(flat, 2, cells[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2)
+
+        queries = [at_cells(self.query_encoder(view1))]
+        with torch.no_grad():
+            keys = [sample_grid(self.key_encoder(view2), positions, self.key_sampling)]
+        if self.symmetric:
+            queries.append(sample_grid(self.query_encoder(view2), positions, self.key_sampling))
+            with torch.no_grad():
+                keys.append(at_cells(self.key_encoder(view1)))
+        query_ids = image_ids[:, None].expand(-1, self.pairs_per_image).reshape(-1)
+        return (
+            torch.cat([q.reshape(-1, q.shape[-1]) for q in queries]),
+            torch.cat([k.reshape(-1, k.shape[-1]) for k in keys]),
+            query_ids.repeat(len(queries)),
+        )
+
+    def global_pairs(self, view1, view2, image_ids):
+        queries = [self.query_encoder(view1)]
+        with torch.no_grad():
+            keys = [self.key_encoder(view2)]
+        if self.symmetric:
+            queries.append(self.query_encoder(view2))
+            with torch.no_grad():
+                keys.append(self.key_encoder(view1))
+        return torch.cat(queries), torch.cat(keys), image_ids.repeat(len(queries))
+
+    @torch.no_grad()
+    def log_metrics(self, batched_inputs, positive, negative, excluded):
+        storage = get_event_storage()
+        # Reading these values forces a device sync: only on the logging period.
+        if storage.iter % self.metrics_period != 0:
+            return
+        usable = ~excluded
+        negative_cos = (negative * self.temperature).masked_fill(excluded, 0).sum() / usable.sum().clamp(min=1)
+        hardest = negative.max(dim=1).values
+        storage.put_scalars(
+            vader_positive_similarity=(positive * self.temperature).mean().item(),
+            vader_negative_similarity=negative_cos.item(),
+            vader_top1_accuracy=(positive > hardest).float().mean().item(),
+            vader_queue_fill=(self.queue_image_ids >= 0).float().mean().item(),
+            vader_skipped_images=self.skipped_images,
+            smoothing_hint=False,
+        )
+        if self.loss_type == "dense":
+            matches = sum(int(x["valid"].sum()) for x in batched_inputs) / len(batched_inputs)
+            storage.put_scalar("vader_valid_matches", matches, smoothing_hint=False)
+
+    @torch.no_grad()
+    def inference(self, batched_inputs: List[Dict]):
+        """
+        Embed images given the Detectron2 way ({"image": uint8 (3, H, W) in INPUT.FORMAT}).
+        Dense mode: [{"embedding": (D, ceil(H/4), ceil(W/4))}]; global mode: [{"embedding": (D,)}].
+        """
+        images = [((x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std) for x in batched_inputs]
+        padded = ImageList.from_tensors(images, self.backbone.size_divisibility)
+        embeddings = self.query_encoder(padded.tensor)
+        if self.loss_type == "global":
+            return [{"embedding": e} for e in embeddings]
+        stride = self.query_encoder.head.stride
+        return [
+            {"embedding": e[:, : -(-h // stride), : -(-w // stride)]}
+            for e, (h, w) in zip(embeddings, padded.image_sizes)
+        ]
