@@ -1,0 +1,209 @@
+"""Datasets VADeR knows by name, and registration of your own folders of unlabeled images.
+
+Builtin datasets live under ``$DETECTRON2_DATASETS`` (default ``./datasets``), as in Detectron2, and are
+registered when this module is imported:
+
+- ``imagenet_train``: ``imagenet/train/**`` (ImageNet's train split, which you provide; labels unused).
+- ``vader_demo_photos_train`` / ``_val``: unlabeled real photos, from ``datasets/prepare_demo_photos.py``.
+- ``vader_cutpaste_train`` / ``_val``: COCO-format instances (masks, boxes, 4 keypoints each) and
+  ``vader_cutpaste_sem_seg_train`` / ``_val``: semantic masks of the same images, both from
+  ``datasets/prepare_cutpaste.py``.
+
+Registration never touches the disk: a dataset that is not there yet raises a one-line
+:class:`~vader_d2.errors.UserError` when it is first loaded, naming the script that prepares it.
+"""
+
+import json
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json, load_sem_seg
+
+from ..errors import UserError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "CUTPASTE_CLASSES",
+    "CUTPASTE_KEYPOINT_NAMES",
+    "CUTPASTE_KEYPOINT_FLIP_MAP",
+    "CUTPASTE_KEYPOINT_OKS_SIGMAS",
+    "load_image_folder",
+    "register_unlabeled_folder",
+    "register_all_builtin",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+# Classes of the cut-paste dataset: real-photo cut-outs from Debian's tuxpaint-stamps-default, one class
+# per stamp folder (see datasets/prepare_cutpaste.py). Category id k in the json and label k in the
+# semantic PNGs is CUTPASTE_CLASSES[k - 1]; label 0 is background.
+CUTPASTE_CLASSES = ("bird", "mammal", "fish", "insect", "fruit", "vegetable", "flower")
+# Every instance carries the four extreme points of its visible mask.
+CUTPASTE_KEYPOINT_NAMES = ("top", "bottom", "left", "right")
+CUTPASTE_KEYPOINT_FLIP_MAP = (("left", "right"),)
+# For TEST.KEYPOINT_OKS_SIGMAS. OKS scores a predicted point by exp(-d^2 / (2 * area * (2 * sigma)^2)).
+# The extreme points are exact pixels of the mask, but where a silhouette has a flat side (a back, a
+# row of feet) neighbouring pixels are nearly as extreme, so the points are about as well defined as
+# COCO's eyes and ears (0.025-0.035) at best and its wrists (0.062) at worst: 0.05 sits in between.
+CUTPASTE_KEYPOINT_OKS_SIGMAS = (0.05, 0.05, 0.05, 0.05)
+
+_PREPARE_DEMO_PHOTOS = "run `python datasets/prepare_demo_photos.py` (it writes under $DETECTRON2_DATASETS)"
+_PREPARE_CUTPASTE = "run `python datasets/prepare_cutpaste.py` (it writes under $DETECTRON2_DATASETS)"
+_IMAGENET_HINT = "set DETECTRON2_DATASETS to the folder that holds imagenet/train/<class>/*.JPEG"
+_BUILTIN_CONFLICT_HINT = "set DETECTRON2_DATASETS before importing vader_d2 to move the builtin datasets"
+
+
+def load_image_folder(root, missing_hint="check the folder's path"):
+    """Every image under ``root`` (recursively, sorted by path) as ``{"file_name", "image_id"}`` dicts.
+
+    Files are recognised by extension (:data:`IMAGE_EXTENSIONS`, any case) and never opened, so listing
+    ImageNet's 1.28M files takes seconds. Hidden files and folders (``.ipynb_checkpoints``, ...) are
+    skipped. ``missing_hint`` is the fix the one-line error suggests when nothing is found.
+    """
+    root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+    if not os.path.isdir(root):
+        raise UserError(f"image folder {root} does not exist: {missing_hint}")
+    file_names = []
+    visited = set()
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        # Folders reached twice through symlinks (or a symlink loop) are listed once.
+        stat = os.stat(folder)
+        folder_id = (stat.st_dev, stat.st_ino)
+        if folder_id in visited:
+            continue
+        visited.add(folder_id)
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    pending.append(entry.path)
+                elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
+                    file_names.append(entry.path)
+    if not file_names:
+        extensions = " ".join(IMAGE_EXTENSIONS)
+        raise UserError(f"no images ({extensions}) found under {root}: {missing_hint}")
+    file_names.sort()
+    return [{"file_name": file_name, "image_id": i} for i, file_name in enumerate(file_names)]
+
+
+def register_unlabeled_folder(name, root):
+    """Register the images under ``root`` (searched recursively) as the unlabeled dataset ``name``.
+
+    Use it for your own pretraining data, then put ``name`` in ``DATASETS.TRAIN``. Registering the same
+    name and folder again does nothing; the same name with another folder is an error.
+    """
+    _register_image_folder(
+        name,
+        root,
+        missing_hint=f"check the folder given to register_unlabeled_folder({name!r}, ...)",
+        conflict_hint="register the other folder under another name",
+    )
+
+
+def register_all_builtin(root):
+    """Register the builtin datasets (table in the module docstring) under the datasets root ``root``."""
+    _register_image_folder(
+        "imagenet_train",
+        os.path.join(root, "imagenet", "train"),
+        missing_hint=_IMAGENET_HINT,
+        conflict_hint=_BUILTIN_CONFLICT_HINT,
+    )
+    for split in ("train", "val"):
+        _register_image_folder(
+            f"vader_demo_photos_{split}",
+            os.path.join(root, "vader_demo_photos", split),
+            missing_hint=_PREPARE_DEMO_PHOTOS,
+            conflict_hint=_BUILTIN_CONFLICT_HINT,
+        )
+        cutpaste_dir = os.path.join(root, "vader_cutpaste")
+        _register_cutpaste_instances(
+            f"vader_cutpaste_{split}",
+            json_file=os.path.join(cutpaste_dir, "annotations", f"instances_{split}.json"),
+            image_root=os.path.join(cutpaste_dir, split),
+        )
+        _register_cutpaste_sem_seg(
+            f"vader_cutpaste_sem_seg_{split}",
+            image_root=os.path.join(cutpaste_dir, split),
+            sem_seg_root=os.path.join(cutpaste_dir, "sem_seg", split),
+        )
+
+
+def _register_image_folder(name, root, missing_hint, conflict_hint):
+    root = os.path.normpath(os.fspath(root))
+    _register_once(
+        name,
+        lambda: load_image_folder(root, missing_hint=missing_hint),
+        conflict_hint,
+        image_root=root,
+        evaluator_type="none",
+    )
+
+
+def _register_cutpaste_instances(name, json_file, image_root):
+    def load():
+        _require_prepared(json_file, image_root)
+        with open(json_file) as f:
+            categories = sorted(json.load(f)["categories"], key=lambda category: category["id"])
+        found = tuple(category["name"] for category in categories)
+        if found != CUTPASTE_CLASSES:
+            raise UserError(
+                f"{json_file} holds classes {list(found)}, this vader_d2 expects "
+                f"{list(CUTPASTE_CLASSES)}: {_PREPARE_CUTPASTE} again to rebuild it"
+            )
+        return load_coco_json(json_file, image_root, name)
+
+    _register_once(
+        name,
+        load,
+        _BUILTIN_CONFLICT_HINT,
+        json_file=json_file,
+        image_root=image_root,
+        evaluator_type="coco",
+        # A list, as load_coco_json sets it: Detectron2 refuses to overwrite metadata with a different value.
+        thing_classes=list(CUTPASTE_CLASSES),
+        keypoint_names=CUTPASTE_KEYPOINT_NAMES,
+        keypoint_flip_map=CUTPASTE_KEYPOINT_FLIP_MAP,
+    )
+
+
+def _register_cutpaste_sem_seg(name, image_root, sem_seg_root):
+    def load():
+        _require_prepared(sem_seg_root, image_root)
+        return load_sem_seg(sem_seg_root, image_root, gt_ext="png", image_ext="jpg")
+
+    _register_once(
+        name,
+        load,
+        _BUILTIN_CONFLICT_HINT,
+        image_root=image_root,
+        sem_seg_root=sem_seg_root,
+        evaluator_type="sem_seg",
+        stuff_classes=["background", *CUTPASTE_CLASSES],
+        ignore_label=255,
+    )
+
+
+def _require_prepared(*paths):
+    for path in paths:
+        if not os.path.exists(path):
+            raise UserError(f"{path} does not exist: {_PREPARE_CUTPASTE}")
+
+
+def _register_once(name, loader, conflict_hint, **metadata):
+    """Register ``name``; again with the same metadata is a no-op, with different metadata an error."""
+    if name in DatasetCatalog.list():
+        registered = MetadataCatalog.get(name)
+        if all(registered.get(key) == value for key, value in metadata.items()):
+            return
+        raise UserError(
+            f"dataset {name!r} is already registered with image_root={registered.get('image_root')!r}, "
+            f"not {metadata['image_root']!r}: {conflict_hint}"
+        )
+    DatasetCatalog.register(name, loader)
+    MetadataCatalog.get(name).set(**metadata)
+
+
+register_all_builtin(os.getenv("DETECTRON2_DATASETS", "datasets"))
