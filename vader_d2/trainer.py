@@ -1,39 +1,154 @@
 """One trainer for VADeR pretraining and for the stock Detectron2 downstream tasks."""
 
 import os
+import weakref
 
-from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
-from detectron2.engine import DefaultTrainer
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.utils import comm
 
 from .config import check_vader_config
 from .data import VADeRViewMapper
+from .data.view_mapper import UnreadableImageError, read_source_image
 from .errors import UserError
+
+# Scalars VADeR.log_metrics writes every MODEL.VADER.METRICS_PERIOD iterations, quoted when training diverges.
+SIMILARITY_STATS = ("vader_positive_similarity", "vader_negative_similarity", "vader_top1_accuracy")
 
 
 def is_pretraining(cfg):
     return cfg.MODEL.META_ARCHITECTURE == "VADeR"
 
 
+class TrainingDivergedError(UserError, FloatingPointError):
+    """The loss became NaN or infinite. Still a FloatingPointError (what Detectron2 raises), reported as
+    one line naming the iteration and what had become non-finite."""
+
+
+def check_datasets_registered(cfg):
+    """Unknown names in DATASETS.TRAIN / DATASETS.TEST fail before any process starts, in one line."""
+    registered = set(DatasetCatalog.list())
+    for key in ("TRAIN", "TEST"):
+        for name in cfg.DATASETS[key]:
+            if name not in registered:
+                raise UserError(
+                    f"DATASETS.{key}: no dataset named {name!r} is registered; check the spelling, or register "
+                    "your images first with vader_d2.register_unlabeled_folder(name, folder)"
+                )
+
+
+def check_checkpoint_matches_config(cfg, path, resuming):
+    """
+    A VADeR checkpoint whose queue disagrees with the config would be loaded partially (Detectron2 skips
+    tensors of another shape with a warning): the head and the queue would silently start from scratch.
+    """
+    source = "the checkpoint to resume" if resuming else "MODEL.WEIGHTS"
+    if "://" in path:
+        return
+    if not os.path.isfile(path):
+        raise UserError(f"{source} {path!r} does not exist; give the path of a .pth/.pkl checkpoint")
+    if not path.endswith(".pth"):
+        return  # model-zoo .pkl files hold a backbone, never a VADeR queue
+    checkpoint = torch.load(path, map_location="cpu", mmap=True)
+    queue = checkpoint.get("model", checkpoint).get("queue")
+    if queue is None:
+        return
+    size, dim = queue.shape
+    v = cfg.MODEL.VADER
+    if dim != v.EMBED_DIM:
+        raise UserError(
+            f"MODEL.VADER.EMBED_DIM={v.EMBED_DIM} does not match the {dim}-d embeddings of {source} ({path}); "
+            f"set MODEL.VADER.EMBED_DIM {dim}"
+        )
+    if resuming and size != v.QUEUE_SIZE:
+        raise UserError(
+            f"MODEL.VADER.QUEUE_SIZE={v.QUEUE_SIZE} does not match the {size} keys queued in {source} ({path}); "
+            f"resume with MODEL.VADER.QUEUE_SIZE {size}"
+        )
+
+
+def check_some_image_readable(dataset, max_source_size):
+    """
+    Decode the images of ``dataset`` in order until one succeeds (normally the first). The mapper skips
+    unreadable files one by one, but without a single readable image the data loader would fail deep in
+    a worker process, after retrying every file.
+    """
+    first_failure = None
+    for record in dataset:
+        try:
+            read_source_image(record["file_name"], max_source_size)
+            return
+        except UnreadableImageError as e:
+            first_failure = first_failure or f"{record['file_name']}: {e}"
+    raise UserError(
+        f"none of the {len(dataset)} files of DATASETS.TRAIN can be read as an image (first: {first_failure}); "
+        "point the dataset at a folder of images"
+    )
+
+
+def divergence_report(model, storage):
+    """What to look at when the loss stops being finite: the last similarity statistics, and which
+    tensors (query/key encoder weights, gradients, queue) hold NaN or infinity."""
+    model = getattr(model, "module", model)
+    latest = storage.latest()
+    logged = [name for name in SIMILARITY_STATS if name in latest]
+    report = []
+    if logged:
+        stats = " ".join(f"{name[len('vader_'):]}={latest[name][0]:.4g}" for name in logged)
+        report.append(f"last similarity stats (iteration {max(latest[name][1] for name in logged)}): {stats}")
+    tensors = {
+        "weights": dict(model.named_parameters()),
+        "gradients": {name: p.grad for name, p in model.named_parameters() if p.grad is not None},
+        "buffers": dict(model.named_buffers()),
+    }
+    non_finite = []
+    for kind, named in tensors.items():
+        bad = [name for name, t in named.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            non_finite.append(f"non-finite {kind}: {len(bad)}, first {bad[0]}")
+    report += non_finite or ["weights, gradients and buffers all finite"]
+    return "; ".join(report)
+
+
 class VADeRTrainer(DefaultTrainer):
     """
     ``DefaultTrainer`` plus what pretraining needs: the two-view data loader, a key encoder that starts as
-    a copy of the query encoder on a fresh run, and evaluators picked from dataset metadata downstream.
+    a copy of the query encoder on a fresh run, evaluators picked from dataset metadata downstream, and
+    one-line errors for data, checkpoints and diverging losses.
     """
 
     def __init__(self, cfg):
+        # What DefaultTrainer.__init__ does, except for the DDP wrapper: Detectron2 always passes
+        # device_ids=[local rank], which DistributedDataParallel refuses for a model on the CPU, so
+        # `--num-gpus N` could not train on CPUs (gloo) otherwise.
+        TrainerBase.__init__(self)
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         if is_pretraining(cfg):
             check_vader_config(cfg, comm.get_world_size())
             if cfg.TEST.PRECISE_BN.ENABLED:
                 raise UserError("TEST.PRECISE_BN.ENABLED must be False for VADeR pretraining: its forward passes would enqueue keys")
-        super().__init__(cfg)
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        device_ids = [comm.get_local_rank()] if cfg.MODEL.DEVICE.startswith("cuda") else None
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_train_loader(cls, cfg):
         if not is_pretraining(cfg):
             return super().build_train_loader(cfg)
         dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
+        check_some_image_readable(dataset, cfg.INPUT.VIEWS.MAX_SOURCE_SIZE)
         # Image ids decide which queued keys count as negatives, so they must be unique across all the
         # training datasets, not only within each folder.
         dataset = [dict(d, image_id=i) for i, d in enumerate(dataset)]
@@ -42,10 +157,26 @@ class VADeRTrainer(DefaultTrainer):
         )
 
     def resume_or_load(self, resume=True):
+        resuming = resume and self.checkpointer.has_checkpoint()
+        path = self.checkpointer.get_checkpoint_file() if resuming else self.cfg.MODEL.WEIGHTS
+        if is_pretraining(self.cfg) and path:
+            check_checkpoint_matches_config(self.cfg, path, resuming)
         super().resume_or_load(resume=resume)
         if is_pretraining(self.cfg) and self.start_iter == 0:
             model = self.model.module if hasattr(self.model, "module") else self.model
             model.reset_key_encoder()
+
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError as e:
+            # Detectron2's message ends with the loss terms: "... loss_dict = {'loss_vader': nan}".
+            losses = str(e).partition("loss_dict = ")[2] or "loss"
+            raise TrainingDivergedError(
+                f"the loss is not finite at iteration {self.iter} ({losses}); "
+                f"{divergence_report(self.model, self.storage)}; "
+                f"lower SOLVER.BASE_LR (now {self.cfg.SOLVER.BASE_LR}) or resume from an earlier checkpoint"
+            ) from e
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

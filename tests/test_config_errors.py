@@ -1,0 +1,168 @@
+"""Config, data-path and checkpoint mistakes end `tools/train_net.py` with one line naming the key and the fix."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from detectron2.engine import default_argument_parser
+
+from vader_d2.errors import UserError
+from vader_d2.trainer import check_checkpoint_matches_config
+
+from .helpers import demo_cfg
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_CONFIG = "configs/vader_pretrain_demo.yaml"
+# A few seconds per run on 2 CPU cores: 64 px views, batch 4, a 512-key queue, no loader workers.
+TINY_OPTS = [
+    "INPUT.VIEWS.CROP_SIZE", "64",
+    "SOLVER.IMS_PER_BATCH", "4",
+    "MODEL.VADER.QUEUE_SIZE", "512",
+    "DATALOADER.NUM_WORKERS", "0",
+    "SOLVER.WARMUP_ITERS", "2",
+]
+
+
+def train_net_env(env=None):
+    """The environment of a user's shell, plus: warnings that torch and fvcore print on this machine (a
+    deprecation at import, "No CUDA runtime is found") silenced, so that stderr holds exactly what
+    vader_d2 reports; and one thread per process (see ``single_thread``). A None value in ``env`` removes
+    the variable."""
+    full_env = dict(os.environ, PYTHONWARNINGS="ignore", TORCH_LOGS="-all", OMP_NUM_THREADS="1")
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+    for name, value in (env or {}).items():
+        if value is None:
+            full_env.pop(name, None)
+        else:
+            full_env[name] = value
+    return full_env
+
+
+def run_train_net(*args, env=None, timeout=300):
+    """Run tools/train_net.py the way a user does."""
+    return subprocess.run(
+        [sys.executable, "tools/train_net.py", *args], cwd=REPO, env=train_net_env(env), capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Torch's default of one thread per core makes every op several times slower when the cores are
+    shared with other jobs (a CI machine, this project's 2-core machine): these tests check behaviour,
+    not speed, so they use one thread, and restore the setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def single_error_line(result):
+    """The run failed with exit status 2 and exactly one line on stderr, which is returned."""
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("vader_d2: ")
+    return lines[0]
+
+
+def load_train_net():
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "tools", "train_net.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_net = load_train_net()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--config-file", "configs/no_such.yaml"], ["--config-file", "configs/no_such.yaml", "does not exist"]),
+        (["--config-file", DEMO_CONFIG, "MODEL.VADER.QUEUE_SIZ", "512"], ["command line: unknown config key MODEL.VADER.QUEUE_SIZ"]),
+        (["--config-file", DEMO_CONFIG, "MODEL.VADER.EMBED_DIM", "large"], ["MODEL.VADER.EMBED_DIM", "Type mismatch"]),
+        (["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH"], ["odd length"]),
+        (
+            ["--config-file", DEMO_CONFIG, "MODEL.VADER.QUEUE_SIZE", "1000"],
+            ["MODEL.VADER.QUEUE_SIZE=1000", "SOLVER.IMS_PER_BATCH", "e.g. 768"],
+        ),
+        (["--config-file", DEMO_CONFIG, "--num-gpus", "3"], ["SOLVER.IMS_PER_BATCH=8", "3 processes", "multiple of 3"]),
+        (
+            ["--config-file", DEMO_CONFIG, "--num-gpus", "2", "--num-machines", "2", "SOLVER.IMS_PER_BATCH", "6"],
+            ["SOLVER.IMS_PER_BATCH=6", "4 processes"],
+        ),
+        (["--config-file", DEMO_CONFIG, "DATASETS.TRAIN", "('my_photos',)"], ["DATASETS.TRAIN", "'my_photos'", "register_unlabeled_folder"]),
+        pytest.param(
+            ["--config-file", DEMO_CONFIG, "MODEL.DEVICE", "cuda"],
+            ["MODEL.DEVICE='cuda'", "MODEL.DEVICE cpu"],
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="the message of a machine without a GPU"),
+        ),
+    ],
+    ids=[
+        "missing-config-file", "unknown-key", "wrong-type", "odd-overrides", "queue-vs-batch", "batch-vs-processes",
+        "batch-vs-machines", "unknown-dataset", "cuda-without-gpu",
+    ],
+)
+def test_mistakes_found_before_launch(args, expected):
+    with pytest.raises(UserError) as error:
+        train_net.check_before_launch(default_argument_parser().parse_args(args))
+    message = str(error.value)
+    assert "\n" not in message
+    for text in expected:
+        assert text in message
+
+
+def test_mistake_before_launch_is_one_line_from_the_cli():
+    line = single_error_line(run_train_net("--config-file", DEMO_CONFIG, "--num-gpus", "3"))
+    assert "SOLVER.IMS_PER_BATCH=8" in line
+
+
+def test_unknown_key_in_config_file_is_one_line_from_the_cli(tmp_path):
+    config = tmp_path / "typo.yaml"
+    config.write_text(f'_BASE_: "{REPO}/{DEMO_CONFIG}"\nMODEL:\n  VADER:\n    TEMPERATUR: 0.2\n')
+    line = single_error_line(run_train_net("--config-file", str(config)))
+    assert str(config) in line and "unknown config key MODEL.VADER.TEMPERATUR" in line
+
+
+def test_missing_datasets_root_is_one_line(tmp_path):
+    missing = tmp_path / "not_here"
+    result = run_train_net("--config-file", DEMO_CONFIG, *TINY_OPTS, "OUTPUT_DIR", str(tmp_path / "out"), env={"DETECTRON2_DATASETS": str(missing)})
+    line = single_error_line(result)
+    assert f"{missing}/vader_demo_photos/train does not exist" in line and "prepare_demo_photos.py" in line
+
+
+def write_vader_checkpoint(path, queue_size, embed_dim):
+    """The part of a VADeR training checkpoint the config is checked against."""
+    torch.save({"model": {"queue": torch.zeros(queue_size, embed_dim)}, "iteration": 9}, path)
+
+
+def test_embedding_dim_of_weights_is_checked_through_the_cli(tmp_path):
+    weights = tmp_path / "vader_64d.pth"
+    write_vader_checkpoint(weights, 512, 64)
+    result = run_train_net("--config-file", DEMO_CONFIG, *TINY_OPTS, "MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(tmp_path / "out"))
+    line = single_error_line(result)
+    assert "MODEL.VADER.EMBED_DIM=128" in line and "64-d" in line and "set MODEL.VADER.EMBED_DIM 64" in line
+
+
+def test_checkpoint_checks(tmp_path):
+    cfg = demo_cfg(*TINY_OPTS)
+    matching = tmp_path / "matching.pth"
+    write_vader_checkpoint(matching, 512, 128)
+    check_checkpoint_matches_config(cfg, str(matching), resuming=True)
+
+    other_queue = tmp_path / "queue_1024.pth"
+    write_vader_checkpoint(other_queue, 1024, 128)
+    # Starting a new run from weights may change the queue; resuming must restore it exactly.
+    check_checkpoint_matches_config(cfg, str(other_queue), resuming=False)
+    with pytest.raises(UserError, match=r"MODEL.VADER.QUEUE_SIZE=512 does not match the 1024 keys .*MODEL.VADER.QUEUE_SIZE 1024"):
+        check_checkpoint_matches_config(cfg, str(other_queue), resuming=True)
+
+    with pytest.raises(UserError, match=r"^MODEL.WEIGHTS '.*nowhere.pth' does not exist"):
+        check_checkpoint_matches_config(cfg, str(tmp_path / "nowhere.pth"), resuming=False)
+
+    backbone_only = tmp_path / "backbone.pth"
+    torch.save({"model": {"query_encoder.backbone.bottom_up.stem.conv1.weight": torch.zeros(1)}}, backbone_only)
+    check_checkpoint_matches_config(cfg, str(backbone_only), resuming=False)
