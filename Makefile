@@ -3,8 +3,6 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 SETUP_DONE := $(VENV)/.vader_d2_setup_done
-DEMO_DATA := datasets/vader_demo_photos/manifest.json
-CUTPASTE_DATA := datasets/vader_cutpaste/manifest.json
 PYTEST_ARGS ?=
 
 .PHONY: setup data demo test clean-venv
@@ -24,8 +22,16 @@ data: setup
 	$(PY) datasets/prepare_demo_photos.py
 	$(PY) datasets/prepare_cutpaste.py
 
+DEMO_OUT := output/vader_pretrain_demo
+
+# Pretrain on the demo photos -> pictures and dense evaluation on held-out photos -> export to a
+# Detectron2 .pkl -> Mask R-CNN fine-tune and COCO evaluation on the cut-paste set.
 demo: data
-	$(PY) tools/train_net.py --config-file configs/vader_pretrain_demo.yaml
+	$(PY) tools/train_net.py --config-file configs/vader_pretrain_demo.yaml OUTPUT_DIR $(DEMO_OUT)
+	$(PY) tools/visualize.py --config-file configs/vader_pretrain_demo.yaml --output-dir $(DEMO_OUT)/pictures MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
+	$(PY) tools/evaluate_dense.py --config-file configs/vader_pretrain_demo.yaml --name vader_demo --output $(DEMO_OUT)/dense_eval.json MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
+	$(PY) tools/convert_vader_to_d2.py --input $(DEMO_OUT)/model_final.pth --output $(DEMO_OUT)/vader_r18.pkl
+	$(PY) tools/train_net.py --config-file configs/downstream/cutpaste_mask_rcnn_R_18_FPN.yaml MODEL.WEIGHTS $(DEMO_OUT)/vader_r18.pkl OUTPUT_DIR $(DEMO_OUT)/mask_rcnn_cutpaste
 
 test: data
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -27,6 +27,9 @@ def add_vader_config(cfg):
     cfg.MODEL.VADER.KEY_SAMPLING = "bilinear"
     # Similarity / accuracy / queue statistics are read off the device every this many iterations.
     cfg.MODEL.VADER.METRICS_PERIOD = 20
+    # Keep both encoders' weights and inputs in channels_last memory order: faster convolutions on GPUs
+    # with tensor cores (with SOLVER.AMP.ENABLED); on CPUs it depends on the oneDNN kernels (benchmark it).
+    cfg.MODEL.VADER.CHANNELS_LAST = False
 
     cfg.MODEL.VADER.HEAD = CN()
     cfg.MODEL.VADER.HEAD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
@@ -81,6 +84,8 @@ def check_vader_config(cfg, world_size=1):
         raise UserError(f"MODEL.VADER.MOMENTUM must be in [0, 1), got {v.MOMENTUM}")
     if v.TEMPERATURE <= 0:
         raise UserError(f"MODEL.VADER.TEMPERATURE must be positive, got {v.TEMPERATURE}")
+    if not cfg.DATASETS.TRAIN:
+        raise UserError("DATASETS.TRAIN is empty; name the datasets to pretrain on, e.g. DATASETS.TRAIN \"('imagenet_train',)\"")
     batch = cfg.SOLVER.IMS_PER_BATCH
     if batch % world_size != 0:
         raise UserError(

@@ -34,7 +34,7 @@ from detectron2.utils.events import get_event_storage
 
 from .dense_head import DenseHead
 
-__all__ = ["VADeR", "DenseEncoder", "GlobalEncoder", "info_nce_loss", "concat_all_gather"]
+__all__ = ["VADeR", "DenseEncoder", "GlobalEncoder", "build_encoder", "info_nce_loss", "concat_all_gather"]
 
 
 class DenseEncoder(nn.Module):
@@ -68,20 +68,66 @@ class GlobalEncoder(nn.Module):
         return F.normalize(self.head(features.mean(dim=(2, 3))), dim=1)
 
 
+def build_encoder(cfg):
+    """The query encoder of ``cfg`` (the key encoder is its copy): dense or global, in the memory order asked for."""
+    v = cfg.MODEL.VADER
+    backbone = build_backbone(cfg)
+    if v.LOSS == "dense":
+        encoder = DenseEncoder(backbone, DenseHead(cfg, backbone.output_shape()))
+    else:
+        encoder = GlobalEncoder(backbone, v.GLOBAL_HEAD.IN_FEATURE, v.GLOBAL_HEAD.HIDDEN_DIM, v.EMBED_DIM)
+    if v.CHANNELS_LAST:
+        encoder.to(memory_format=torch.channels_last)
+    return encoder
+
+
+class NegativeLogSumExp(torch.autograd.Function):
+    """
+    For (N, D) queries, (K, D) negatives and an (N, K) exclusion mask: log sum_n exp(q . n) over each
+    query's usable negatives, and the largest usable q . n (the hardest negative); the gradient flows to
+    the queries only (the queue holds none).
+
+    The same as ``torch.logsumexp`` of the masked matrix product, written out because that costs a
+    handful of (N, K) temporaries and some twenty passes over them per step, which dominate the loss at
+    MoCo's queue size. Here the logits become exp-weights in place and the backward pass reuses them:
+    one matrix product each way, five passes over N x K in all.
+    """
+
+    @staticmethod
+    def forward(ctx, queries, negatives, excluded):
+        logits = queries @ negatives.t()
+        # A finite floor instead of -inf keeps rows without a usable negative finite (their loss is 0).
+        logits.masked_fill_(excluded, torch.finfo(logits.dtype).min)
+        hardest = logits.amax(dim=1)
+        weights = logits.sub_(hardest[:, None]).exp_()  # excluded entries: exp(floor - max) = 0
+        total = weights.sum(dim=1)
+        ctx.save_for_backward(weights, total, negatives)
+        ctx.mark_non_differentiable(hardest)
+        return hardest + total.log(), hardest
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        weights, total, negatives = ctx.saved_tensors
+        # d/dq_i = sum_n softmax_in n_n: normalise the (N, D) product instead of the (N, K) weights.
+        return (weights @ negatives) * (grad / total)[:, None], None, None
+
+
 def info_nce_loss(queries, keys, negatives, query_image_ids, negative_image_ids, temperature):
     """
     L = -log( exp(q.k/t) / (exp(q.k/t) + sum_n exp(q.n/t)) ), averaged over queries.
 
     Negatives whose image id equals the query's, or is negative (an empty queue slot), are excluded.
-    Returns the loss and the (N, K) masked negative logits (for diagnostics).
+    Computed in float32 at least, also under autocast: logits up to 1/t need more than half precision.
+    Returns the loss, the positive logits (N,), the hardest usable negative logit of each query (N,;
+    the float minimum where none is usable) and the (N, K) exclusion mask, for diagnostics.
     """
-    positive = (queries * keys).sum(dim=1) / temperature
-    negative = (queries @ negatives.t()).float() / temperature
-    excluded = (negative_image_ids[None, :] < 0) | (negative_image_ids[None, :] == query_image_ids[:, None])
-    # A finite floor instead of -inf keeps rows with no usable negative finite (their loss is 0).
-    negative = negative.masked_fill(excluded, torch.finfo(negative.dtype).min)
-    normaliser = torch.logaddexp(positive.float(), torch.logsumexp(negative, dim=1))
-    return (normaliser - positive.float()).mean(), positive, negative, excluded
+    dtype = torch.promote_types(queries.dtype, torch.float32)
+    with torch.autocast(queries.device.type, enabled=False):
+        queries = queries.to(dtype) / temperature  # scales N x D values instead of N x K logits
+        positive = (queries * keys.to(dtype)).sum(dim=1)
+        excluded = (negative_image_ids[None, :] == query_image_ids[:, None]) | (negative_image_ids < 0)[None, :]
+        negative, hardest = NegativeLogSumExp.apply(queries, negatives.to(dtype), excluded)
+        return (torch.logaddexp(positive, negative) - positive).mean(), positive, hardest, excluded
 
 
 @torch.no_grad()
@@ -128,6 +174,7 @@ class VADeR(nn.Module):
         symmetric: bool,
         key_sampling: str,
         metrics_period: int,
+        channels_last: bool = False,
         pixel_mean: List[float],
         pixel_std: List[float],
     ):
@@ -142,6 +189,7 @@ class VADeR(nn.Module):
         self.symmetric = symmetric
         self.key_sampling = key_sampling
         self.metrics_period = metrics_period
+        self.channels_last = channels_last
 
         self.register_buffer("queue", torch.zeros(queue_size, embed_dim))
         # Image id of every queued key; -1 marks a slot not yet filled.
@@ -154,13 +202,8 @@ class VADeR(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         v = cfg.MODEL.VADER
-        backbone = build_backbone(cfg)
-        if v.LOSS == "dense":
-            encoder = DenseEncoder(backbone, DenseHead(cfg, backbone.output_shape()))
-        else:
-            encoder = GlobalEncoder(backbone, v.GLOBAL_HEAD.IN_FEATURE, v.GLOBAL_HEAD.HIDDEN_DIM, v.EMBED_DIM)
         return {
-            "encoder": encoder,
+            "encoder": build_encoder(cfg),
             "loss_type": v.LOSS,
             "embed_dim": v.EMBED_DIM,
             "queue_size": v.QUEUE_SIZE,
@@ -170,6 +213,7 @@ class VADeR(nn.Module):
             "symmetric": v.SYMMETRIC,
             "key_sampling": v.KEY_SAMPLING,
             "metrics_period": v.METRICS_PERIOD,
+            "channels_last": v.CHANNELS_LAST,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
@@ -190,10 +234,9 @@ class VADeR(nn.Module):
 
     @torch.no_grad()
     def momentum_update_key_encoder(self):
-        """theta_k <- m * theta_k + (1 - m) * theta_q, for all parameters at once."""
-        key_params = list(self.key_encoder.parameters())
-        torch._foreach_mul_(key_params, self.momentum)
-        torch._foreach_add_(key_params, list(self.query_encoder.parameters()), alpha=1.0 - self.momentum)
+        """theta_k <- m theta_k + (1 - m) theta_q, as theta_k + (1 - m)(theta_q - theta_k): one pass, all at once."""
+        key_params, query_params = list(self.key_encoder.parameters()), list(self.query_encoder.parameters())
+        torch._foreach_lerp_(key_params, query_params, 1.0 - self.momentum)
 
     @torch.no_grad()
     def enqueue(self, keys, image_ids):
@@ -206,14 +249,16 @@ class VADeR(nn.Module):
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % self.queue.shape[0])
 
     def normalize(self, images: List[torch.Tensor]):
-        return (torch.stack(images).to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
+        images = (torch.stack(images).to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
             return self.inference(batched_inputs)
         view1 = self.normalize([x["view1"] for x in batched_inputs])
         view2 = self.normalize([x["view2"] for x in batched_inputs])
-        image_ids = torch.tensor([x["image_id"] for x in batched_inputs], device=self.device)
+        # Built on the host and copied without waiting: a device tensor from a list would wait for the device.
+        image_ids = torch.tensor([x["image_id"] for x in batched_inputs]).to(self.device, non_blocking=True)
         self.skipped_images += sum(x.get("num_skipped", 0) for x in batched_inputs)
 
         with torch.no_grad():
@@ -224,32 +269,42 @@ class VADeR(nn.Module):
             queries, keys, query_ids = self.global_pairs(view1, view2, image_ids)
 
         self.enqueue(keys, query_ids)
-        loss, positive, negative, excluded = info_nce_loss(
+        loss, positive, hardest, excluded = info_nce_loss(
             queries, keys, self.queue, query_ids, self.queue_image_ids, self.temperature
         )
-        self.log_metrics(batched_inputs, positive, negative, excluded)
+        self.log_metrics(batched_inputs, queries, positive, hardest, excluded)
         return {"loss_vader" if self.loss_type == "dense" else "loss_moco": loss}
+
+    def sample_cells(self, valid, matches):
+        """
+        PAIRS_PER_IMAGE cells per image drawn uniformly among the (B, C) ``valid`` view-1 cells, without
+        replacement, and where they lie in view 2 according to the (B, C, 2) ``matches``.
+        Returns (B, P) flat view-1 cell indices and (B, P, 2) view-2 grid positions.
+        """
+        # The top-P of random scores, invalid cells last: one kernel, no data-dependent shapes.
+        scores = torch.rand(valid.shape, device=valid.device).masked_fill_(~valid, -1.0)
+        cells = scores.topk(self.pairs_per_image, dim=1).indices
+        return cells, torch.gather(matches, 1, cells[..., None].expand(-1, -1, 2))
+
+    @staticmethod
+    def at_cells(embeddings, cells):
+        """(B, D, H, W) embeddings at (B, P) flat cell indices -> (B, P, D)."""
+        flat = embeddings.flatten(2)
+        return torch.gather(flat, 2, cells[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2)
 
     def dense_pairs(self, batched_inputs, view1, view2, image_ids):
         """Queries and positive keys for PAIRS_PER_IMAGE matched cells per image (both directions if symmetric)."""
-        valid = torch.stack([x["valid"] for x in batched_inputs]).to(self.device).flatten(1)
-        matches = torch.stack([x["correspondence"] for x in batched_inputs]).to(self.device).flatten(1, 2)
-        # Uniform choice among valid cells without replacement: the top-P of random scores, invalid last.
-        scores = torch.rand(valid.shape, device=self.device).masked_fill_(~valid, -1.0)
-        cells = scores.topk(self.pairs_per_image, dim=1).indices  # (B, P) flat view-1 cell indices
-        positions = torch.gather(matches, 1, cells[..., None].expand(-1, -1, 2))  # (B, P, 2) in view 2
+        valid = torch.stack([x["valid"] for x in batched_inputs]).to(self.device, non_blocking=True).flatten(1)
+        matches = torch.stack([x["correspondence"] for x in batched_inputs]).to(self.device, non_blocking=True)
+        cells, positions = self.sample_cells(valid, matches.flatten(1, 2))
 
-        def at_cells(embeddings):
-            flat = embeddings.flatten(2)
-            return torch.gather(flat, 2, cells[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2)
-
-        queries = [at_cells(self.query_encoder(view1))]
+        queries = [self.at_cells(self.query_encoder(view1), cells)]
         with torch.no_grad():
             keys = [sample_grid(self.key_encoder(view2), positions, self.key_sampling)]
         if self.symmetric:
             queries.append(sample_grid(self.query_encoder(view2), positions, self.key_sampling))
             with torch.no_grad():
-                keys.append(at_cells(self.key_encoder(view1)))
+                keys.append(self.at_cells(self.key_encoder(view1), cells))
         query_ids = image_ids[:, None].expand(-1, self.pairs_per_image).reshape(-1)
         return (
             torch.cat([q.reshape(-1, q.shape[-1]) for q in queries]),
@@ -268,14 +323,14 @@ class VADeR(nn.Module):
         return torch.cat(queries), torch.cat(keys), image_ids.repeat(len(queries))
 
     @torch.no_grad()
-    def log_metrics(self, batched_inputs, positive, negative, excluded):
+    def log_metrics(self, batched_inputs, queries, positive, hardest, excluded):
         storage = get_event_storage()
         # Reading these values forces a device sync: only on the logging period.
         if storage.iter % self.metrics_period != 0:
             return
-        usable = ~excluded
-        negative_cos = (negative * self.temperature).masked_fill(excluded, 0).sum() / usable.sum().clamp(min=1)
-        hardest = negative.max(dim=1).values
+        usable = (~excluded).to(self.queue.dtype)
+        # Sum over each query's usable negatives as one matrix product: the loss does not keep the logits.
+        negative_cos = (queries.to(self.queue.dtype) * (usable @ self.queue)).sum() / usable.sum().clamp(min=1)
         storage.put_scalars(
             vader_positive_similarity=(positive * self.temperature).mean().item(),
             vader_negative_similarity=negative_cos.item(),

@@ -1,0 +1,170 @@
+#!/usr/bin/env python
+"""
+Evaluate the frozen dense features of a checkpoint (library: vader_d2/evaluation):
+
+- correspondence on held-out photos (vader_demo_photos_val, or any --correspondence-folder): random homography + photometric view pairs,
+  nearest-neighbour matching of dense embeddings, PCK at 2/4/8 pixels and mean / median error;
+- linear probe: mIoU of a 1x1 classifier trained on frozen features of vader_cutpaste_sem_seg_train,
+  scored on vader_cutpaste_sem_seg_val.
+
+Any checkpoint of a D2 ResNet-FPN: give the config it was trained with and MODEL.WEIGHTS (empty for the
+seeded random initialisation; a .pkl exported by tools/convert_vader_to_d2.py works too):
+
+    python tools/evaluate_dense.py --config-file configs/vader_pretrain_demo.yaml --output vader.json \\
+        MODEL.DEVICE cpu MODEL.WEIGHTS output/vader_pretrain_demo/model_final.pth
+    python tools/evaluate_dense.py --config-file configs/moco_global_demo.yaml --name moco \\
+        MODEL.DEVICE cpu MODEL.WEIGHTS output/moco_global_demo/model_final.pth
+    python tools/evaluate_dense.py --table vader.json moco.json     # one table for several runs
+
+Features: "head" (VADeR's dense head, dense checkpoints only) and "p2" (FPN p2, L2-normalised, every
+model); by default every source the model has. Prints a markdown table; --output writes JSON.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.data.detection_utils import read_image
+
+from vader_d2 import add_vader_config
+from vader_d2.data.datasets import load_image_folder
+from vader_d2.errors import UserError
+from vader_d2.evaluation import (
+    FEATURE_SOURCES,
+    CorrespondenceProtocol,
+    LinearProbeProtocol,
+    build_feature_extractor,
+    evaluate_correspondence,
+    evaluate_linear_probe,
+    format_results_table,
+    make_view_pairs,
+)
+
+TASKS = ("correspondence", "probe")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", metavar="FILE", help="the config the checkpoint was trained with")
+    parser.add_argument("--name", help="row label (default: the weights' folder, or 'random_init')")
+    parser.add_argument("--output", metavar="JSON", help="write the results here")
+    parser.add_argument("--features", nargs="+", choices=FEATURE_SOURCES, help="default: every source the model has")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    parser.add_argument("--seed", type=int, default=0, help="view pairs, probe and random initialisation")
+    parser.add_argument("--correspondence-dataset", default="vader_demo_photos_val")
+    parser.add_argument("--correspondence-folder", metavar="DIR", help="photos under DIR instead of --correspondence-dataset")
+    parser.add_argument("--pairs-per-image", type=int, default=CorrespondenceProtocol.pairs_per_image)
+    parser.add_argument("--view-size", type=int, default=CorrespondenceProtocol.view_size)
+    parser.add_argument("--probe-train-dataset", default="vader_cutpaste_sem_seg_train")
+    parser.add_argument("--probe-val-dataset", default="vader_cutpaste_sem_seg_val")
+    parser.add_argument("--probe-train-images", type=int, help="use only the first N training images (default: all)")
+    parser.add_argument("--probe-val-images", type=int, help="use only the first N validation images (default: all)")
+    parser.add_argument("--table", nargs="+", metavar="JSON", help="print one table of earlier --output files and exit")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, e.g. MODEL.WEIGHTS path")
+    return parser.parse_args(argv)
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_vader_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    return cfg
+
+
+def dataset_dicts(name):
+    if name not in DatasetCatalog.list():
+        raise UserError(f"dataset {name!r} is not registered; registered: {', '.join(sorted(DatasetCatalog.list()))}")
+    return DatasetCatalog.get(name)
+
+
+def rgb_tensor(file_name):
+    return torch.from_numpy(read_image(file_name, format="RGB").transpose(2, 0, 1).copy())
+
+
+def evaluate(cfg, args):
+    weights = cfg.MODEL.WEIGHTS
+    name = args.name or (os.path.basename(os.path.dirname(os.path.abspath(weights))) if weights else "random_init")
+    extractor = build_feature_extractor(cfg, args.features, seed=args.seed)
+    result = {
+        "name": name,
+        "config_file": args.config_file,
+        "weights": weights,
+        "seed": args.seed,
+        "feature_sources": list(extractor.sources),
+        "correspondence_protocol": dataclasses.asdict(
+            CorrespondenceProtocol(view_size=args.view_size, pairs_per_image=args.pairs_per_image)
+        ),
+        "seconds": {},
+    }
+    if "correspondence" in args.tasks:
+        start = time.perf_counter()
+        if args.correspondence_folder:
+            photos = args.correspondence_folder
+            file_names = [d["file_name"] for d in load_image_folder(photos, missing_hint="check --correspondence-folder")]
+        else:
+            photos = args.correspondence_dataset
+            if photos in cfg.DATASETS.TRAIN:
+                raise UserError(f"--correspondence-dataset {photos} is in the model's DATASETS.TRAIN; evaluate on held-out photos")
+            file_names = [d["file_name"] for d in dataset_dicts(photos)]
+        protocol = CorrespondenceProtocol(**result["correspondence_protocol"])
+        pairs = make_view_pairs(file_names, protocol, seed=args.seed)
+        result["correspondence_dataset"] = {"name": photos, "images": len(file_names)}
+        result["correspondence"] = evaluate_correspondence(extractor, pairs, protocol.thresholds)
+        result["seconds"]["correspondence"] = round(time.perf_counter() - start, 1)
+    if "probe" in args.tasks:
+        start = time.perf_counter()
+        train = dataset_dicts(args.probe_train_dataset)[: args.probe_train_images]
+        val = dataset_dicts(args.probe_val_dataset)[: args.probe_val_images]
+        protocol = LinearProbeProtocol()
+        result["linear_probe_protocol"] = dataclasses.asdict(protocol)
+        result["linear_probe_datasets"] = {
+            "train": {"name": args.probe_train_dataset, "images": len(train)},
+            "val": {"name": args.probe_val_dataset, "images": len(val)},
+        }
+        result["linear_probe"] = evaluate_linear_probe(
+            lambda d: extractor(rgb_tensor(d["file_name"])), train, val, args.probe_val_dataset, protocol, seed=args.seed
+        )
+        result["seconds"]["linear_probe"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def load_results(paths):
+    results = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                results.append(json.load(f))
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"cannot read results file {path!r}: {e}") from None
+    return results
+
+
+def main(args):
+    if args.table:
+        print(format_results_table(load_results(args.table)))
+        return
+    if not args.config_file:
+        raise UserError("--config-file is required (the config the checkpoint was trained with)")
+    result = evaluate(setup(args), args)
+    print(format_results_table([result]))
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except UserError as e:
+        sys.exit(f"vader_d2: {e}")

@@ -1,0 +1,23 @@
+"""Evaluation of frozen dense features: correspondence benchmark, linear probe, pictures.
+
+``tools/evaluate_dense.py`` and ``tools/visualize.py`` are thin command lines over this package.
+"""
+
+from .correspondence import CorrespondenceProtocol, evaluate_correspondence, make_view_pair, make_view_pairs, match_nearest
+from .features import FEATURE_SOURCES, DenseFeatureExtractor, build_feature_extractor
+from .linear_probe import LinearProbeProtocol, evaluate_linear_probe
+from .report import format_results_table
+
+__all__ = [
+    "CorrespondenceProtocol",
+    "evaluate_correspondence",
+    "make_view_pair",
+    "make_view_pairs",
+    "match_nearest",
+    "FEATURE_SOURCES",
+    "DenseFeatureExtractor",
+    "build_feature_extractor",
+    "LinearProbeProtocol",
+    "evaluate_linear_probe",
+    "format_results_table",
+]

@@ -1,0 +1,55 @@
+"""One markdown table for the results of one or several ``tools/evaluate_dense.py`` runs."""
+
+from typing import Dict, Sequence
+
+__all__ = ["format_results_table"]
+
+
+def _cell(value, percent=True):
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}" if percent else f"{value:.2f}"
+
+
+def format_results_table(results: Sequence[Dict]) -> str:
+    """
+    A row per (model, feature source): PCK at each threshold (%), mean / median error (pixels), mean
+    cosine similarity of the cells of a view, and linear-probe mIoU (%); then the reference rows every model shares (quantisation ceiling, chance).
+    """
+    thresholds = results[0]["correspondence_protocol"]["thresholds"]
+    header = ["model", "features", *(f"PCK@{t:g}px" for t in thresholds), "mean err px", "median err px", "within-view sim", "probe mIoU"]
+    rows = []
+    for result in results:
+        correspondence = result.get("correspondence", {})
+        probe = result.get("linear_probe", {})
+        for source in result["feature_sources"]:
+            c = correspondence.get(source, {})
+            rows.append(
+                [
+                    result["name"],
+                    source,
+                    *(_cell(c.get(f"pck@{t:g}")) for t in thresholds),
+                    _cell(c.get("mean_error_px"), percent=False),
+                    _cell(c.get("median_error_px"), percent=False),
+                    _cell(c.get("within_view_similarity"), percent=False),
+                    _cell(probe.get(source, {}).get("mIoU")),
+                ]
+            )
+    first = results[0]
+    ceiling = first.get("correspondence", {}).get("quantisation_ceiling", {})
+    rows.append(
+        [
+            "(best cell-level match)",
+            "-",
+            *(_cell(ceiling.get(f"pck@{t:g}")) for t in thresholds),
+            _cell(ceiling.get("mean_error_px"), percent=False),
+            _cell(ceiling.get("median_error_px"), percent=False),
+            "-",
+            "-",
+        ]
+    )
+    chance = first.get("linear_probe", {}).get("chance", {})
+    rows.append(["(majority class)", "-", *("-" for _ in thresholds), "-", "-", "-", _cell(chance.get("mIoU"))])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
