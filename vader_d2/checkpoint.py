@@ -30,7 +30,7 @@ import pickle
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict
 
 import torch
 
