@@ -172,3 +172,12 @@ def test_sample_grid_reads_cells_exactly_and_interpolates_between():
     torch.testing.assert_close(halfway, expected)
     nearest = sample_grid(embeddings[:1], torch.tensor([[[2.4, 0.6]]]), "nearest")[0, 0]
     torch.testing.assert_close(nearest, embeddings[0, :, 1, 2])
+
+
+def test_reset_queue_empties_every_slot(model):
+    with EventStorage(0):
+        model(fake_batch(2, crop=128))
+    assert (model.queue_image_ids >= 0).any()
+    model.reset_queue()
+    assert (model.queue_image_ids == -1).all() and int(model.queue_ptr) == 0
+    assert not model.queue.any()

@@ -165,6 +165,7 @@ class VADeRTrainer(DefaultTrainer):
         if is_pretraining(self.cfg) and self.start_iter == 0:
             model = self.model.module if hasattr(self.model, "module") else self.model
             model.reset_key_encoder()
+            model.reset_queue()
 
     def run_step(self):
         try:

@@ -233,6 +233,13 @@ class VADeR(nn.Module):
             key.copy_(query)
 
     @torch.no_grad()
+    def reset_queue(self):
+        """Empty the queue: keys loaded with MODEL.WEIGHTS carry another run's image numbering."""
+        self.queue.zero_()
+        self.queue_image_ids.fill_(-1)
+        self.queue_ptr.zero_()
+
+    @torch.no_grad()
     def momentum_update_key_encoder(self):
         """theta_k <- m theta_k + (1 - m) theta_q, as theta_k + (1 - m)(theta_q - theta_k): one pass, all at once."""
         key_params, query_params = list(self.key_encoder.parameters()), list(self.query_encoder.parameters())
