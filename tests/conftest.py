@@ -7,15 +7,14 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A short seeded run of the demo recipe, shared by every test that needs pretrained weights. The queue is
-# small so that it is full after 4 steps and the loss curve after that reflects learning, not queue growth.
-PRETRAIN_ITERS = 120
+# A seeded run of the demo recipe, shared by every test that needs pretrained weights. 600 iterations:
+# after 120 the loss falls but the features do not yet match held-out photos clearly better than a
+# random initialisation does (PCK@8 0.08 vs 0.06), after 600 they do (0.25 vs 0.06).
+PRETRAIN_ITERS = 600
 PRETRAIN_OPTS = [
     "SOLVER.MAX_ITER", str(PRETRAIN_ITERS),
-    "SOLVER.CHECKPOINT_PERIOD", "60",
-    "MODEL.VADER.QUEUE_SIZE", "1024",
+    "SOLVER.CHECKPOINT_PERIOD", "300",
     "MODEL.VADER.METRICS_PERIOD", "20",
-    "SEED", "7",
 ]
 
 
