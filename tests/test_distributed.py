@@ -65,9 +65,10 @@ def tiny_cfg(norm):
 def global_batches():
     torch.manual_seed(2020)
     batches = [fake_batch(GLOBAL_BATCH, CROP, first_image_id=GLOBAL_BATCH * step) for step in range(STEPS)]
-    for batch in batches:
-        for image in batch:
+    for step, batch in enumerate(batches):
+        for index, image in enumerate(batch):
             image["correspondence"] = image["correspondence"].double()  # grid_sample wants the model's dtype
+            image["num_skipped"] = (step + index) % 3  # unreadable files the loader skipped before this one
     return batches
 
 
@@ -126,6 +127,15 @@ def test_queue_is_identical_on_every_rank_after_every_step(runs):
             assert torch.equal(rank0["queues"][step], rank1["queues"][step]), (norm, step)
         for name in ("queue", "queue_image_ids", "queue_ptr"):
             assert torch.equal(rank0["state"][name], rank1["state"][name]), (norm, name)
+
+
+def test_skipped_images_are_counted_over_every_rank(runs):
+    expected = sum(image["num_skipped"] for batch in global_batches() for image in batch)
+    assert expected > 0
+    assert int(runs["one"]["state"]["skipped_images"]) == expected
+    for norm in NORMS:
+        for rank in runs["two"][norm]:
+            assert int(rank["state"]["skipped_images"]) == expected, norm
 
 
 def test_weights_and_batch_norm_statistics_are_identical_on_every_rank(runs):

@@ -142,7 +142,7 @@ def detectron2_weights_from_vader(model_state, encoder="query"):
             elif key.startswith(f"{encoder}_encoder.head."):
                 skipped[key] = f"{loss_type} pretraining head (not part of a D2 backbone)"
             else:
-                skipped[key] = "pretraining state (queue)"
+                skipped[key] = "pretraining state (queue, skip count)"
             continue
         name = key[len(backbone_prefix):]
         if name.startswith("bottom_up."):

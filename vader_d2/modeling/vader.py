@@ -197,7 +197,10 @@ class VADeR(nn.Module):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        self.skipped_images = 0
+        # Unreadable files skipped by every process's loader, as of the last logging step: a buffer, so that
+        # a resumed run goes on counting. Skips since then are this process's alone, summed when logged.
+        self.register_buffer("skipped_images", torch.zeros((), dtype=torch.long))
+        self.skipped_since_logged = 0
 
     @classmethod
     def from_config(cls, cfg):
@@ -234,10 +237,11 @@ class VADeR(nn.Module):
 
     @torch.no_grad()
     def reset_queue(self):
-        """Empty the queue: keys loaded with MODEL.WEIGHTS carry another run's image numbering."""
+        """Empty the queue and the skip count: what MODEL.WEIGHTS brings there belongs to another run."""
         self.queue.zero_()
         self.queue_image_ids.fill_(-1)
         self.queue_ptr.zero_()
+        self.skipped_images.zero_()
 
     @torch.no_grad()
     def momentum_update_key_encoder(self):
@@ -266,7 +270,7 @@ class VADeR(nn.Module):
         view2 = self.normalize([x["view2"] for x in batched_inputs])
         # Built on the host and copied without waiting: a device tensor from a list would wait for the device.
         image_ids = torch.tensor([x["image_id"] for x in batched_inputs]).to(self.device, non_blocking=True)
-        self.skipped_images += sum(x.get("num_skipped", 0) for x in batched_inputs)
+        self.skipped_since_logged += sum(x.get("num_skipped", 0) for x in batched_inputs)
 
         with torch.no_grad():
             self.momentum_update_key_encoder()
@@ -335,6 +339,7 @@ class VADeR(nn.Module):
         # Reading these values forces a device sync: only on the logging period.
         if storage.iter % self.metrics_period != 0:
             return
+        self.count_skipped_images()
         usable = (~excluded).to(self.queue.dtype)
         # Sum over each query's usable negatives as one matrix product: the loss does not keep the logits.
         negative_cos = (queries.to(self.queue.dtype) * (usable @ self.queue)).sum() / usable.sum().clamp(min=1)
@@ -343,12 +348,21 @@ class VADeR(nn.Module):
             vader_negative_similarity=negative_cos.item(),
             vader_top1_accuracy=(positive > hardest).float().mean().item(),
             vader_queue_fill=(self.queue_image_ids >= 0).float().mean().item(),
-            vader_skipped_images=self.skipped_images,
+            vader_skipped_images=self.skipped_images.item(),
             smoothing_hint=False,
         )
         if self.loss_type == "dense":
             matches = sum(int(x["valid"].sum()) for x in batched_inputs) / len(batched_inputs)
             storage.put_scalar("vader_valid_matches", matches, smoothing_hint=False)
+
+    @torch.no_grad()
+    def count_skipped_images(self):
+        """Add every process's skips since the last logging step to the total (all processes call this)."""
+        skipped = torch.tensor(self.skipped_since_logged, device=self.device)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(skipped)
+        self.skipped_images += skipped
+        self.skipped_since_logged = 0
 
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict]):
