@@ -5,7 +5,8 @@
 #
 #   tools/compare_pretraining.sh [ITERS] [OUT]     (defaults: 600 output/compare)
 #
-# Re-running skips pretrainings whose model_final.pth exists. docs/results.md reports its output.
+# Re-running skips pretrainings whose model_final.pth exists. The table goes to OUT/table_ITERS.md;
+# docs/results.md reports it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ITERS=${1:-600}
@@ -38,4 +39,4 @@ evaluate "moco_global_$GLOBAL_EQUAL_TIME_ITERS" configs/moco_global_demo.yaml \
 evaluate "vader_$ITERS" configs/vader_pretrain_demo.yaml "$OUT/vader_$ITERS/model_final.pth"
 
 "$PY" tools/evaluate_dense.py --table "$OUT/eval/random_init.json" "$OUT/eval/moco_global_$ITERS.json" \
-    "$OUT/eval/moco_global_$GLOBAL_EQUAL_TIME_ITERS.json" "$OUT/eval/vader_$ITERS.json" | tee "$OUT/table.md"
+    "$OUT/eval/moco_global_$GLOBAL_EQUAL_TIME_ITERS.json" "$OUT/eval/vader_$ITERS.json" | tee "$OUT/table_$ITERS.md"
