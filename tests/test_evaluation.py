@@ -26,6 +26,7 @@ from vader_d2.evaluation import (
 )
 from vader_d2.evaluation.correspondence import seeded_numpy
 from vader_d2.evaluation.linear_probe import read_label_map
+from vader_d2.evaluation.visualization import plot_training_curves
 from vader_d2.evaluation.weight_change import weight_change
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -182,7 +183,8 @@ def test_command_lines_write_results_and_pictures(pretrained_demo, tmp_path):
 
     pictures = tmp_path / "pictures"
     run_tool("tools/visualize.py", "--config-file", "configs/vader_pretrain_demo.yaml", "--output-dir", str(pictures), *weights)
-    for name in ("matches.png", "pca.png", "similarity.png"):
+    # training.png: the checkpoint's folder holds the run's metrics.json
+    for name in ("matches.png", "pca.png", "similarity.png", "training.png"):
         assert (pictures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -220,3 +222,19 @@ def test_weight_change_tool_rebuilds_the_runs_initialisation(pretrained_demo, tm
     assert parts["res5"]["cosine"] > 0.9
     assert all(0 < part["relative_change"] for part in parts.values())
     assert parts["stem"]["relative_change"] > parts["res5"]["relative_change"]
+
+
+def test_training_curves_plot_each_metric_against_its_iterations():
+    metrics = [
+        {"iteration": 19, "total_loss": 7.5, "vader_top1_accuracy": 0.0, "vader_positive_similarity": 0.6,
+         "vader_negative_similarity": 0.5},
+        {"iteration": 29, "total_loss": 6.0},  # a record without the model's metrics
+        {"iteration": 39, "total_loss": 5.0, "vader_top1_accuracy": 0.25, "vader_positive_similarity": 0.7,
+         "vader_negative_similarity": 0.1},
+    ]
+    figure = plot_training_curves(metrics)
+    lines = {line.get_label(): line for ax in figure.axes for line in ax.get_lines()}
+    assert list(lines["InfoNCE loss"].get_xdata()) == [19, 29, 39]
+    assert list(lines["InfoNCE loss"].get_ydata()) == [7.5, 6.0, 5.0]
+    assert list(lines["top-1 accuracy"].get_xdata()) == [19, 39]
+    assert list(lines["query - queued negatives"].get_ydata()) == [0.5, 0.1]

@@ -6,6 +6,8 @@ Pictures of a checkpoint's dense features on a view pair of the correspondence b
     matches.png     the two views, true correspondences as lines, green where the nearest neighbour agrees
     pca.png         PCA -> RGB of both views' embeddings beside the views
     similarity.png  cosine similarity of one view-1 cell to all of view 2
+    training.png    loss, top-1 accuracy and similarities over the run (from --metrics, by default the
+                    metrics.json beside MODEL.WEIGHTS, when there is one)
 
     python tools/visualize.py --config-file configs/vader_pretrain_demo.yaml \\
         --output-dir output/vader_pretrain_demo/pictures \\
@@ -16,6 +18,7 @@ vader_demo_photos_val), drawn with --seed as tools/evaluate_dense.py draws its p
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -29,7 +32,13 @@ from vader_d2.data.view_mapper import UnreadableImageError, read_source_image
 from vader_d2.errors import UserError
 from vader_d2.evaluation import FEATURE_SOURCES, CorrespondenceProtocol, build_feature_extractor, make_view_pair
 from vader_d2.evaluation.correspondence import MAX_SOURCE_SIZE, seeded_numpy
-from vader_d2.evaluation.visualization import central_valid_cell, plot_matches, plot_pca, plot_similarity
+from vader_d2.evaluation.visualization import (
+    central_valid_cell,
+    plot_matches,
+    plot_pca,
+    plot_similarity,
+    plot_training_curves,
+)
 
 
 def parse_args(argv=None):
@@ -42,6 +51,8 @@ def parse_args(argv=None):
     parser.add_argument("--image-index", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="the view pair and the random initialisation")
     parser.add_argument("--title", help="model name in the pictures' titles (default: MODEL.WEIGHTS)")
+    parser.add_argument("--metrics", metavar="JSON", help="the run's metrics.json for training.png "
+                        "(default: metrics.json in MODEL.WEIGHTS's folder, if it exists)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, e.g. MODEL.WEIGHTS path")
     return parser.parse_args(argv)
 
@@ -55,6 +66,20 @@ def pick_image(args):
     if not 0 <= args.image_index < len(dicts):
         raise UserError(f"--image-index {args.image_index} is out of range: {args.dataset} has {len(dicts)} images")
     return dicts[args.image_index]["file_name"]
+
+
+def metrics_beside(weights):
+    """The metrics.json Detectron2 wrote into the folder of a training checkpoint, if there is one."""
+    path = os.path.join(os.path.dirname(weights), "metrics.json") if weights else None
+    return path if path and os.path.isfile(path) else None
+
+
+def read_metrics(path):
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the training metrics {path}: {e}") from None
 
 
 def main(args):
@@ -83,6 +108,9 @@ def main(args):
         "pca.png": plot_pca(pair, features1, features2, title),
         "similarity.png": plot_similarity(pair, features1, features2, central_valid_cell(pair.valid), title),
     }
+    metrics_path = args.metrics or metrics_beside(cfg.MODEL.WEIGHTS)
+    if metrics_path:
+        figures["training.png"] = plot_training_curves(read_metrics(metrics_path), f"training curves: {metrics_path}")
     for name, figure in figures.items():
         path = os.path.join(args.output_dir, name)
         figure.savefig(path)

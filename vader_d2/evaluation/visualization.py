@@ -6,7 +6,9 @@ Pictures of dense features on one view pair of the correspondence benchmark (mat
   where it does not (a red dot marks where it went);
 - ``plot_pca``: the first three principal components of the embeddings of both views, fitted jointly and
   shown as RGB beside each view: a view-invariant embedding paints the same scene point the same colour;
-- ``plot_similarity``: the cosine similarity of one view-1 cell to every view-2 cell, over view 2.
+- ``plot_similarity``: the cosine similarity of one view-1 cell to every view-2 cell, over view 2;
+- ``plot_training_curves``: loss, top-1 accuracy and positive / negative similarity of a pretraining run
+  from its ``metrics.json``.
 """
 
 import matplotlib
@@ -21,7 +23,7 @@ import torch.nn.functional as F  # noqa: E402
 from ..config import OUTPUT_STRIDE  # noqa: E402
 from .correspondence import ViewPair, match_nearest  # noqa: E402
 
-__all__ = ["plot_matches", "plot_pca", "plot_similarity", "central_valid_cell"]
+__all__ = ["plot_matches", "plot_pca", "plot_similarity", "central_valid_cell", "plot_training_curves"]
 
 _CORRECT = "#2ca02c"
 _WRONG = "#d62728"
@@ -137,6 +139,36 @@ def plot_similarity(pair: ViewPair, features1, features2, query_cell, title=""):
     for ax in axes:
         ax.set_axis_off()
     fig.colorbar(heat, ax=axes[1], fraction=0.046, pad=0.02, label="cosine similarity")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+_TRAINING_PANELS = (
+    ("loss (median of the logging window)", (("total_loss", "InfoNCE loss"),)),
+    ("top-1: the positive beats every negative", (("vader_top1_accuracy", "top-1 accuracy"),)),
+    ("cosine similarity", (("vader_positive_similarity", "query - positive key"),
+                           ("vader_negative_similarity", "query - queued negatives"))),
+)
+
+
+def plot_training_curves(metrics, title=""):
+    """
+    ``metrics``: the records of a run's ``metrics.json`` (Detectron2's JSONWriter, one dict per logging
+    step). Each panel plots the records that hold its keys against their "iteration".
+    """
+    fig, axes = plt.subplots(1, len(_TRAINING_PANELS), figsize=(12.0, 3.4), dpi=110)
+    for ax, (panel_title, curves) in zip(axes, _TRAINING_PANELS):
+        for key, label in curves:
+            points = [(m["iteration"], m[key]) for m in metrics if key in m and "iteration" in m]
+            if points:
+                ax.plot(*zip(*points), label=label)
+        ax.set_title(panel_title, fontsize=9)
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if len(curves) > 1:
+            ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
