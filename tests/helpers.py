@@ -7,6 +7,11 @@ from detectron2.config import get_cfg
 from vader_d2 import add_vader_config
 
 
+# The paper's 32 pairs per image: the demo recipe's 256 need views of at least 64 px, the fast tests use
+# smaller ones.
+FEW_PAIRS = ["MODEL.VADER.PAIRS_PER_IMAGE", "32", "MODEL.VADER.MIN_SHARED_CELLS", "32"]
+
+
 def demo_cfg(*opts):
     """The CPU demo pretraining config, on the CPU, with optional overrides."""
     cfg = get_cfg()

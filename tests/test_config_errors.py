@@ -12,12 +12,13 @@ from detectron2.engine import default_argument_parser
 from vader_d2.errors import UserError
 from vader_d2.trainer import check_checkpoint_matches_config
 
-from .helpers import demo_cfg
+from .helpers import FEW_PAIRS, demo_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = "configs/vader_pretrain_demo.yaml"
-# A few seconds per run on 2 CPU cores: 64 px views, batch 4, a 512-key queue, no loader workers.
+# A few seconds per run on 2 CPU cores: 64 px views, batch 4, 32 pairs, a 512-key queue, no loader workers.
 TINY_OPTS = [
+    *FEW_PAIRS,
     "INPUT.VIEWS.CROP_SIZE", "64",
     "SOLVER.IMS_PER_BATCH", "4",
     "MODEL.VADER.QUEUE_SIZE", "512",
@@ -87,7 +88,7 @@ train_net = load_train_net()
         (["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH"], ["odd length"]),
         (
             ["--config-file", DEMO_CONFIG, "MODEL.VADER.QUEUE_SIZE", "1000"],
-            ["MODEL.VADER.QUEUE_SIZE=1000", "SOLVER.IMS_PER_BATCH", "e.g. 768"],
+            ["MODEL.VADER.QUEUE_SIZE=1000", "SOLVER.IMS_PER_BATCH", "e.g. 2048"],
         ),
         (["--config-file", DEMO_CONFIG, "--num-gpus", "3"], ["SOLVER.IMS_PER_BATCH=8", "3 processes", "multiple of 3"]),
         (

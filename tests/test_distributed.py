@@ -39,7 +39,7 @@ from detectron2.solver import build_optimizer
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
-from .helpers import demo_cfg, fake_batch
+from .helpers import FEW_PAIRS, demo_cfg, fake_batch
 from .test_config_errors import DEMO_CONFIG, TINY_OPTS, run_train_net, single_thread  # noqa: F401
 
 # Every test here starts processes (about 20-60 s each on a shared 2-core machine).
@@ -54,6 +54,7 @@ NORMS = ("naiveSyncBN", "BN")
 def tiny_cfg(norm):
     # 4 images x 32 pairs = 128 keys a step: the 256-key queue wraps at the third step.
     return demo_cfg(
+        *FEW_PAIRS,
         "INPUT.VIEWS.CROP_SIZE", str(CROP),
         "SOLVER.IMS_PER_BATCH", str(GLOBAL_BATCH),
         "MODEL.VADER.QUEUE_SIZE", "256",

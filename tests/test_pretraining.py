@@ -19,7 +19,7 @@ def series(metrics, name):
 
 
 def test_demo_pretraining_lowers_loss_and_raises_top1(pretrained_demo):
-    # The queue (4096 keys, 256 per step) is full from iteration 16 on: compare the first record after
+    # The queue (16384 keys, 2048 per step) is full from iteration 8 on: compare the first record after
     # that with the last one, so the change reflects learning rather than a growing set of negatives.
     # With a single loss term Detectron2 logs it as total_loss only.
     loss = series(pretrained_demo["metrics"], "total_loss")

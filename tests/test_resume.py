@@ -30,7 +30,7 @@ from detectron2.modeling import build_model
 
 from vader_d2.trainer import VADeRTrainer
 
-from .helpers import demo_cfg, fake_batch
+from .helpers import FEW_PAIRS, demo_cfg, fake_batch
 from .test_config_errors import DEMO_CONFIG, REPO, TINY_OPTS, run_train_net, single_thread, train_net_env  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -73,7 +73,7 @@ class SeedFromIteration(HookBase):
 def fixed_batch_cfg(output_dir):
     # The LR changes at every step (warmup, then cosine), the 256-key queue wraps at the third step.
     return demo_cfg(
-        "INPUT.VIEWS.CROP_SIZE", "32", "SOLVER.IMS_PER_BATCH", "4", "MODEL.VADER.QUEUE_SIZE", "256",
+        *FEW_PAIRS, "INPUT.VIEWS.CROP_SIZE", "32", "SOLVER.IMS_PER_BATCH", "4", "MODEL.VADER.QUEUE_SIZE", "256",
         "SOLVER.MAX_ITER", "5", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WARMUP_ITERS", "2",
         "OUTPUT_DIR", str(output_dir),
     )

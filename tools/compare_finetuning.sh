@@ -13,7 +13,7 @@ ITERS=${1:-600}
 OUT=${2:-output/compare}
 PY=${PY:-.venv/bin/python}
 CONFIG=configs/downstream/cutpaste_mask_rcnn_R_18_FPN.yaml
-GLOBAL_RUN=moco_global_$((ITERS * 2))  # the global run given VADeR's wall time
+GLOBAL_RUN=moco_global_$((ITERS * 3))  # the global run given VADeR's wall time
 
 for run in "vader_$ITERS" "$GLOBAL_RUN"; do
     if [ ! -f "$OUT/$run/model_final.pth" ]; then
