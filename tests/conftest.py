@@ -8,8 +8,9 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A seeded run of the demo recipe, shared by every test that needs pretrained weights. 600 iterations:
-# after 120 the loss falls but the features do not yet match held-out photos clearly better than a
-# random initialisation does (PCK@8 0.08 vs 0.06), after 600 they do (0.25 vs 0.06).
+# with the 32-pair recipe of the time, after 120 the loss fell but the features did not yet match
+# held-out photos clearly better than a random initialisation (PCK@8 0.08 vs 0.06), after 600 they did
+# (0.25 vs 0.06); the 256-pair recipe reaches 0.35 after 600 (tests/test_evaluation.py).
 PRETRAIN_ITERS = 600
 PRETRAIN_OPTS = [
     "SOLVER.MAX_ITER", str(PRETRAIN_ITERS),

@@ -158,8 +158,9 @@ def test_vader_pretraining_beats_random_init_on_correspondence(pretrained_demo, 
     random_init = evaluate_correspondence(build_feature_extractor(demo_cfg(), seed=0), pairs)
     trained_cfg = demo_cfg("MODEL.WEIGHTS", pretrained_demo["checkpoint"])
     trained = evaluate_correspondence(build_feature_extractor(trained_cfg, seed=0), pairs)
-    # Measured with this protocol: 0.25 trained (600 iterations) vs 0.06 random; the bounds leave room for
-    # run-to-run variation of CPU training while still demanding a clear separation.
+    # Measured with this protocol: 0.35 trained (600 iterations) vs 0.06 random, median error 17.8 vs 32.3
+    # px; the bounds leave room for run-to-run variation of CPU training while still demanding a clear
+    # separation.
     assert trained["head"]["pck@8"] > random_init["head"]["pck@8"] + 0.10, (trained, random_init)
     assert trained["head"]["pck@8"] > 2.5 * random_init["head"]["pck@8"]
     # The median, not the mean: a few far-off matches of the sharper trained features dominate a mean.
