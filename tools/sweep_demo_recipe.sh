@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# How the demo recipe (configs/vader_pretrain_demo.yaml) was chosen: 600-iteration pretrainings that
+# differ from it in one or two keys, each scored by held-out correspondence (tools/evaluate_dense.py).
+# About 5-7 minutes per run on 2 CPU cores; docs/results.md reports the table.
+#
+#   tools/sweep_demo_recipe.sh [OUT]     (default: output/sweep)
+#
+# Re-running skips pretrainings whose model_final.pth exists. The table goes to OUT/table.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-output/sweep}
+PY=${PY:-.venv/bin/python}
+CONFIG=configs/vader_pretrain_demo.yaml
+
+run() {  # name, KEY VALUE overrides of the demo config
+    local name=$1
+    shift
+    if [ ! -f "$OUT/$name/model_final.pth" ]; then
+        "$PY" tools/train_net.py --config-file "$CONFIG" MODEL.DEVICE cpu SOLVER.MAX_ITER 600 \
+            SOLVER.CHECKPOINT_PERIOD 100000 OUTPUT_DIR "$OUT/$name" "$@"
+    fi
+    "$PY" tools/evaluate_dense.py --config-file "$CONFIG" --name "$name" --tasks correspondence \
+        --output "$OUT/$name.json" MODEL.DEVICE cpu MODEL.WEIGHTS "$OUT/$name/model_final.pth" "$@"
+}
+
+# The queue always holds 8-16 steps of keys.
+PAIRS_32=(MODEL.VADER.PAIRS_PER_IMAGE 32 MODEL.VADER.MIN_SHARED_CELLS 32 MODEL.VADER.QUEUE_SIZE 4096)
+PAIRS_128=(MODEL.VADER.PAIRS_PER_IMAGE 128 MODEL.VADER.MIN_SHARED_CELLS 128 MODEL.VADER.QUEUE_SIZE 16384)
+
+run pairs32 "${PAIRS_32[@]}"
+run pairs32_lr0.1 "${PAIRS_32[@]}" SOLVER.BASE_LR 0.1
+run pairs32_t0.2 "${PAIRS_32[@]}" MODEL.VADER.TEMPERATURE 0.2
+run pairs128 "${PAIRS_128[@]}"
+run pairs256
+run pairs256_t0.2 MODEL.VADER.TEMPERATURE 0.2
+
+"$PY" tools/evaluate_dense.py --table "$OUT"/pairs32.json "$OUT"/pairs32_lr0.1.json "$OUT"/pairs32_t0.2.json \
+    "$OUT"/pairs128.json "$OUT"/pairs256.json "$OUT"/pairs256_t0.2.json | tee "$OUT/table.md"
