@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 OUT=${1:-output/sweep}
 PY=${PY:-.venv/bin/python}
 CONFIG=configs/vader_pretrain_demo.yaml
+EVALUATIONS=()  # every run's JSON, in the order of the table
 
 run() {  # name, KEY VALUE overrides of the demo config
     local name=$1
@@ -22,6 +23,7 @@ run() {  # name, KEY VALUE overrides of the demo config
     fi
     "$PY" tools/evaluate_dense.py --config-file "$CONFIG" --name "$name" --tasks correspondence \
         --output "$OUT/$name.json" MODEL.DEVICE cpu MODEL.WEIGHTS "$OUT/$name/model_final.pth" "$@"
+    EVALUATIONS+=("$OUT/$name.json")
 }
 
 # The queue always holds 8-16 steps of keys.
@@ -37,5 +39,4 @@ run pairs256_t0.2 MODEL.VADER.TEMPERATURE 0.2
 # The 32-pair recipe given the wall time of the demo's 1800 256-pair steps (20 min; 0.45 s vs 0.65 s a step).
 run pairs32_2650it "${PAIRS_32[@]}" SOLVER.MAX_ITER 2650
 
-"$PY" tools/evaluate_dense.py --table "$OUT"/pairs32.json "$OUT"/pairs32_lr0.1.json "$OUT"/pairs32_t0.2.json \
-    "$OUT"/pairs128.json "$OUT"/pairs256.json "$OUT"/pairs256_t0.2.json "$OUT"/pairs32_2650it.json | tee "$OUT/table.md"
+"$PY" tools/evaluate_dense.py --table "${EVALUATIONS[@]}" | tee "$OUT/table.md"
