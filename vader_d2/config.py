@@ -73,8 +73,18 @@ def add_vader_config(cfg):
 OUTPUT_STRIDE = 4  # the dense head predicts at p2's stride
 
 
+def keys_enqueued_per_step(cfg):
+    """Keys every step adds to the queue: one per matched pair (dense) or per image (global), of the
+    global batch, twice with MODEL.VADER.SYMMETRIC."""
+    v = cfg.MODEL.VADER
+    keys = cfg.SOLVER.IMS_PER_BATCH * (v.PAIRS_PER_IMAGE if v.LOSS == "dense" else 1)
+    return keys * 2 if v.SYMMETRIC else keys
+
+
 def check_vader_config(cfg, world_size=1):
     """Fail at start-up, with one line naming the key, on values that would break training later."""
+    check_solver_config(cfg)
+    check_value_ranges(cfg)
     v = cfg.MODEL.VADER
     if v.LOSS not in ("dense", "global"):
         raise UserError(f"MODEL.VADER.LOSS must be 'dense' or 'global', got {v.LOSS!r}")
@@ -92,15 +102,14 @@ def check_vader_config(cfg, world_size=1):
             f"SOLVER.IMS_PER_BATCH={batch} is not divisible by the {world_size} processes; "
             f"use a multiple of {world_size}"
         )
-    keys_per_step = batch * (v.PAIRS_PER_IMAGE if v.LOSS == "dense" else 1)
-    if v.SYMMETRIC:
-        keys_per_step *= 2
+    keys_per_step = keys_enqueued_per_step(cfg)
     if v.QUEUE_SIZE % keys_per_step != 0 or v.QUEUE_SIZE < keys_per_step:
         raise UserError(
             f"MODEL.VADER.QUEUE_SIZE={v.QUEUE_SIZE} must be a positive multiple of the keys enqueued per "
             f"step ({keys_per_step} = SOLVER.IMS_PER_BATCH x pairs per image"
             f"{' x 2 (symmetric)' if v.SYMMETRIC else ''}); e.g. {max(1, v.QUEUE_SIZE // keys_per_step) * keys_per_step}"
         )
+    check_queries_have_negatives(cfg)
     views = cfg.INPUT.VIEWS
     if views.CROP_SIZE % OUTPUT_STRIDE != 0:
         raise UserError(f"INPUT.VIEWS.CROP_SIZE={views.CROP_SIZE} must be a multiple of {OUTPUT_STRIDE}")
@@ -115,3 +124,132 @@ def check_vader_config(cfg, world_size=1):
         raise UserError(f"INPUT.VIEWS.CROP_SCALE must satisfy 0 < min <= max <= 1, got {tuple(views.CROP_SCALE)}")
     if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
         raise UserError(f"INPUT.FORMAT must be RGB or BGR for VADeR views, got {cfg.INPUT.FORMAT!r}")
+
+
+def check_queries_have_negatives(cfg):
+    """
+    A query's negatives are the queued keys of *other* images. After a step's keys are enqueued the
+    queue holds the keys of its last QUEUE_SIZE / keys-per-step steps, i.e. of that many global batches:
+    with one image per global batch and a queue of one step's keys it only ever holds the query's own
+    image, every negative is masked, the loss is 0 and nothing is learned. Any larger queue or batch
+    gives negatives from the second step on (the first step of a one-image batch has none).
+    """
+    v = cfg.MODEL.VADER
+    keys_per_step = keys_enqueued_per_step(cfg)
+    images_in_queue = (v.QUEUE_SIZE // keys_per_step) * cfg.SOLVER.IMS_PER_BATCH
+    if images_in_queue < 2:
+        raise UserError(
+            f"with SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH} and MODEL.VADER.QUEUE_SIZE={v.QUEUE_SIZE} (the keys "
+            "of one step) the queue only ever holds keys of the query's own image, which are masked: no query "
+            f"has a negative and nothing is learned; use MODEL.VADER.QUEUE_SIZE {2 * keys_per_step} or more, "
+            "or a larger SOLVER.IMS_PER_BATCH"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Value ranges, checked before anything else so that later checks (and training) can rely on them.
+# One helper per kind of range: each names the key, the value and what is allowed.
+
+
+def _require(ok, key, value, allowed):
+    if not ok:
+        raise UserError(f"{key} must be {allowed}, got {value!r}")
+
+
+def _at_least(cfg_node, prefix, key, minimum):
+    value = cfg_node[key]
+    _require(isinstance(value, (int, float)) and value >= minimum, f"{prefix}.{key}", value, f"at least {minimum}")
+
+
+def _probability(cfg_node, prefix, key):
+    value = cfg_node[key]
+    _require(0.0 <= value <= 1.0, f"{prefix}.{key}", value, "a probability in [0, 1]")
+
+
+def _ordered_pair(cfg_node, prefix, key, minimum, strict_minimum):
+    value = tuple(cfg_node[key])
+    lo_ok = len(value) == 2 and (value[0] > minimum if strict_minimum else value[0] >= minimum)
+    _require(
+        lo_ok and value[0] <= value[1], f"{prefix}.{key}", value,
+        f"two values ({'>' if strict_minimum else '>='} {minimum}) min <= max",
+    )
+
+
+SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR")
+
+
+def check_solver_config(cfg):
+    """The solver and data-loader values every training run (pretraining and downstream) relies on."""
+    solver = cfg.SOLVER
+    lr = solver.BASE_LR
+    _require(lr > 0 and lr != float("inf"), "SOLVER.BASE_LR", lr, "a positive, finite learning rate")
+    for key in ("IMS_PER_BATCH", "MAX_ITER", "CHECKPOINT_PERIOD"):
+        _at_least(solver, "SOLVER", key, 1)
+    _at_least(solver, "SOLVER", "WARMUP_ITERS", 0)
+    _require(0.0 <= solver.MOMENTUM < 1.0, "SOLVER.MOMENTUM", solver.MOMENTUM, "in [0, 1)")
+    _at_least(solver, "SOLVER", "WEIGHT_DECAY", 0)
+    _require(0.0 < solver.WARMUP_FACTOR <= 1.0, "SOLVER.WARMUP_FACTOR", solver.WARMUP_FACTOR, "in (0, 1]")
+    _require(solver.LR_SCHEDULER_NAME in SCHEDULERS, "SOLVER.LR_SCHEDULER_NAME", solver.LR_SCHEDULER_NAME, f"one of {SCHEDULERS}")
+    if solver.LR_SCHEDULER_NAME == "WarmupCosineLR":
+        _require(0.0 <= solver.BASE_LR_END <= lr, "SOLVER.BASE_LR_END", solver.BASE_LR_END, f"in [0, SOLVER.BASE_LR={lr}]")
+    else:
+        _require(solver.GAMMA > 0, "SOLVER.GAMMA", solver.GAMMA, "positive")
+    _at_least(cfg.DATALOADER, "DATALOADER", "NUM_WORKERS", 0)
+    _at_least(cfg.TEST, "TEST", "EVAL_PERIOD", 0)
+
+
+def check_value_ranges(cfg):
+    """Every MODEL.VADER.* and INPUT.VIEWS.* value within the range the model and the views can use."""
+    v = cfg.MODEL.VADER
+    for key in ("EMBED_DIM", "QUEUE_SIZE", "PAIRS_PER_IMAGE", "MIN_SHARED_CELLS", "METRICS_PERIOD"):
+        _at_least(v, "MODEL.VADER", key, 1)
+    _at_least(v.HEAD, "MODEL.VADER.HEAD", "CONV_DIM", 1)
+    _at_least(v.HEAD, "MODEL.VADER.HEAD", "NUM_CONVS", 0)
+    _at_least(v.GLOBAL_HEAD, "MODEL.VADER.GLOBAL_HEAD", "HIDDEN_DIM", 1)
+    if v.LOSS == "dense":
+        levels = ("p2", "p3", "p4", "p5", "p6")
+        features = list(v.HEAD.IN_FEATURES)
+        _require(
+            "p2" in features and all(f in levels for f in features), "MODEL.VADER.HEAD.IN_FEATURES", features,
+            f"FPN outputs among {list(levels)} including p2 (the dense head predicts at stride {OUTPUT_STRIDE})",
+        )
+        _check_norm(v.HEAD.NORM, v.HEAD.CONV_DIM)
+    elif v.LOSS == "global":
+        resnet_stages = ("res2", "res3", "res4", "res5")
+        _require(v.GLOBAL_HEAD.IN_FEATURE in resnet_stages, "MODEL.VADER.GLOBAL_HEAD.IN_FEATURE", v.GLOBAL_HEAD.IN_FEATURE, f"one of {resnet_stages}")
+
+    views = cfg.INPUT.VIEWS
+    p = "INPUT.VIEWS"
+    _at_least(views, p, "CROP_SIZE", OUTPUT_STRIDE)
+    _require(
+        views.MAX_SOURCE_SIZE >= views.CROP_SIZE, f"{p}.MAX_SOURCE_SIZE", views.MAX_SOURCE_SIZE,
+        f"at least INPUT.VIEWS.CROP_SIZE={views.CROP_SIZE} (sources are downscaled to it before views are cut)",
+    )
+    # Attempts at a view pair before the fallback; the fallback reuses the last attempt's geometry.
+    _at_least(views, p, "MAX_REDRAWS", 1)
+    _ordered_pair(views, p, "CROP_SCALE", 0, strict_minimum=True)
+    _ordered_pair(views, p, "CROP_RATIO", 0, strict_minimum=True)
+    _ordered_pair(views, p, "BLUR_SIGMA", 0, strict_minimum=False)
+    for key in ("FLIP_PROB", "AFFINE_PROB", "HOMOGRAPHY_PROB", "COLOR_JITTER_PROB", "GRAYSCALE_PROB", "BLUR_PROB", "NOISE_PROB"):
+        _probability(views, p, key)
+    _require(0 <= views.AFFINE_ROTATION <= 180, f"{p}.AFFINE_ROTATION", views.AFFINE_ROTATION, "in [0, 180] degrees")
+    _require(0 <= views.AFFINE_SHEAR < 90, f"{p}.AFFINE_SHEAR", views.AFFINE_SHEAR, "in [0, 90) degrees")
+    _require(0 <= views.HOMOGRAPHY_STRENGTH < 0.25, f"{p}.HOMOGRAPHY_STRENGTH", views.HOMOGRAPHY_STRENGTH, "in [0, 0.25)")
+    _at_least(views, p, "NOISE_STD", 0)
+    jitter = tuple(views.COLOR_JITTER)
+    _require(
+        len(jitter) == 4 and min(jitter[:3]) >= 0 and 0 <= jitter[3] <= 0.5, f"{p}.COLOR_JITTER", jitter,
+        "(brightness, contrast, saturation, hue), the first three >= 0, hue in [0, 0.5]",
+    )
+
+
+def _check_norm(norm, channels):
+    from detectron2.layers import get_norm
+
+    try:
+        get_norm(norm, channels)
+    except (KeyError, ValueError) as e:
+        raise UserError(
+            f"MODEL.VADER.HEAD.NORM={norm!r} cannot normalise MODEL.VADER.HEAD.CONV_DIM={channels} channels "
+            f"({type(e).__name__}: {e}); use 'GN' with a multiple of 32 channels, 'BN' or ''"
+        ) from None
