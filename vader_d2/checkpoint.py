@@ -25,9 +25,12 @@ reports only its task heads as missing, and a missing backbone key stands out. (
 buffer; loading into it lists these counters as unused checkpoint keys, and nothing else changes.)
 """
 
+import contextlib
 import os
 import pickle
 import re
+import secrets
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict
@@ -49,6 +52,10 @@ __all__ = [
     "check_torchvision_conventions",
     "load_weights",
     "check_weights_load",
+    "check_backbone_loaded",
+    "checkpoint_problem",
+    "atomic_write",
+    "VADeRCheckpointer",
     "TORCHVISION_PIXEL_MEAN",
     "TORCHVISION_PIXEL_STD",
 ]
@@ -180,9 +187,7 @@ def export_to_detectron2(checkpoint_path, output_path, encoder="query"):
         "__author__": "vader_d2",
         "matching_heuristics": True,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    with open(output_path, "wb") as f:
-        pickle.dump(zoo, f)
+    atomic_write(output_path, lambda f: pickle.dump(zoo, f), what="the exported weights")
     iteration = checkpoint.get("iteration")
     description = f"{loss_type} VADeR checkpoint, {encoder} encoder" + (
         f", iteration {iteration}" if iteration is not None else ""
@@ -274,8 +279,7 @@ def convert_resnet_to_vader_init(input_path, output_path):
         "model": {VADER_INIT_PREFIX + name: tensor.detach().clone() for name, tensor in weights.items()},
         "__author__": "vader_d2",
     }
-    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    torch.save(init, output_path)
+    atomic_write(output_path, lambda f: torch.save(init, f), what="the converted weights")
     written = {VADER_INIT_PREFIX + name: source_key[key] for name, key in written.items()}
     return ConversionSummary(input_path, output_path, description, written, skipped)
 
@@ -298,19 +302,215 @@ def check_torchvision_conventions(cfg):
         raise UserError("torchvision / MoCo weights need torchvision's conventions: " + "; ".join(problems))
 
 
-class _RecordingCheckpointer(DetectionCheckpointer):
-    """D2's checkpointer, keeping the incompatible keys of its last load (D2 only logs them)."""
+# ---------------------------------------------------------------------------------------------------
+# Writing and reading checkpoint files safely
+
+
+class _ErrorRecordingFile:
+    """A binary file whose first OSError on write is kept: torch.save reports a failed write (a full
+    disk) only as a RuntimeError of its zip writer ("unexpected pos ..."), which hides the cause."""
+
+    def __init__(self, file):
+        self.file = file
+        self.error = None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self):
+        self.file.flush()
+
+
+def atomic_write(path, write, what="file"):
+    """
+    Write ``path`` so that it either holds everything ``write(binary_file)`` wrote or is left as it was:
+    the data go to a temporary file in the same folder, are flushed and fsync'ed, and the temporary file
+    is renamed to ``path`` (atomic on POSIX file systems). On failure (e.g. a full disk) the temporary
+    file is removed and a one-line UserError names the cause.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        # Created as open() creates files (mode 0666 less the umask), unlike tempfile's private 0600.
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as e:
+        raise UserError(f"cannot write {what} {path}: {e.strerror or e}; check that its folder can be written") from None
+    recorder = None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            recorder = _ErrorRecordingFile(f)
+            write(recorder)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+        _fsync_folder(folder)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        cause = (recorder.error if recorder is not None else None) or (e if isinstance(e, OSError) else None)
+        if cause is None:
+            raise
+        raise UserError(
+            f"cannot write {what} {path}: {cause.strerror or cause} (errno {cause.errno}); nothing was written under "
+            "that name; free space on its file system or choose another folder"
+        ) from None
+
+
+def _fsync_folder(folder):
+    # The rename is durable only once the folder's entry is on disk; not every file system allows it.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# atomic_write's temporary files: ".NAME.<random>.tmp" beside NAME.
+TEMPORARY_SUFFIX = ".tmp"
+
+EXPECTED_CHECKPOINT = (
+    "expected a .pth written by torch.save (a VADeR or Detectron2 training checkpoint, or the output of "
+    "tools/convert_vader_to_d2.py --from-resnet) or a Detectron2 model-zoo .pkl (tools/convert_vader_to_d2.py)"
+)
+
+
+def checkpoint_problem(path):
+    """
+    Why ``path`` is not a complete checkpoint file, or None if it is (as far as can be told without
+    unpickling it). torch.save writes a zip archive: a truncated one lacks its central directory, and
+    one torn by two writers fails the CRC of a record, which ``torch.load`` does not check, so every
+    record is read and its CRC compared. Other files (.pkl, legacy torch format) are checked when loaded.
+    """
+    if not os.path.exists(path):
+        return "does not exist"
+    if not os.path.isfile(path):
+        return "is not a file"
+    size = os.path.getsize(path)
+    if size == 0:
+        return "is empty (0 bytes)"
+    if path.endswith(".pkl"):
+        return None
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":
+                return "is truncated: its zip archive has no end (an interrupted write, or one still running)"
+        try:  # torch's legacy (pre-zip) format
+            torch.load(path, map_location="cpu")
+        except Exception as e:
+            return f"cannot be read by torch.load ({short_error(e)}): truncated, or not a checkpoint"
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        return f"is a damaged zip archive ({short_error(e)})"
+    if bad is not None:
+        return f"is damaged: record {bad} fails its CRC check (a torn or interrupted write)"
+    return None
+
+
+def short_error(error):
+    """The exception's type and first sentence (torch's messages run on for several)."""
+    lines = str(error).strip().splitlines()
+    text = lines[0].split(". ")[0][:300] if lines else ""
+    return f"{type(error).__name__}: {text}".rstrip(": ")
+
+
+class VADeRCheckpointer(DetectionCheckpointer):
+    """
+    Detectron2's DetectionCheckpointer, plus:
+
+    - ``save`` writes atomically (``atomic_write``): a crash or a full disk never leaves a partial file
+      under a checkpoint's name, and ``last_checkpoint`` is replaced only after the checkpoint is complete;
+    - files that are missing, truncated or not checkpoints at all are reported as one UserError line
+      naming ``what`` was read (``load(path, what="MODEL.WEIGHTS")``) and what was expected;
+    - ``last_load`` keeps what the last load left out (Detectron2 only logs it): ``incompatible``
+      (fvcore's missing / unexpected keys and incorrect shapes) and ``file_keys`` (the names in the file).
+    """
+
+    def __init__(self, model, save_dir="", **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.last_load = None
+        self._what = "checkpoint"
+
+    def save(self, name, **kwargs):
+        # fvcore's save opens the final file name for writing, so an interrupted write leaves a partial
+        # file there; this writes the same content (model, checkpointables, extra data) atomically.
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        path = os.path.join(self.save_dir, f"{name}.pth")
+        self.logger.info(f"Saving checkpoint to {path}")
+        atomic_write(path, lambda f: torch.save(data, f), what="checkpoint")
+        self.tag_last_checkpoint(os.path.basename(path))
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        atomic_write(path, lambda f: f.write(last_filename_basename.encode()), what="the checkpoint tag")
+
+    def load(self, path, *args, what="checkpoint", **kwargs):
+        if path and "://" not in path and not os.path.isfile(path):
+            raise UserError(f"{what} {path!r} {checkpoint_problem(path)}; give the path of a .pth/.pkl checkpoint")
+        self._what = what
+        try:
+            return super().load(path, *args, **kwargs)
+        except OSError as e:  # a URL that cannot be fetched
+            raise UserError(f"cannot read {what} {path!r}: {short_error(e)}") from None
+        finally:
+            self._what = "checkpoint"
+
+    def _load_file(self, filename):
+        # The one place Detectron2 reads the file: a truncated or foreign file raises whatever its
+        # unpickler or zip reader raises (EOFError, UnpicklingError, RuntimeError, ...) with a traceback.
+        try:
+            loaded = super()._load_file(filename)
+        except Exception as e:
+            raise UserError(f"{self._what} {filename!r} cannot be read as a checkpoint ({short_error(e)}); {EXPECTED_CHECKPOINT}") from None
+        if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
+            raise UserError(f"{self._what} {filename!r} holds no state dict of weights; {EXPECTED_CHECKPOINT}")
+        return loaded
 
     def _load_model(self, checkpoint):
-        self.incompatible = super()._load_model(checkpoint)
-        return self.incompatible
+        # Overridden to keep the incompatible keys (Detectron2 only logs them) and to turn Detectron2's
+        # ValueErrors about the file's content into one line.
+        file_keys = list(checkpoint["model"])
+        try:
+            incompatible = super()._load_model(checkpoint)
+        except ValueError as e:
+            raise UserError(f"{self._what} {self._loading_path()}cannot be loaded into this model: {short_error(e)}") from None
+        self.last_load = LoadReport(incompatible, file_keys, list(self.model.state_dict()))
+        return incompatible
+
+    def _loading_path(self):
+        parsed = self._parsed_url_during_load
+        return f"{parsed.geturl()!r} " if parsed is not None else ""
 
 
-def load_weights(model, path):
+@dataclass
+class LoadReport:
+    """What one load did: fvcore's incompatible keys, the names in the file and the model's names."""
+
+    incompatible: object  # fvcore's _IncompatibleKeys
+    file_keys: list
+    model_keys: list
+
+
+def load_weights(model, path, what="checkpoint"):
     """Load ``path`` into ``model`` as training does with MODEL.WEIGHTS; return fvcore's incompatible keys."""
-    checkpointer = _RecordingCheckpointer(model)
-    checkpointer.load(path)
-    return checkpointer.incompatible
+    checkpointer = VADeRCheckpointer(model)
+    checkpointer.load(path, what=what)
+    return checkpointer.last_load.incompatible
+
+
+_QUEUE_BUFFERS = ("queue", "queue_image_ids", "queue_ptr")
 
 
 def _model_part(key):
@@ -335,25 +535,72 @@ def check_weights_load(cfg, path, expect_fpn=True):
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
-    model = build_model(cfg)
-    incompatible = load_weights(model, path)
+    checkpointer = VADeRCheckpointer(build_model(cfg))
+    checkpointer.load(path)
+    return check_backbone_loaded(checkpointer.last_load, cfg, path, expect_fpn=expect_fpn)
+
+
+def check_backbone_loaded(report, cfg, path, expect_fpn=None, any_shape=True, what=None):
+    """
+    Fail with one line unless the load that ``report`` (``VADeRCheckpointer.last_load``) describes gave
+    the model its whole pretrained backbone from ``path``:
+
+    - every ResNet tensor of the model (the query encoder's, for VADeR) loaded;
+    - every FPN tensor loaded, when ``expect_fpn`` (None: when the file holds FPN tensors);
+    - no tensor of another shape: any tensor (but VADeR's queue) when ``any_shape``, else ResNet / FPN
+      tensors only (a new task head of another size is expected when fine-tuning from a detector's
+      checkpoint);
+    - no ResNet tensor of the file, nor an FPN tensor when the model has an FPN, left unused: the file
+      then comes from another backbone (e.g. ResNet-34 weights hold every ResNet-18 name and more).
+
+    Returns ``{part: [missing model keys]}`` for the parts allowed to be missing (task heads, ...).
+    """
+    incompatible = report.incompatible
+    source = f"{what} {path!r}" if what else repr(path)
+    resnets = cfg.MODEL.RESNETS
+    model = (
+        f"{cfg.MODEL.META_ARCHITECTURE} (MODEL.RESNETS.DEPTH={resnets.DEPTH}, RES2_OUT_CHANNELS={resnets.RES2_OUT_CHANNELS}, "
+        f"FPN.OUT_CHANNELS={cfg.MODEL.FPN.OUT_CHANNELS})"
+    )
+    fix = "export from a checkpoint with the same backbone (MODEL.RESNETS.DEPTH, RES2_OUT_CHANNELS, norms, FPN), or use the config the weights were trained with"
+    if not cfg.MODEL.META_ARCHITECTURE == "VADeR" and any(k.startswith("query_encoder.") for k in report.file_keys):
+        fix = "it is a VADeR training checkpoint: export its backbone first with tools/convert_vader_to_d2.py and load the .pkl"
     missing = {}
     for key in incompatible.missing_keys:
         part = _model_part(key) or "heads and other state"
         missing.setdefault(part, []).append(key)
-    if incompatible.incorrect_shapes:
-        key, in_checkpoint, in_model = incompatible.incorrect_shapes[0]
+    shapes = [
+        s for s in incompatible.incorrect_shapes
+        # VADeR's queue may be sized anew by a run that starts from a checkpoint's weights.
+        if (any_shape and s[0] not in _QUEUE_BUFFERS) or _model_part(s[0]) in ("ResNet", "FPN")
+    ]
+    if shapes:
+        key, in_checkpoint, in_model = shapes[0]
         raise UserError(
-            f"{path!r} does not fit {cfg.MODEL.META_ARCHITECTURE} with MODEL.RESNETS.DEPTH={cfg.MODEL.RESNETS.DEPTH}: "
-            f"{len(incompatible.incorrect_shapes)} tensors have other shapes, e.g. {key} {in_checkpoint} vs {in_model}"
+            f"{source} does not fit {model}: {len(shapes)} tensors have other shapes, e.g. {key} {in_checkpoint} "
+            f"in the file vs {in_model} in the model; {fix}"
         )
+    file_parts = {_model_part(k) for k in report.file_keys}
+    model_has_fpn = any(_model_part(k) == "FPN" for k in report.model_keys)
+    if expect_fpn is None:
+        expect_fpn = model_has_fpn and "FPN" in file_parts
     required = ["ResNet"] + (["FPN"] if expect_fpn else [])
     absent = [key for part in required for key in missing.pop(part, [])]
     if absent:
         # With matching heuristics D2 leaves a tensor of another shape unmatched: it shows up here.
         raise UserError(
-            f"{len(absent)} pretrained backbone tensors of the model did not load from {path!r} (absent, or "
-            f"of another shape), e.g. {absent[0]}; export from a checkpoint with the same backbone "
-            "(MODEL.RESNETS.DEPTH, RES2_OUT_CHANNELS, norms, FPN)"
+            f"{len(absent)} pretrained backbone tensors of the model {model} did not load from {source} (absent, or "
+            f"of another shape), e.g. {absent[0]}; {fix}"
+        )
+    unused_parts = ("ResNet", "FPN") if model_has_fpn else ("ResNet",)
+    unused = [
+        k for k in incompatible.unexpected_keys
+        # FrozenBN has no batch counter: BN checkpoints list it as unused there, and nothing else changes.
+        if _model_part(k) in unused_parts and not k.endswith("num_batches_tracked")
+    ]
+    if unused:
+        raise UserError(
+            f"{source} holds {len(unused)} backbone tensors that have no place in the model {model}, e.g. {unused[0]}: "
+            f"its backbone is another one; {fix}"
         )
     return missing
