@@ -2,9 +2,7 @@
 
 import torch
 
-from detectron2.config import get_cfg
-
-from vader_d2 import add_vader_config
+from vader_d2.cli import build_config
 
 
 # The paper's 32 pairs per image: the demo recipe's 256 need views of at least 64 px, the fast tests use
@@ -14,11 +12,7 @@ FEW_PAIRS = ["MODEL.VADER.PAIRS_PER_IMAGE", "32", "MODEL.VADER.MIN_SHARED_CELLS"
 
 def demo_cfg(*opts):
     """The CPU demo pretraining config, on the CPU, with optional overrides."""
-    cfg = get_cfg()
-    add_vader_config(cfg)
-    cfg.merge_from_file("configs/vader_pretrain_demo.yaml")
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
-    return cfg
+    return build_config("configs/vader_pretrain_demo.yaml", ["MODEL.DEVICE", "cpu", *opts])
 
 
 def fake_batch(batch_size, crop, first_image_id=0):

@@ -12,12 +12,11 @@ machine, load average, every step time) to the --output JSON. See docs/benchmark
 
 import argparse
 import os
-import sys
 
 import torch
 
 from vader_d2.benchmark import format_report, run_benchmark, write_json
-from vader_d2.errors import UserError
+from vader_d2.cli import check_output_file, run_cli
 
 
 def build_parser():
@@ -77,11 +76,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        result = run_benchmark(args, log=lambda message: print(message, flush=True))
-    except UserError as e:
-        print(f"vader_d2: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    check_output_file(args.output, "--output")  # before minutes of measurements
+    result = run_benchmark(args, log=lambda message: print(message, flush=True))
     print()
     print(format_report(result))
     write_json(result, args.output)
@@ -89,4 +85,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

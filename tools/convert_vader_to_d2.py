@@ -18,11 +18,7 @@ every pretrained backbone tensor arrived (trailing KEY VALUE pairs override the 
 """
 
 import argparse
-import sys
 
-from detectron2.config import get_cfg
-
-from vader_d2 import add_vader_config
 from vader_d2.checkpoint import (
     ENCODERS,
     check_torchvision_conventions,
@@ -30,6 +26,7 @@ from vader_d2.checkpoint import (
     convert_resnet_to_vader_init,
     export_to_detectron2,
 )
+from vader_d2.cli import build_config, check_input_file, check_output_file, run_cli
 from vader_d2.errors import UserError
 
 
@@ -53,28 +50,23 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_config(path, opts):
-    cfg = get_cfg()
-    add_vader_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(opts)
-    return cfg
-
-
 def main(args):
     if args.opts and not args.check_config:
         raise UserError(f"config overrides {args.opts} given without --check-config")
+    # Mistakes in the config or the paths show before anything is converted.
+    cfg = build_config(args.check_config, args.opts) if args.check_config else None
+    check_input_file(args.input, "--input")
+    check_output_file(args.output, "--output")
     if args.from_resnet:
         if args.encoder != "query":
             raise UserError("--encoder applies to exporting a VADeR checkpoint, not to --from-resnet")
+        if cfg is not None:
+            check_torchvision_conventions(cfg)
         summary = convert_resnet_to_vader_init(args.input, args.output)
     else:
         summary = export_to_detectron2(args.input, args.output, encoder=args.encoder)
     print(summary.format())
     if args.check_config:
-        cfg = load_config(args.check_config, args.opts)
-        if args.from_resnet:
-            check_torchvision_conventions(cfg)
         # The global baseline exports no FPN; its absence downstream is then expected.
         expect_fpn = not args.from_resnet and summary.written_by_part()["FPN"] > 0
         left_missing = check_weights_load(cfg, args.output, expect_fpn=expect_fpn)
@@ -83,7 +75,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except UserError as e:
-        sys.exit(f"vader_d2: {e}")
+    run_cli(main, parse_args())

@@ -24,16 +24,15 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 
-from vader_d2 import add_vader_config
+from vader_d2.checkpoint import atomic_write
+from vader_d2.cli import build_config, check_input_file, check_output_file, run_cli
 from vader_d2.data.datasets import load_image_folder
 from vader_d2.errors import UserError
 from vader_d2.evaluation import (
@@ -72,11 +71,12 @@ def parse_args(argv=None):
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_vader_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = build_config(args.config_file, args.opts)
     cfg.freeze()
+    # Paths are checked before the evaluation, which takes minutes.
+    check_input_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
+    if args.output:
+        check_output_file(args.output, "--output")
     return cfg
 
 
@@ -157,14 +157,9 @@ def main(args):
     result = evaluate(setup(args), args)
     print(format_results_table([result]))
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=1)
+        atomic_write(args.output, lambda f: f.write(json.dumps(result, indent=1).encode()), what="the results")
         print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except UserError as e:
-        sys.exit(f"vader_d2: {e}")
+    run_cli(main, parse_args())

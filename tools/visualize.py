@@ -20,14 +20,12 @@ vader_demo_photos_val), drawn with --seed as tools/evaluate_dense.py draws its p
 import argparse
 import json
 import os
-import sys
 
 import matplotlib.pyplot as plt
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 
-from vader_d2 import add_vader_config
+from vader_d2.cli import build_config, check_input_file, check_output_dir, run_cli
 from vader_d2.data.view_mapper import UnreadableImageError, read_source_image
 from vader_d2.errors import UserError
 from vader_d2.evaluation import FEATURE_SOURCES, CorrespondenceProtocol, build_feature_extractor, make_view_pair
@@ -83,11 +81,12 @@ def read_metrics(path):
 
 
 def main(args):
-    cfg = get_cfg()
-    add_vader_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = build_config(args.config_file, args.opts)
     cfg.freeze()
+    check_input_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
+    check_output_dir(args.output_dir, "--output-dir")
+    if args.metrics:
+        check_input_file(args.metrics, "--metrics")
     extractor = build_feature_extractor(cfg, [args.features] if args.features else None, seed=args.seed)
     source = args.features or extractor.sources[0]
 
@@ -102,7 +101,6 @@ def main(args):
 
     model = args.title or cfg.MODEL.WEIGHTS or "random initialisation"
     title = f"{model} [{source} features] on {os.path.basename(file_name)}"
-    os.makedirs(args.output_dir, exist_ok=True)
     figures = {
         "matches.png": plot_matches(pair, features1, features2, title, seed=args.seed),
         "pca.png": plot_pca(pair, features1, features2, title),
@@ -119,7 +117,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except UserError as e:
-        sys.exit(f"vader_d2: {e}")
+    run_cli(main, parse_args())

@@ -14,15 +14,13 @@ SEED as tools/train_net.py builds it (one process), or --start, another VADeR ch
 import argparse
 import json
 import pickle
-import sys
 
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 
-from vader_d2 import add_vader_config
+from vader_d2.cli import build_config, check_input_file, check_output_file, run_cli
 from vader_d2.errors import UserError
 from vader_d2.evaluation.weight_change import weight_change
 
@@ -43,8 +41,8 @@ def load_encoder_parameters(path, names):
     """The query encoder's parameters ``names`` (relative to the encoder) from a VADeR checkpoint."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, pickle.UnpicklingError) as e:
-        raise UserError(f"cannot read checkpoint {path}: {e}") from None
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else {}
     missing = [n for n in names if ENCODER + n not in state]
     if missing:
@@ -54,11 +52,13 @@ def load_encoder_parameters(path, names):
 
 
 def main(args):
-    cfg = get_cfg()
-    add_vader_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = build_config(args.config_file, args.opts)
     cfg.MODEL.DEVICE = "cpu"
+    check_input_file(args.checkpoint, "checkpoint")
+    if args.start:
+        check_input_file(args.start, "--start")
+    if args.output:
+        check_output_file(args.output, "--output")
     if args.start is None:
         if cfg.SEED < 0:
             raise UserError("SEED is negative: the run's random initialisation cannot be rebuilt; pass --start")
@@ -82,8 +82,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(parse_args()))
-    except UserError as e:
-        print(f"vader_d2: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main, parse_args())

@@ -34,14 +34,14 @@ import cv2
 import torch
 from fvcore.nn import FlopCountAnalysis
 
-from detectron2.config import get_cfg
 from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 
-from .config import add_vader_config, check_vader_config
+from .cli import build_config
+from .config import check_vader_config
 from .data import VADeRViewMapper
 from .errors import UserError
 from .modeling.vader import VADeR, info_nce_loss, sample_grid
@@ -84,8 +84,6 @@ def build_benchmark_config(
         raise UserError(f"--device {device} but no CUDA GPU is visible; pass --device cpu")
     if amp and not device.startswith("cuda"):
         raise UserError("--amp needs a CUDA device (Detectron2's AMPTrainer); leave it out with --device cpu")
-    cfg = get_cfg()
-    add_vader_config(cfg)
     sizes = [
         "MODEL.RESNETS.DEPTH", depth,
         # ResNet-18/34's basic blocks need a 64-channel res2; deeper ResNets use Detectron2's 256.
@@ -99,12 +97,7 @@ def build_benchmark_config(
         "DATASETS.TRAIN", (dataset,),
         "DATALOADER.NUM_WORKERS", num_workers,
     ]
-    try:
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(sizes + list(opts))
-    except (KeyError, AssertionError, ValueError) as e:
-        raise UserError(f"{config_file} or the command line: {e}; the keys are in vader_d2/config.py and "
-                        "detectron2/config/defaults.py") from e
+    cfg = build_config(config_file, sizes + list(opts))
     if cfg.MODEL.VADER.LOSS != "dense":
         raise UserError("the benchmark measures the dense loss; leave MODEL.VADER.LOSS at 'dense'")
     check_vader_config(cfg)

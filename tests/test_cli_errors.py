@@ -1,0 +1,55 @@
+"""
+Every command shares one error path (vader_d2/cli.py): a mistake ends it with exactly one line
+`vader_d2: ...` on stderr, exit status 2 and no traceback. Each tool is driven once with a mistake a user
+makes: weights that are not there, or an output path that cannot be written (under a file).
+"""
+
+import subprocess
+import sys
+
+import pytest
+
+from .test_config_errors import DEMO_CONFIG, REPO, single_error_line, train_net_env
+
+MISTAKES = {
+    "evaluate_dense-missing-weights": (
+        ["tools/evaluate_dense.py", "--config-file", DEMO_CONFIG, "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "{tmp}/nowhere/model_final.pth"],
+        "MODEL.WEIGHTS '{tmp}/nowhere/model_final.pth' does not exist",
+    ),
+    "evaluate_dense-unwritable-output": (
+        ["tools/evaluate_dense.py", "--config-file", DEMO_CONFIG, "--output", "{tmp}/a_file/results.json", "MODEL.DEVICE", "cpu"],
+        "cannot create the folder of --output '{tmp}/a_file': ",
+    ),
+    "visualize-unwritable-output-dir": (
+        ["tools/visualize.py", "--config-file", DEMO_CONFIG, "--output-dir", "{tmp}/a_file/pictures", "MODEL.DEVICE", "cpu"],
+        "cannot create --output-dir '{tmp}/a_file/pictures': Not a directory",
+    ),
+    "convert-missing-input": (
+        ["tools/convert_vader_to_d2.py", "--input", "{tmp}/model_final.pth", "--output", "{tmp}/vader.pkl"],
+        "--input '{tmp}/model_final.pth' does not exist",
+    ),
+    "convert-truncated-input": (
+        ["tools/convert_vader_to_d2.py", "--input", "{tmp}/truncated.pth", "--output", "{tmp}/vader.pkl"],
+        "cannot read VADeR checkpoint '{tmp}/truncated.pth' with torch.load",
+    ),
+    "weight_change-missing-checkpoint": (
+        ["tools/weight_change.py", "--config-file", DEMO_CONFIG, "{tmp}/model_final.pth"],
+        "checkpoint '{tmp}/model_final.pth' does not exist",
+    ),
+    "benchmark-unwritable-output": (
+        ["tools/benchmark.py", "--output", "{tmp}/a_file/benchmark.json"],
+        "cannot create the folder of --output '{tmp}/a_file': ",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(MISTAKES))
+def test_each_tool_reports_a_mistake_in_one_line(name, tmp_path):
+    (tmp_path / "a_file").write_text("a file, not a folder")
+    (tmp_path / "truncated.pth").write_bytes(b"PK\x03\x04" + bytes(1000))  # the start of a zip, cut short
+    args, expected = MISTAKES[name]
+    args = [a.format(tmp=tmp_path) for a in args]
+    result = subprocess.run([sys.executable, *args], cwd=REPO, env=train_net_env(), capture_output=True, text=True, timeout=120)
+    line = single_error_line(result)
+    assert "Traceback" not in result.stdout + result.stderr
+    assert line.startswith("vader_d2: " + expected.format(tmp=tmp_path)), line
