@@ -13,9 +13,12 @@ import torch
 from detectron2.engine import HookBase
 from PIL import Image
 
+from detectron2.utils.events import EventStorage
+
 from vader_d2 import VADeRViewMapper, register_unlabeled_folder
 from vader_d2.errors import UserError
-from vader_d2.trainer import TrainingDivergedError, VADeRTrainer
+from vader_d2.hooks import NegativesWatch
+from vader_d2.trainer import TrainingDivergedError, VADeRTrainer, check_some_image_readable
 
 from .helpers import demo_cfg
 from .test_config_errors import DEMO_CONFIG, TINY_OPTS, run_train_net, single_error_line, single_thread  # noqa: F401
@@ -138,6 +141,67 @@ def test_folder_without_a_readable_image_fails_at_start_up(tmp_path):
     line = single_error_line(result)
     assert "none of the 3 files of DATASETS.TRAIN can be read as an image" in line
     assert f"{folder}/not_an_image.jpg: " in line  # the first file, sorted by path
+
+
+def test_folder_with_a_single_readable_image_fails_at_start_up(tmp_path):
+    """One photo (and broken files) trains to the end with loss 0 and top-1 accuracy 1: every negative
+    comes from the query's own image and is masked."""
+    folder = tmp_path / "vader_demo_photos" / "train"
+    write_every_kind(folder)
+    for path in folder.iterdir():
+        if not path.name.startswith(("photo_0", "zero_byte", "truncated", "not_an_image")):
+            path.unlink()
+    result = run_train_net(
+        "--config-file", DEMO_CONFIG, *TINY_OPTS, "OUTPUT_DIR", str(tmp_path / "out"), env={"DETECTRON2_DATASETS": str(tmp_path)}
+    )
+    line = single_error_line(result)
+    assert f"DATASETS.TRAIN has a single readable image ({folder}/photo_0.jpg) in its 4 files" in line
+    assert f"(first: {folder}/not_an_image.jpg: " in line and "at least two" in line
+
+
+def test_two_readable_images_must_be_two_files(every_kind):
+    photo_0 = str(every_kind["folder"] / "photo_0.jpg")
+    with pytest.raises(UserError, match="single readable image"):
+        check_some_image_readable([{"file_name": photo_0}, {"file_name": photo_0}], 1024)  # one file listed twice
+    check_some_image_readable([{"file_name": photo_0}, {"file_name": str(every_kind["folder"] / "photo_1.jpg")}], 1024)
+
+
+class FakeTrainer:
+    def __init__(self, storage):
+        self.storage = storage
+
+
+def test_queries_without_negatives_are_warned_about_when_the_share_stays_high(caplog):
+    watch = NegativesWatch(fill_iterations=10, threshold=0.5, patience=3)
+    with EventStorage() as storage:
+        watch.trainer = FakeTrainer(storage)
+        shares = {0: 1.0, 5: 1.0, 10: 0.9, 15: 0.2, 20: 0.8, 25: 0.7, 30: 0.6, 35: 0.9}
+        with caplog.at_level(logging.WARNING, logger="vader_d2"):
+            for iteration in range(40):
+                storage.iter = iteration
+                if iteration in shares:
+                    storage.put_scalar(NegativesWatch.SCALAR, shares[iteration], smoothing_hint=False)
+                watch.after_step()
+                if iteration < 30:
+                    # 0 and 5: the queue is still filling; 10 alone, then 15 breaks the run; 20, 25: two records.
+                    assert watch.warnings == 0, iteration
+    assert watch.warnings == 1  # at 30, the third record in a row above 0.5 (35 continues the same streak)
+    assert "60% to 80% of the queries had no usable negative in the last 3 records (iterations 20..30" in caplog.text
+    assert "MODEL.VADER.QUEUE_SIZE" in caplog.text
+
+
+def test_negatives_watch_ignores_a_model_without_the_scalar():
+    watch = NegativesWatch(fill_iterations=0, patience=1)
+    with EventStorage() as storage:
+        watch.trainer = FakeTrainer(storage)
+        storage.put_scalar("vader_top1_accuracy", 1.0)
+        watch.after_step()
+    assert watch.warnings == 0
+
+
+def test_the_watch_waits_for_the_queue_to_fill():
+    cfg = demo_cfg(*TINY_OPTS)  # 512 keys, 4 images x 32 pairs per step
+    assert NegativesWatch.from_config(cfg).fill_iterations == 4
 
 
 def test_empty_folder_fails_with_one_line(tmp_path):

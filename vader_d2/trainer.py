@@ -4,16 +4,18 @@ import os
 import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.utils import comm
 
-from .config import check_vader_config
+from .checkpoint import EXPECTED_CHECKPOINT, VADeRCheckpointer, check_backbone_loaded, checkpoint_problem, short_error
+from .config import check_solver_config, check_vader_config
 from .data import VADeRViewMapper
 from .data.view_mapper import UnreadableImageError, read_source_image
 from .errors import UserError
+from .hooks import NegativesWatch
+from .output_dir import select_resume_checkpoint
 
 # Scalars VADeR.log_metrics writes every MODEL.VADER.METRICS_PERIOD iterations, quoted when training diverges.
 SIMILARITY_STATS = ("vader_positive_similarity", "vader_negative_similarity", "vader_top1_accuracy")
@@ -52,8 +54,14 @@ def check_checkpoint_matches_config(cfg, path, resuming):
         raise UserError(f"{source} {path!r} does not exist; give the path of a .pth/.pkl checkpoint")
     if not path.endswith(".pth"):
         return  # model-zoo .pkl files hold a backbone, never a VADeR queue
-    checkpoint = torch.load(path, map_location="cpu", mmap=True)
-    queue = checkpoint.get("model", checkpoint).get("queue")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True)
+    except Exception as e:
+        raise UserError(f"{source} {path!r} cannot be read as a checkpoint ({short_error(e)}); {EXPECTED_CHECKPOINT}") from None
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{source} {path!r} holds no state dict of weights; {EXPECTED_CHECKPOINT}")
+    model_state = checkpoint.get("model", checkpoint)
+    queue = model_state.get("queue") if isinstance(model_state, dict) else None
     if queue is None:
         return
     size, dim = queue.shape
@@ -72,20 +80,35 @@ def check_checkpoint_matches_config(cfg, path, resuming):
 
 def check_some_image_readable(dataset, max_source_size):
     """
-    Decode the images of ``dataset`` in order until one succeeds (normally the first). The mapper skips
-    unreadable files one by one, but without a single readable image the data loader would fail deep in
-    a worker process, after retrying every file.
+    Decode the images of ``dataset`` in order until two distinct files succeed (normally the first
+    two). The mapper skips unreadable files one by one, but without a readable image the data loader
+    would fail deep in a worker process, after retrying every file; and with a single one every negative
+    of a query comes from its own image and is masked: the loss is 0 and nothing is learned.
     """
     first_failure = None
+    readable = []
     for record in dataset:
+        file_name = record["file_name"]
+        if os.path.realpath(file_name) in readable:
+            continue
         try:
-            read_source_image(record["file_name"], max_source_size)
-            return
+            read_source_image(file_name, max_source_size)
         except UnreadableImageError as e:
-            first_failure = first_failure or f"{record['file_name']}: {e}"
+            first_failure = first_failure or f"{file_name}: {e}"
+            continue
+        readable.append(os.path.realpath(file_name))
+        if len(readable) == 2:
+            return
+    if not readable:
+        raise UserError(
+            f"none of the {len(dataset)} files of DATASETS.TRAIN can be read as an image (first: {first_failure}); "
+            "point the dataset at a folder of images"
+        )
+    unreadable = f"; the other files cannot be read (first: {first_failure})" if first_failure else ""
     raise UserError(
-        f"none of the {len(dataset)} files of DATASETS.TRAIN can be read as an image (first: {first_failure}); "
-        "point the dataset at a folder of images"
+        f"DATASETS.TRAIN has a single readable image ({readable[0]}) in its {len(dataset)} files{unreadable}: VADeR's "
+        "negatives come from other images, so every query's would be masked and nothing would be learned; "
+        "pretrain on a folder of at least two (in practice many) distinct images"
     )
 
 
@@ -126,6 +149,7 @@ class VADeRTrainer(DefaultTrainer):
         # `--num-gpus N` could not train on CPUs (gloo) otherwise.
         TrainerBase.__init__(self)
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        check_solver_config(cfg)
         if is_pretraining(cfg):
             check_vader_config(cfg, comm.get_world_size())
             if cfg.TEST.PRECISE_BN.ENABLED:
@@ -137,7 +161,8 @@ class VADeRTrainer(DefaultTrainer):
         model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        # Atomic saves; missing, damaged or foreign files reported as one line (vader_d2/checkpoint.py).
+        self.checkpointer = VADeRCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -156,16 +181,74 @@ class VADeRTrainer(DefaultTrainer):
             cfg, dataset=dataset, mapper=VADeRViewMapper(cfg, is_train=True), aspect_ratio_grouping=False
         )
 
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        if is_pretraining(self.cfg):
+            hooks.append(NegativesWatch.from_config(self.cfg))
+        return hooks
+
     def resume_or_load(self, resume=True):
-        resuming = resume and self.checkpointer.has_checkpoint()
-        path = self.checkpointer.get_checkpoint_file() if resuming else self.cfg.MODEL.WEIGHTS
-        if is_pretraining(self.cfg) and path:
-            check_checkpoint_matches_config(self.cfg, path, resuming)
-        super().resume_or_load(resume=resume)
+        """
+        As DefaultTrainer's: with ``resume``, continue from the checkpoint in OUTPUT_DIR (all state),
+        else load MODEL.WEIGHTS (weights only) and start at iteration 0. What differs:
+
+        - the checkpoint to resume is ``select_resume_checkpoint``'s: the one ``last_checkpoint`` names,
+          else the newest complete ``model_*.pth`` (damaged ones skipped with a warning); rank 0 picks it
+          and tells the other processes;
+        - MODEL.WEIGHTS that is missing, damaged or not a checkpoint, or whose backbone does not fit the
+          config (another depth or width), stops here with one line instead of loading partly;
+        - for pretraining, a ``.pkl`` (bare Detectron2 names, e.g. exported by convert_vader_to_d2.py)
+          is loaded into the query encoder (Detectron2 would match each name to both encoders and fail),
+          and a fresh run copies the query encoder into the key encoder and empties the queue.
+        """
+        path = self._checkpoint_to_resume() if resume else None
+        if path:
+            if is_pretraining(self.cfg):
+                check_checkpoint_matches_config(self.cfg, path, resuming=True)
+            self.checkpointer.load(path, what="the checkpoint to resume")
+            # The checkpoint stores the iteration that had finished.
+            self.start_iter = self.iter + 1
+        else:
+            self.load_weights(self.cfg.MODEL.WEIGHTS)
+            self.start_iter = 0
         if is_pretraining(self.cfg) and self.start_iter == 0:
             model = self.model.module if hasattr(self.model, "module") else self.model
             model.reset_key_encoder()
             model.reset_queue()
+
+    def _checkpoint_to_resume(self):
+        choice = (None, None)
+        if comm.is_main_process():
+            try:
+                choice = (select_resume_checkpoint(self.cfg.OUTPUT_DIR), None)
+            except UserError as e:
+                choice = (None, str(e))
+        if comm.get_world_size() > 1:
+            choice = comm.all_gather(choice)[0]
+        path, error = choice
+        if error:
+            raise UserError(error)
+        return path
+
+    def load_weights(self, path):
+        """Load MODEL.WEIGHTS (weights only) and check that the backbone arrived whole."""
+        if not path:
+            self.checkpointer.load("")
+            return
+        if "://" not in path:
+            problem = checkpoint_problem(path)
+            if problem:
+                raise UserError(f"MODEL.WEIGHTS {path!r} {problem}; {EXPECTED_CHECKPOINT}")
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        checkpointer = self.checkpointer
+        if is_pretraining(self.cfg):
+            check_checkpoint_matches_config(self.cfg, path, resuming=False)
+            if path.endswith(".pkl"):
+                checkpointer = VADeRCheckpointer(model.query_encoder)
+        checkpointer.load(path, checkpointables=[], what="MODEL.WEIGHTS")
+        # Pretraining has no new task head: any tensor of another shape is a mistake. Downstream, a head
+        # of another size (other classes) is expected; the backbone must fit.
+        check_backbone_loaded(checkpointer.last_load, self.cfg, path, any_shape=is_pretraining(self.cfg), what="MODEL.WEIGHTS")
 
     def run_step(self):
         try:

@@ -1,0 +1,66 @@
+"""Training hooks of VADeR pretraining."""
+
+import logging
+import math
+
+from detectron2.engine import HookBase
+
+from .config import keys_enqueued_per_step
+
+__all__ = ["NegativesWatch"]
+
+logger = logging.getLogger("vader_d2")
+
+
+class NegativesWatch(HookBase):
+    """
+    Warns when queries keep finding no usable negative, i.e. when pretraining cannot learn.
+
+    The model logs ``vader_queries_without_negative`` (the share of the batch's queries whose queued
+    keys all come from their own image or from empty slots; their loss is 0) every
+    ``MODEL.VADER.METRICS_PERIOD`` iterations. Once the queue has had time to fill, this hook logs a
+    warning when the share stays above ``threshold`` for ``patience`` consecutive records, and again
+    every ``10 * patience`` records while it stays there. A model that does not log the scalar is left
+    alone.
+    """
+
+    SCALAR = "vader_queries_without_negative"
+
+    def __init__(self, fill_iterations, threshold=0.5, patience=3):
+        self.fill_iterations = fill_iterations
+        self.threshold = threshold
+        self.patience = patience
+        self._last_record = None
+        self._streak = []  # (iteration, share) of consecutive records above the threshold
+        self.warnings = 0
+
+    @classmethod
+    def from_config(cls, cfg, **kwargs):
+        """The queue is full after QUEUE_SIZE / keys-per-step steps; records before that are not judged."""
+        return cls(math.ceil(cfg.MODEL.VADER.QUEUE_SIZE / keys_enqueued_per_step(cfg)), **kwargs)
+
+    def after_step(self):
+        record = self.trainer.storage.latest().get(self.SCALAR)
+        if record is None:
+            return
+        share, iteration = record
+        if iteration == self._last_record:
+            return  # no new record since the last step
+        self._last_record = iteration
+        if iteration < self.fill_iterations:
+            return
+        if share <= self.threshold:
+            self._streak = []
+            return
+        self._streak.append((iteration, share))
+        n = len(self._streak)
+        if n == self.patience or (n > self.patience and (n - self.patience) % (10 * self.patience) == 0):
+            self.warnings += 1
+            shares = [s for _, s in self._streak[-self.patience:]]
+            logger.warning(
+                f"{min(shares):.0%} to {max(shares):.0%} of the queries had no usable negative in the last "
+                f"{self.patience} records (iterations {self._streak[-self.patience][0]}..{iteration}; {n} records in a "
+                f"row above {self.threshold:.0%}): their queued keys all come from their own image, so their loss is 0 "
+                "and they learn nothing. Train on more distinct images, or raise SOLVER.IMS_PER_BATCH or "
+                "MODEL.VADER.QUEUE_SIZE"
+            )
