@@ -167,3 +167,94 @@ def test_checkpoint_checks(tmp_path):
     backbone_only = tmp_path / "backbone.pth"
     torch.save({"model": {"query_encoder.backbone.bottom_up.stem.conv1.weight": torch.zeros(1)}}, backbone_only)
     check_checkpoint_matches_config(cfg, str(backbone_only), resuming=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Values that cannot work: one line naming the key, before any process starts.
+
+PRETRAIN_VALUES = [
+    (["SOLVER.BASE_LR", "-0.03"], "SOLVER.BASE_LR must be a positive, finite learning rate, got -0.03"),
+    (["SOLVER.BASE_LR", "0.0"], "SOLVER.BASE_LR must be a positive"),
+    (["SOLVER.IMS_PER_BATCH", "0"], "SOLVER.IMS_PER_BATCH must be at least 1, got 0"),
+    (["SOLVER.IMS_PER_BATCH", "-8"], "SOLVER.IMS_PER_BATCH must be at least 1, got -8"),
+    (["SOLVER.MAX_ITER", "0"], "SOLVER.MAX_ITER must be at least 1"),
+    (["SOLVER.CHECKPOINT_PERIOD", "0"], "SOLVER.CHECKPOINT_PERIOD must be at least 1"),
+    (["SOLVER.LR_SCHEDULER_NAME", "Cosine"], "SOLVER.LR_SCHEDULER_NAME must be one of"),
+    (["MODEL.VADER.PAIRS_PER_IMAGE", "0"], "MODEL.VADER.PAIRS_PER_IMAGE must be at least 1, got 0"),
+    (["MODEL.VADER.EMBED_DIM", "-128"], "MODEL.VADER.EMBED_DIM must be at least 1, got -128"),
+    (["MODEL.VADER.QUEUE_SIZE", "0"], "MODEL.VADER.QUEUE_SIZE must be at least 1, got 0"),
+    (["MODEL.VADER.METRICS_PERIOD", "0"], "MODEL.VADER.METRICS_PERIOD must be at least 1"),
+    (["MODEL.VADER.HEAD.IN_FEATURES", "['p3', 'p4']"], "MODEL.VADER.HEAD.IN_FEATURES must be FPN outputs"),
+    (["MODEL.VADER.HEAD.NORM", "GroupNorm"], "MODEL.VADER.HEAD.NORM='GroupNorm' cannot normalise"),
+    (["INPUT.VIEWS.MAX_REDRAWS", "-1"], "INPUT.VIEWS.MAX_REDRAWS must be at least 1, got -1"),
+    (["INPUT.VIEWS.MAX_REDRAWS", "0"], "INPUT.VIEWS.MAX_REDRAWS must be at least 1, got 0"),
+    (["DATALOADER.NUM_WORKERS", "-1"], "DATALOADER.NUM_WORKERS must be at least 0, got -1"),
+    (["INPUT.VIEWS.MAX_SOURCE_SIZE", "0"], "INPUT.VIEWS.MAX_SOURCE_SIZE must be at least INPUT.VIEWS.CROP_SIZE=128"),
+    (["INPUT.VIEWS.MAX_SOURCE_SIZE", "-1024"], "INPUT.VIEWS.MAX_SOURCE_SIZE must be at least"),
+    (["INPUT.VIEWS.CROP_SIZE", "0"], "INPUT.VIEWS.CROP_SIZE must be at least 4, got 0"),
+    (["INPUT.VIEWS.CROP_SIZE", "-64"], "INPUT.VIEWS.CROP_SIZE must be at least 4"),
+    (["INPUT.VIEWS.FLIP_PROB", "1.5"], "INPUT.VIEWS.FLIP_PROB must be a probability in [0, 1], got 1.5"),
+    (["INPUT.VIEWS.NOISE_PROB", "-0.2"], "INPUT.VIEWS.NOISE_PROB must be a probability"),
+    (["INPUT.VIEWS.CROP_RATIO", "(0.0, 1.0)"], "INPUT.VIEWS.CROP_RATIO must be two values (> 0) min <= max"),
+    (["INPUT.VIEWS.BLUR_SIGMA", "(2.0, 0.1)"], "INPUT.VIEWS.BLUR_SIGMA must be two values (>= 0) min <= max"),
+    (["INPUT.VIEWS.HOMOGRAPHY_STRENGTH", "0.3"], "INPUT.VIEWS.HOMOGRAPHY_STRENGTH must be in [0, 0.25)"),
+    (["INPUT.VIEWS.COLOR_JITTER", "(0.4, 0.4, 0.4, 0.7)"], "INPUT.VIEWS.COLOR_JITTER must be (brightness"),
+    (["INPUT.VIEWS.NOISE_STD", "-0.1"], "INPUT.VIEWS.NOISE_STD must be at least 0"),
+    # One image per global batch and a queue of one step's keys: every negative is the query's own image.
+    (["SOLVER.IMS_PER_BATCH", "1", "MODEL.VADER.QUEUE_SIZE", "256"], "with SOLVER.IMS_PER_BATCH=1 and MODEL.VADER.QUEUE_SIZE=256 (the keys of one step) the queue only ever holds keys of the query's own image"),
+]
+
+
+@pytest.mark.parametrize("opts, expected", PRETRAIN_VALUES, ids=[" ".join(opts) for opts, _ in PRETRAIN_VALUES])
+def test_values_that_cannot_work_are_one_line(opts, expected):
+    args = train_net.parse_args(["--config-file", DEMO_CONFIG, "MODEL.VADER.PAIRS_PER_IMAGE", "256", *opts])
+    with pytest.raises(UserError) as error:
+        train_net.check_before_launch(args)
+    assert str(error.value).startswith(expected), str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_queries_have_negatives_from_the_second_step_of_a_one_image_batch():
+    # Two steps' keys in the queue: the previous image's keys are negatives.
+    train_net.check_before_launch(train_net.parse_args(
+        ["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH", "1", "MODEL.VADER.QUEUE_SIZE", "512"]
+    ))
+    # Two images per batch, one step in the queue: the other image's keys are negatives.
+    train_net.check_before_launch(train_net.parse_args(
+        ["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH", "2", "MODEL.VADER.QUEUE_SIZE", "512"]
+    ))
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--num-machines", "2", "--dist-url", "auto"], "--dist-url auto picks a free port on this machine only"),
+        (["--num-machines", "2", "--machine-rank", "2"], "--machine-rank must be in 0..1"),
+        (["--num-gpus", "0"], "--num-gpus must be at least 1"),
+        (["--dist-timeout", "0"], "--dist-timeout must be a positive number of seconds"),
+        (["--eval-only", "SOLVER.BASE_LR", "-1.0"], None),  # evaluation has no solver
+        (["--config-file", "configs/downstream/cutpaste_mask_rcnn_R_18_FPN.yaml", "SOLVER.BASE_LR", "-0.02"], "SOLVER.BASE_LR must be"),
+    ],
+    ids=["auto-url-with-machines", "machine-rank", "no-processes", "dist-timeout", "eval-only-ignores-solver", "downstream-solver"],
+)
+def test_launch_and_downstream_values(args, expected):
+    if "--config-file" not in args:
+        args = ["--config-file", DEMO_CONFIG, *args]
+    parsed = train_net.parse_args(args)
+    if expected is None:
+        train_net.check_before_launch(parsed)
+        return
+    with pytest.raises(UserError, match="^" + expected.replace(".", r"\.").replace("(", r"\(")):
+        train_net.check_before_launch(parsed)
+
+
+def test_non_positive_source_size_is_not_reported_as_unreadable_files():
+    """Before the range check, every image 'failed to decode' and the run blamed the data."""
+    line = single_error_line(run_train_net("--config-file", DEMO_CONFIG, *TINY_OPTS, "INPUT.VIEWS.MAX_SOURCE_SIZE", "-1"))
+    assert line.startswith("vader_d2: INPUT.VIEWS.MAX_SOURCE_SIZE must be at least INPUT.VIEWS.CROP_SIZE=64 ") and line.endswith("got -1")
+
+
+def test_output_folder_that_cannot_be_created_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    line = single_error_line(run_train_net("--config-file", DEMO_CONFIG, *TINY_OPTS, "OUTPUT_DIR", str(tmp_path / "a_file" / "out")))
+    assert f"cannot create OUTPUT_DIR '{tmp_path}/a_file/out': Not a directory" in line

@@ -7,52 +7,52 @@ Train or evaluate with Detectron2 + vader_d2: VADeR pretraining configs and stoc
     python tools/train_net.py --config-file configs/vader_pretrain.yaml --num-gpus 8 --resume  # after a crash
     python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model_final.pth
 
-Mistakes in the config, the data or a checkpoint end the run with one line `vader_d2: ...` on stderr.
+One run per OUTPUT_DIR: a second run into a folder in use stops at start-up, and a new run into a folder
+that holds checkpoints stops unless it continues them (--resume) or sets them aside (--start-over).
+Mistakes in the config, the data or a checkpoint end the run with one line `vader_d2: ...` on stderr
+and exit status 2.
 """
 
+import logging
 import os
-import sys
 
 import torch
-import yaml
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from torch.multiprocessing import ProcessExitedException
+from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
-from vader_d2 import add_vader_config
-from vader_d2.config import check_vader_config
+from vader_d2.checkpoint import VADeRCheckpointer, check_backbone_loaded
+from vader_d2.cli import USER_ERROR_EXIT, build_config, check_output_dir, report_user_error, run_cli
+from vader_d2.config import check_solver_config, check_vader_config
 from vader_d2.errors import UserError
+from vader_d2.output_dir import PREVIOUS_RUNS, claim_output_dir
+from vader_d2.rendezvous import RendezvousWatch, collective_timeout
 from vader_d2.trainer import VADeRTrainer, check_datasets_registered, is_pretraining
 
-# Exit status after a UserError, as argparse exits on a command-line mistake.
-USER_ERROR_EXIT = 2
+# Seconds the processes of all machines have to meet at --dist-url (Detectron2 waits 30 minutes, silently).
+DEFAULT_DIST_TIMEOUT = 600
+
+# A failed start-up is reported as one line (vader_d2.rendezvous): before our loggers exist, Detectron2's
+# launched processes would print the --dist-url through Python's last-resort handler, and torch's
+# launcher one line per process it ends. (This module is imported by every launched process.)
+logging.getLogger("detectron2.engine.launch").addHandler(logging.NullHandler())
+logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
 
 
-def build_config(args):
-    """The config of --config-file with the command-line overrides; mistakes in either are UserErrors."""
-    cfg = get_cfg()
-    add_vader_config(cfg)
-    if not os.path.isfile(args.config_file):
-        raise UserError(f"--config-file {args.config_file!r} does not exist; pass a yaml file such as configs/vader_pretrain_demo.yaml")
-    # yacs reports an unknown key as a KeyError or an AssertionError, a value of the wrong type as a ValueError.
-    try:
-        cfg.merge_from_file(args.config_file)
-    except (KeyError, AssertionError, ValueError, OSError, yaml.YAMLError) as e:
-        raise UserError(f"{args.config_file}: {_config_error(e)}") from e
-    try:
-        cfg.merge_from_list(args.opts)
-    except (KeyError, AssertionError, ValueError) as e:
-        raise UserError(f"command line: {_config_error(e)}") from e
-    return cfg
-
-
-def _config_error(error):
-    message = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
-    message = " ".join(message.replace("Non-existent config key:", "unknown config key").replace("Non-existent key:", "unknown config key").split())
-    return f"{message}; the keys and their types are in vader_d2/config.py and detectron2/config/defaults.py"
+def parse_args(argv=None):
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--start-over", action="store_true",
+        help=f"train from iteration 0 in an OUTPUT_DIR that holds an earlier run: its files (checkpoints, "
+             f"last_checkpoint, metrics, events, logs, config.yaml) are first moved into OUTPUT_DIR/{PREVIOUS_RUNS}/<time>/",
+    )
+    parser.add_argument(
+        "--dist-timeout", type=float, default=DEFAULT_DIST_TIMEOUT, metavar="SECONDS",
+        help="give up when the processes of all machines have not met at --dist-url within this many seconds "
+             f"(default {DEFAULT_DIST_TIMEOUT}); what is awaited is printed while waiting",
+    )
+    return parser.parse_args(argv)
 
 
 def check_devices(cfg, num_processes_per_machine):
@@ -62,69 +62,112 @@ def check_devices(cfg, num_processes_per_machine):
         raise UserError(f"--num-gpus {num_processes_per_machine} but this machine has {torch.cuda.device_count()} GPUs")
 
 
-def setup(args):
-    cfg = build_config(args)
+def check_launch_args(args):
+    if args.num_gpus < 1:
+        raise UserError(f"--num-gpus must be at least 1 (processes on this machine), got {args.num_gpus}")
+    if args.num_machines < 1:
+        raise UserError(f"--num-machines must be at least 1, got {args.num_machines}")
+    if not 0 <= args.machine_rank < args.num_machines:
+        raise UserError(f"--machine-rank must be in 0..{args.num_machines - 1} for --num-machines {args.num_machines}, got {args.machine_rank}")
+    if args.num_machines > 1 and args.dist_url == "auto":
+        raise UserError("--dist-url auto picks a free port on this machine only; with several machines pass tcp://HOST:PORT of machine 0")
+    timeout = getattr(args, "dist_timeout", DEFAULT_DIST_TIMEOUT)
+    if not timeout > 0:
+        raise UserError(f"--dist-timeout must be a positive number of seconds, got {timeout:g}")
+
+
+def setup(args, notes=()):
+    cfg = build_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     # vader_d2's own warnings (skipped images, view fallbacks) go to the console and log.txt as Detectron2's do.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="vader_d2")
+    if comm.is_main_process():
+        for note in notes:
+            logging.getLogger("vader_d2").warning(note)
     return cfg
 
 
-def main(args):
-    cfg = setup(args)
+def main(args, notes=()):
+    cfg = setup(args, notes)
     if args.eval_only:
         model = VADeRTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = VADeRCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer.load(cfg.MODEL.WEIGHTS, what="MODEL.WEIGHTS")
+        if checkpointer.last_load is not None:
+            check_backbone_loaded(checkpointer.last_load, cfg, cfg.MODEL.WEIGHTS, any_shape=False, what="MODEL.WEIGHTS")
         return VADeRTrainer.test(cfg, model)
     trainer = VADeRTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
-def exit_on_user_error(error):
-    print(f"vader_d2: {error}", file=sys.stderr, flush=True)
-    sys.exit(USER_ERROR_EXIT)
-
-
-def worker(args):
+def worker(args, notes=(), arrived=None):
     """``main`` in each launched process: a UserError there (data, checkpoint, diverging loss) is
     reported as one line too; with several processes, each process that meets it prints it."""
+    if arrived is not None:
+        # Detectron2's launch calls this only after every process of the run has joined the group.
+        arrived.set()
     if args.num_gpus > 1 and "OMP_NUM_THREADS" not in os.environ:
         # The processes of one machine share its cores: with each using all of them (torch's default),
         # a CPU step becomes many times slower (torchrun even sets OMP_NUM_THREADS=1).
         torch.set_num_threads(max(1, torch.get_num_threads() // args.num_gpus))
     try:
-        return main(args)
+        return main(args, notes)
     except UserError as e:
-        exit_on_user_error(e)
+        report_user_error(e)
 
 
 def check_before_launch(args):
-    """Catch config mistakes in the launching process, before any worker starts."""
+    """Catch config mistakes in the launching process, before any worker starts. Returns the config."""
+    check_launch_args(args)
     world_size = args.num_gpus * args.num_machines
-    cfg = VADeRTrainer.auto_scale_workers(build_config(args), world_size)
+    cfg = VADeRTrainer.auto_scale_workers(build_config(args.config_file, args.opts), world_size)
     check_devices(cfg, args.num_gpus)
     check_datasets_registered(cfg)
-    if is_pretraining(cfg):
-        check_vader_config(cfg, world_size)
+    if not args.eval_only:
+        check_solver_config(cfg)
+        if is_pretraining(cfg):
+            check_vader_config(cfg, world_size)
+    return cfg
 
 
-if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+def run(args):
+    cfg = check_before_launch(args)
+    claim = None
+    if args.eval_only or args.machine_rank != 0:
+        # Other machines write only their logs into OUTPUT_DIR.
+        check_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    else:
+        # The machine whose rank-0 process writes the checkpoints holds OUTPUT_DIR for the whole run
+        # (the lock dies with this process).
+        claim = claim_output_dir(cfg.OUTPUT_DIR, resume=args.resume, start_over=args.start_over)
+    watch = None
+    if args.num_gpus * args.num_machines > 1:
+        watch = RendezvousWatch(args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args.dist_timeout).start()
     try:
-        check_before_launch(args)
         launch(
             worker,
             args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
             dist_url=args.dist_url,
-            args=(args,),
+            args=(args, claim.notes if claim else [], watch.arrived if watch else None),
+            timeout=collective_timeout(args.dist_timeout),
         )
-    except UserError as e:
-        exit_on_user_error(e)
-    except ProcessExitedException as e:
-        if e.exit_code != USER_ERROR_EXIT:
-            raise
-        sys.exit(USER_ERROR_EXIT)  # the worker has printed its line
+    except (ProcessExitedException, ProcessRaisedException) as e:
+        failure = watch.failure(e) if watch else None
+        if failure is not None:
+            raise failure from None
+        if isinstance(e, ProcessExitedException) and e.exit_code == USER_ERROR_EXIT:
+            raise SystemExit(USER_ERROR_EXIT)  # the worker has printed its line
+        raise
+    finally:
+        if watch is not None:
+            watch.stop()
+        if claim is not None:
+            claim.release()
+
+
+if __name__ == "__main__":
+    run_cli(run, parse_args())
