@@ -23,15 +23,19 @@ data: setup
 	$(PY) datasets/prepare_cutpaste.py
 
 DEMO_OUT := output/vader_pretrain_demo
+# A second `make demo` resumes both runs: an interrupted one continues, a finished one is not trained
+# again (pictures, evaluations and export are made anew). `make demo DEMO_TRAIN_FLAGS=--start-over`
+# trains anew, after moving the earlier runs' files into $(DEMO_OUT)/previous_runs/.
+DEMO_TRAIN_FLAGS ?= --resume
 
 # Pretrain on the demo photos -> pictures and dense evaluation on held-out photos -> export to a
 # Detectron2 .pkl -> Mask R-CNN fine-tune and COCO evaluation on the cut-paste set.
 demo: data
-	$(PY) tools/train_net.py --config-file configs/vader_pretrain_demo.yaml OUTPUT_DIR $(DEMO_OUT)
+	$(PY) tools/train_net.py $(DEMO_TRAIN_FLAGS) --config-file configs/vader_pretrain_demo.yaml OUTPUT_DIR $(DEMO_OUT)
 	$(PY) tools/visualize.py --config-file configs/vader_pretrain_demo.yaml --output-dir $(DEMO_OUT)/pictures MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
 	$(PY) tools/evaluate_dense.py --config-file configs/vader_pretrain_demo.yaml --name vader_demo --output $(DEMO_OUT)/dense_eval.json MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
 	$(PY) tools/convert_vader_to_d2.py --input $(DEMO_OUT)/model_final.pth --output $(DEMO_OUT)/vader_r18.pkl
-	$(PY) tools/train_net.py --config-file configs/downstream/cutpaste_mask_rcnn_R_18_FPN.yaml MODEL.WEIGHTS $(DEMO_OUT)/vader_r18.pkl OUTPUT_DIR $(DEMO_OUT)/mask_rcnn_cutpaste
+	$(PY) tools/train_net.py $(DEMO_TRAIN_FLAGS) --config-file configs/downstream/cutpaste_mask_rcnn_R_18_FPN.yaml MODEL.WEIGHTS $(DEMO_OUT)/vader_r18.pkl OUTPUT_DIR $(DEMO_OUT)/mask_rcnn_cutpaste
 
 test: data
 	$(PY) -m pytest $(PYTEST_ARGS)
