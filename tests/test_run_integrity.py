@@ -11,7 +11,6 @@ import logging
 import os
 import pickle
 import resource
-import shutil
 import signal
 import socket
 import subprocess
@@ -375,3 +374,15 @@ def test_a_missing_machine_ends_with_one_line_within_the_timeout(tmp_path):
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
+
+
+def test_a_file_system_without_locks_trains_unprotected_and_says_so(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    claim = claim_output_dir(str(tmp_path), resume=False, start_over=False)
+    claim.release()
+    assert any("cannot lock files (No locks available): a second run into this folder would not be stopped" in n for n in claim.notes)

@@ -22,13 +22,13 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
-from vader_d2.checkpoint import VADeRCheckpointer, check_backbone_loaded
+from vader_d2.checkpoint import VADeRCheckpointer
 from vader_d2.cli import USER_ERROR_EXIT, build_config, check_output_dir, report_user_error, run_cli
 from vader_d2.config import check_solver_config, check_vader_config
 from vader_d2.errors import UserError
-from vader_d2.output_dir import PREVIOUS_RUNS, claim_output_dir
+from vader_d2.output_dir import PREVIOUS_RUNS, claim_output_dir, select_resume_checkpoint
 from vader_d2.rendezvous import RendezvousWatch, collective_timeout
-from vader_d2.trainer import VADeRTrainer, check_datasets_registered, is_pretraining
+from vader_d2.trainer import VADeRTrainer, check_datasets_registered, is_pretraining, load_model_weights
 
 # Seconds the processes of all machines have to meet at --dist-url (Detectron2 waits 30 minutes, silently).
 DEFAULT_DIST_TIMEOUT = 600
@@ -92,10 +92,12 @@ def main(args, notes=()):
     cfg = setup(args, notes)
     if args.eval_only:
         model = VADeRTrainer.build_model(cfg)
-        checkpointer = VADeRCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-        checkpointer.load(cfg.MODEL.WEIGHTS, what="MODEL.WEIGHTS")
-        if checkpointer.last_load is not None:
-            check_backbone_loaded(checkpointer.last_load, cfg, cfg.MODEL.WEIGHTS, any_shape=False, what="MODEL.WEIGHTS")
+        # As Detectron2's train_net: --resume evaluates the run's checkpoint, else MODEL.WEIGHTS.
+        resumed = select_resume_checkpoint(cfg.OUTPUT_DIR) if args.resume else None
+        if resumed:
+            VADeRCheckpointer(model).load(resumed, what="the checkpoint to evaluate")
+        else:
+            load_model_weights(cfg, model, cfg.MODEL.WEIGHTS)
         return VADeRTrainer.test(cfg, model)
     trainer = VADeRTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)

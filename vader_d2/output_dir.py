@@ -76,6 +76,7 @@ class OutputDirLock:
         self.path = os.path.join(folder, LOCK_FILE)
         self._fd = None
         self.previous_holder = None  # the content of a stale lock file this lock took over
+        self.unsupported = None  # why the file system refused to lock, if it did
 
     def acquire(self):
         """Take the lock or raise a UserError naming the run that holds it."""
@@ -85,6 +86,10 @@ class OutputDirLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
                 os.close(fd)
+                if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    # Some network file systems have no locks: training goes on, unprotected, and says so.
+                    self.unsupported = f"{e.strerror or e}"
+                    return self
                 if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     raise UserError(f"cannot lock OUTPUT_DIR {self.folder!r}: {e.strerror or e}") from None
                 raise UserError(
@@ -194,6 +199,11 @@ def claim_output_dir(output_dir, resume, start_over, lock=True):
     check_output_dir(output_dir, "OUTPUT_DIR")
     claim = OutputDirClaim(OutputDirLock(output_dir).acquire() if lock else None)
     try:
+        if claim.lock is not None and claim.lock.unsupported:
+            claim.notes.append(
+                f"the file system of OUTPUT_DIR {output_dir} cannot lock files ({claim.lock.unsupported}): a second "
+                "run into this folder would not be stopped; do not start one"
+            )
         if claim.lock is not None and claim.lock.previous_holder:
             claim.notes.append(
                 f"OUTPUT_DIR {output_dir} was locked by {_describe_holder(claim.lock.previous_holder)}, which has "

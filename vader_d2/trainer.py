@@ -112,6 +112,33 @@ def check_some_image_readable(dataset, max_source_size):
     )
 
 
+def load_model_weights(cfg, model, path, checkpointer=None, what="MODEL.WEIGHTS"):
+    """
+    Load the weights of ``path`` into ``model`` (not the optimizer or iteration), as training does with
+    MODEL.WEIGHTS, and stop with one line if the file is missing, damaged or not a checkpoint, or if its
+    backbone does not fit ``cfg`` (another depth or width): ``check_backbone_loaded``. For pretraining,
+    a ``.pkl`` (bare Detectron2 names) goes into the query encoder: Detectron2 would match each name to
+    both encoders and fail.
+    """
+    model = model.module if hasattr(model, "module") else model
+    checkpointer = checkpointer or VADeRCheckpointer(model)
+    if not path:
+        checkpointer.load("")
+        return
+    if "://" not in path:
+        problem = checkpoint_problem(path)
+        if problem:
+            raise UserError(f"{what} {path!r} {problem}; {EXPECTED_CHECKPOINT}")
+    if is_pretraining(cfg):
+        check_checkpoint_matches_config(cfg, path, resuming=False)
+        if path.endswith(".pkl"):
+            checkpointer = VADeRCheckpointer(model.query_encoder)
+    checkpointer.load(path, checkpointables=[], what=what)
+    # Pretraining has no new task head: any tensor of another shape is a mistake. Downstream, a head of
+    # another size (other classes) is expected; the backbone must fit.
+    check_backbone_loaded(checkpointer.last_load, cfg, path, any_shape=is_pretraining(cfg), what=what)
+
+
 def divergence_report(model, storage):
     """What to look at when the loss stops being finite: the last similarity statistics, and which
     tensors (query/key encoder weights, gradients, queue) hold NaN or infinity."""
@@ -232,23 +259,7 @@ class VADeRTrainer(DefaultTrainer):
 
     def load_weights(self, path):
         """Load MODEL.WEIGHTS (weights only) and check that the backbone arrived whole."""
-        if not path:
-            self.checkpointer.load("")
-            return
-        if "://" not in path:
-            problem = checkpoint_problem(path)
-            if problem:
-                raise UserError(f"MODEL.WEIGHTS {path!r} {problem}; {EXPECTED_CHECKPOINT}")
-        model = self.model.module if hasattr(self.model, "module") else self.model
-        checkpointer = self.checkpointer
-        if is_pretraining(self.cfg):
-            check_checkpoint_matches_config(self.cfg, path, resuming=False)
-            if path.endswith(".pkl"):
-                checkpointer = VADeRCheckpointer(model.query_encoder)
-        checkpointer.load(path, checkpointables=[], what="MODEL.WEIGHTS")
-        # Pretraining has no new task head: any tensor of another shape is a mistake. Downstream, a head
-        # of another size (other classes) is expected; the backbone must fit.
-        check_backbone_loaded(checkpointer.last_load, self.cfg, path, any_shape=is_pretraining(self.cfg), what="MODEL.WEIGHTS")
+        load_model_weights(self.cfg, self.model, path, self.checkpointer)
 
     def run_step(self):
         try:
