@@ -21,6 +21,7 @@ TINY_OPTS = [
     *FEW_PAIRS,
     "INPUT.VIEWS.CROP_SIZE", "64",
     "SOLVER.IMS_PER_BATCH", "4",
+    "MODEL.VADER.BN_GROUP_SIZE", "2",  # shuffle-BN groups that divide the batch of 1 or 2 processes
     "MODEL.VADER.QUEUE_SIZE", "512",
     "DATALOADER.NUM_WORKERS", "0",
     "SOLVER.WARMUP_ITERS", "2",
