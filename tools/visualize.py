@@ -28,7 +28,7 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 
 from vader_d2 import add_vader_config
-from vader_d2.data.view_mapper import UnreadableImageError, read_source_image
+from vader_d2.data.decoding import UnreadableImageError, read_source_image
 from vader_d2.errors import UserError
 from vader_d2.evaluation import FEATURE_SOURCES, CorrespondenceProtocol, build_feature_extractor, make_view_pair
 from vader_d2.evaluation.correspondence import MAX_SOURCE_SIZE, seeded_numpy

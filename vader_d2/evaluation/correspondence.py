@@ -42,7 +42,8 @@ from ..data.transforms import (
     RandomGaussianNoise,
     RandomHomography,
 )
-from ..data.view_mapper import UnreadableImageError, compute_correspondence, read_source_image
+from ..data.decoding import UnreadableImageError, read_source_image
+from ..data.view_mapper import compute_correspondence
 
 __all__ = [
     "CorrespondenceProtocol",
