@@ -88,12 +88,9 @@ def compute_correspondence(tfm1, tfm2, view_size, stride=OUTPUT_STRIDE):
     xs, ys = np.meshgrid(centres, centres)
     cells = np.stack([xs.ravel(), ys.ravel()], axis=1)
 
-    source, source_in_front = tfm1.inverse().map_points(cells)
-    in_view2, view2_in_front = tfm2.map_points(source)
-    h, w = tfm1.input_size
-    is_source_content = (source[:, 0] >= 0) & (source[:, 0] < w) & (source[:, 1] >= 0) & (source[:, 1] < h)
+    in_view2, view2_in_front = tfm2.map_points(tfm1.inverse().apply_coords(cells))
     lands_in_view2 = (in_view2 >= 0).all(axis=1) & (in_view2 < view_size).all(axis=1)
-    valid = source_in_front & is_source_content & view2_in_front & lands_in_view2
+    valid = tfm1.is_content(cells) & view2_in_front & lands_in_view2
 
     coords = np.full((n * n, 2), INVALID_CORRESPONDENCE, dtype=np.float32)
     coords[valid] = in_view2[valid] / stride - 0.5
