@@ -31,12 +31,12 @@ from typing import Callable, Dict, List, NamedTuple, Sequence, Tuple
 import numpy as np
 import torch
 
-from detectron2.data.transforms import AugInput, Augmentation, AugmentationList
+from detectron2.data.transforms import AugInput, AugmentationList
 
 from ..config import OUTPUT_STRIDE
 from ..data.transforms import (
     FusedProjectiveAugmentation,
-    ProjectiveTransform,
+    ProjectiveResize,
     RandomColorJitter,
     RandomGaussianBlur,
     RandomGaussianNoise,
@@ -47,7 +47,6 @@ from ..data.view_mapper import compute_correspondence
 
 __all__ = [
     "CorrespondenceProtocol",
-    "CentreSquareResize",
     "ViewPair",
     "make_view_pair",
     "make_view_pairs",
@@ -76,21 +75,6 @@ class CorrespondenceProtocol:
     noise_std: float = 0.02
     noise_prob: float = 0.5
     thresholds: Tuple[float, ...] = (2.0, 4.0, 8.0)
-
-
-class CentreSquareResize(Augmentation):
-    """The central square of the image (side = its shorter side) resized to ``size`` x ``size``."""
-
-    def __init__(self, size):
-        super().__init__()
-        self.size = int(size)
-
-    def get_transform(self, image):
-        h, w = image.shape[:2]
-        side = min(h, w)
-        scale = self.size / side
-        matrix = np.array([[scale, 0.0, -scale * (w - side) / 2], [0.0, scale, -scale * (h - side) / 2], [0.0, 0.0, 1.0]])
-        return ProjectiveTransform(matrix, (h, w), (self.size, self.size))
 
 
 class ViewPair(NamedTuple):
@@ -134,12 +118,13 @@ def make_view_pair(image, protocol: CorrespondenceProtocol, file_name="", identi
     Two views of ``image`` (HxWx3 uint8 RGB) by the protocol, drawing from NumPy's global RNG.
     ``identity``: view 2 is view 1 itself (same geometry, no photometric change), a sanity check.
     """
-    view1_geometry = CentreSquareResize(protocol.view_size).get_transform(image)
+    centre_square = ProjectiveResize(protocol.view_size, centre_square=True)
+    view1_geometry = centre_square.get_transform(image)
     if identity:
         view2_geometry, photometric = view1_geometry, None
     else:
         view2_geometry = FusedProjectiveAugmentation(
-            [CentreSquareResize(protocol.view_size), RandomHomography(prob=1.0, strength=protocol.homography_strength)]
+            [centre_square, RandomHomography(prob=1.0, strength=protocol.homography_strength)]
         ).get_transform(image)
         photometric = _photometric(protocol)
     coords, valid = compute_correspondence(view1_geometry, view2_geometry, protocol.view_size, OUTPUT_STRIDE)
