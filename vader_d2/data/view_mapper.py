@@ -29,6 +29,7 @@ __all__ = [
     "VADeRViewMapper",
     "ViewPairGeometry",
     "compute_correspondence",
+    "render_view",
     "build_geometric_augmentations",
     "build_photometric_augmentations",
 ]
@@ -95,6 +96,17 @@ def compute_correspondence(tfm1, tfm2, view_size, stride=OUTPUT_STRIDE):
     coords = np.full((n * n, 2), INVALID_CORRESPONDENCE, dtype=np.float32)
     coords[valid] = in_view2[valid] / stride - 0.5
     return coords.reshape(n, n, 2), valid.reshape(n, n)
+
+
+def render_view(image, geometry, photometric, image_format="RGB"):
+    """The view ``geometry`` (a ProjectiveTransform) cuts from an HxWx3 uint8 RGB ``image``, changed by
+    ``photometric`` (an AugmentationList), as a uint8 (3, S, S) tensor in ``image_format`` channel order."""
+    aug_input = AugInput(geometry.apply_image(image))
+    photometric(aug_input)
+    view = aug_input.image
+    if image_format == "BGR":
+        view = view[:, :, ::-1]
+    return torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1)))
 
 
 class ViewPairGeometry(NamedTuple):
@@ -250,14 +262,6 @@ class VADeRViewMapper:
         coords, valid = compute_correspondence(tfm1, tfm2, self.crop_size, OUTPUT_STRIDE)
         return ViewPairGeometry(tfm1, tfm2, coords, valid, fallback)
 
-    def _render_view(self, image, geometry_transform):
-        aug_input = AugInput(geometry_transform.apply_image(image))
-        self.photometric(aug_input)
-        view = aug_input.image
-        if self.image_format == "BGR":
-            view = view[:, :, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1)))
-
     def __call__(self, dataset_dict):
         file_name = dataset_dict["file_name"]
         try:
@@ -270,8 +274,8 @@ class VADeRViewMapper:
         geometry = self.sample_geometry(image)
         sample = dict(dataset_dict)
         sample.update(
-            view1=self._render_view(image, geometry.view1_transform),
-            view2=self._render_view(image, geometry.view2_transform),
+            view1=render_view(image, geometry.view1_transform, self.photometric, self.image_format),
+            view2=render_view(image, geometry.view2_transform, self.photometric, self.image_format),
             correspondence=torch.from_numpy(geometry.correspondence),
             valid=torch.from_numpy(geometry.valid),
             height=image.shape[0],

@@ -31,9 +31,10 @@ from typing import Callable, Dict, List, NamedTuple, Sequence, Tuple
 import numpy as np
 import torch
 
-from detectron2.data.transforms import AugInput, AugmentationList
+from detectron2.data.transforms import AugmentationList
 
 from ..config import OUTPUT_STRIDE
+from ..data.decoding import UnreadableImageError, read_source_image
 from ..data.transforms import (
     FusedProjectiveAugmentation,
     ProjectiveResize,
@@ -42,8 +43,7 @@ from ..data.transforms import (
     RandomGaussianNoise,
     RandomHomography,
 )
-from ..data.decoding import UnreadableImageError, read_source_image
-from ..data.view_mapper import compute_correspondence
+from ..data.view_mapper import compute_correspondence, render_view
 
 __all__ = [
     "CorrespondenceProtocol",
@@ -106,13 +106,6 @@ def _photometric(protocol: CorrespondenceProtocol):
     )
 
 
-def _render(image, transform, photometric):
-    aug_input = AugInput(transform.apply_image(image))
-    if photometric is not None:
-        photometric(aug_input)
-    return torch.from_numpy(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
-
-
 def make_view_pair(image, protocol: CorrespondenceProtocol, file_name="", identity=False) -> ViewPair:
     """
     Two views of ``image`` (HxWx3 uint8 RGB) by the protocol, drawing from NumPy's global RNG.
@@ -121,15 +114,15 @@ def make_view_pair(image, protocol: CorrespondenceProtocol, file_name="", identi
     centre_square = ProjectiveResize(protocol.view_size, centre_square=True)
     view1_geometry = centre_square.get_transform(image)
     if identity:
-        view2_geometry, photometric = view1_geometry, None
+        view2_geometry, photometric = view1_geometry, AugmentationList([])
     else:
         view2_geometry = FusedProjectiveAugmentation(
             [centre_square, RandomHomography(prob=1.0, strength=protocol.homography_strength)]
         ).get_transform(image)
         photometric = _photometric(protocol)
     coords, valid = compute_correspondence(view1_geometry, view2_geometry, protocol.view_size, OUTPUT_STRIDE)
-    view1 = _render(image, view1_geometry, photometric)
-    view2 = view1 if identity else _render(image, view2_geometry, photometric)
+    view1 = render_view(image, view1_geometry, photometric)
+    view2 = view1 if identity else render_view(image, view2_geometry, photometric)
     return ViewPair(view1, view2, coords, valid, file_name)
 
 
