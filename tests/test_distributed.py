@@ -26,7 +26,6 @@ What must hold, and why it can be tested exactly or only within float tolerance:
   matter after pretraining (PreciseBN re-estimates them downstream). Checked exactly below.
 """
 
-import json
 import os
 from datetime import timedelta
 
@@ -38,6 +37,8 @@ from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
+
+from vader_d2.training_metrics import read_metrics
 
 from .helpers import FEW_PAIRS, demo_cfg, fake_batch
 from .test_config_errors import DEMO_CONFIG, TINY_OPTS, run_train_net, single_thread  # noqa: F401
@@ -194,8 +195,7 @@ def test_train_net_with_two_processes(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "World size: 2" in result.stdout
-    with open(tmp_path / "metrics.json") as f:
-        iterations = [json.loads(line)["iteration"] for line in f if "total_loss" in line]
+    iterations = [m["iteration"] for m in read_metrics(tmp_path / "metrics.json") if "total_loss" in m]
     assert iterations[-1] == steps - 1
     state = torch.load(tmp_path / "model_final.pth", map_location="cpu")["model"]
     keys = steps * GLOBAL_BATCH * pairs

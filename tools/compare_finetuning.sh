@@ -34,15 +34,16 @@ finetune "$GLOBAL_RUN" "$OUT/$GLOBAL_RUN/d2.pkl"
 finetune "vader_$ITERS" "$OUT/vader_$ITERS/d2.pkl"
 
 "$PY" - "$OUT/finetune" random_init "$GLOBAL_RUN" "vader_$ITERS" <<'EOF' | tee "$OUT/finetune/table_$ITERS.md"
-import json, os, sys
+import os, sys
+
+from vader_d2.training_metrics import read_metrics
 
 root, runs = sys.argv[1], sys.argv[2:]
 columns = ["bbox/AP", "bbox/AP50", "segm/AP", "segm/AP50"]
 print("| initialisation | loss, first 20 it | loss, last 20 it | " + " | ".join(columns) + " |")
 print("|---|---:|---:|" + "---:|" * len(columns))
 for run in runs:
-    with open(os.path.join(root, run, "metrics.json")) as f:
-        metrics = [json.loads(line) for line in f if line.strip()]
+    metrics = read_metrics(os.path.join(root, run, "metrics.json"))
     losses = [m["total_loss"] for m in metrics if "total_loss" in m]
     final = [m for m in metrics if "bbox/AP" in m][-1]
     row = [run, f"{losses[0]:.3f}", f"{losses[-1]:.3f}", *(f"{final[c]:.2f}" for c in columns)]

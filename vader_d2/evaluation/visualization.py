@@ -21,6 +21,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from ..config import OUTPUT_STRIDE  # noqa: E402
+from ..training_metrics import NEGATIVE_SIMILARITY, POSITIVE_SIMILARITY, TOP1_ACCURACY  # noqa: E402
 from .correspondence import ViewPair, match_nearest  # noqa: E402
 
 __all__ = ["plot_matches", "plot_pca", "plot_similarity", "central_valid_cell", "plot_training_curves"]
@@ -146,9 +147,9 @@ def plot_similarity(pair: ViewPair, features1, features2, query_cell, title=""):
 
 _TRAINING_PANELS = (
     ("loss (median of the logging window)", (("total_loss", "InfoNCE loss"),)),
-    ("top-1: the positive beats every negative", (("vader_top1_accuracy", "top-1 accuracy"),)),
-    ("cosine similarity", (("vader_positive_similarity", "query - positive key"),
-                           ("vader_negative_similarity", "query - queued negatives"))),
+    ("top-1: the positive beats every negative", ((TOP1_ACCURACY, "top-1 accuracy"),)),
+    ("cosine similarity", ((POSITIVE_SIMILARITY, "query - positive key"),
+                           (NEGATIVE_SIMILARITY, "query - queued negatives"))),
 )
 
 
