@@ -11,7 +11,8 @@ from detectron2.data.transforms import Augmentation
 from PIL import Image, ImageFile
 from PIL.JpegImagePlugin import JpegImageFile
 
-from vader_d2.config import OUTPUT_STRIDE, add_vader_config
+from vader_d2.config import add_vader_config
+from vader_d2.dense_grid import OUTPUT_STRIDE
 from vader_d2.data.decoding import read_source_image
 from vader_d2.data.transforms import (
     ProjectiveTransform,

@@ -33,7 +33,6 @@ import torch
 
 from detectron2.data.transforms import AugmentationList
 
-from ..config import OUTPUT_STRIDE
 from ..data.decoding import UnreadableImageError, read_source_image
 from ..data.transforms import (
     FusedProjectiveAugmentation,
@@ -44,6 +43,7 @@ from ..data.transforms import (
     RandomHomography,
 )
 from ..data.view_mapper import compute_correspondence, render_view
+from ..dense_grid import OUTPUT_STRIDE
 
 __all__ = [
     "CorrespondenceProtocol",

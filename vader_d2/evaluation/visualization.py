@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from ..config import OUTPUT_STRIDE  # noqa: E402
+from ..dense_grid import OUTPUT_STRIDE  # noqa: E402
 from ..training_metrics import NEGATIVE_SIMILARITY, POSITIVE_SIMILARITY, TOP1_ACCURACY  # noqa: E402
 from .correspondence import ViewPair, match_nearest  # noqa: E402
 
