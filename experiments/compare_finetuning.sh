@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Mask R-CNN fine-tuned on the cut-paste set (configs/downstream/cutpaste_mask_rcnn_R_18_FPN.yaml) from
 # random init, from the global MoCo v2 baseline and from VADeR: the equal-time pretrainings of
-# tools/compare_pretraining.sh (run it first with the same ITERS and OUT). Prints one markdown table of
+# experiments/compare_pretraining.sh (run it first with the same ITERS and OUT). Prints one markdown table of
 # COCO box and mask AP on the val split.
 #
-#   tools/compare_finetuning.sh [ITERS] [OUT]     (defaults: 600 output/compare)
+#   experiments/compare_finetuning.sh [ITERS] [OUT]     (defaults: 600 output/compare)
 #
 # Re-running skips fine-tunes whose model_final.pth exists. docs/results.md reports its output.
 set -euo pipefail
@@ -17,7 +17,7 @@ GLOBAL_RUN=moco_global_$((ITERS * 3))  # the global run given VADeR's wall time
 
 for run in "vader_$ITERS" "$GLOBAL_RUN"; do
     if [ ! -f "$OUT/$run/model_final.pth" ]; then
-        echo "missing $OUT/$run/model_final.pth: run tools/compare_pretraining.sh $ITERS $OUT first" >&2
+        echo "missing $OUT/$run/model_final.pth: run experiments/compare_pretraining.sh $ITERS $OUT first" >&2
         exit 1
     fi
     "$PY" tools/convert_vader_to_d2.py --input "$OUT/$run/model_final.pth" --output "$OUT/$run/d2.pkl"

@@ -4,7 +4,7 @@
 # About 5-7 minutes per 600-iteration run on 2 CPU cores (the 2650-iteration one 20), about 55 in all;
 # docs/results.md reports the table.
 #
-#   tools/sweep_demo_recipe.sh [OUT]     (default: output/sweep)
+#   experiments/sweep_demo_recipe.sh [OUT]     (default: output/sweep)
 #
 # Re-running skips pretrainings whose model_final.pth exists. The table goes to OUT/table.md.
 set -euo pipefail

@@ -3,7 +3,7 @@
 # pretrain both recipes for the same number of iterations (and the global one also for the same wall
 # clock), evaluate every model with tools/evaluate_dense.py, print one markdown table.
 #
-#   tools/compare_pretraining.sh [ITERS] [OUT]     (defaults: 600 output/compare)
+#   experiments/compare_pretraining.sh [ITERS] [OUT]     (defaults: 600 output/compare)
 #
 # Re-running skips pretrainings whose model_final.pth exists. The table goes to OUT/table_ITERS.md;
 # docs/results.md reports it.
