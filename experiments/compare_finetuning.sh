@@ -9,9 +9,9 @@
 # Re-running skips fine-tunes whose model_final.pth exists. docs/results.md reports its output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source experiments/common.sh
 ITERS=${1:-600}
 OUT=${2:-output/compare}
-PY=${PY:-.venv/bin/python}
 CONFIG=configs/downstream/cutpaste_mask_rcnn_R_18_FPN.yaml
 GLOBAL_RUN=moco_global_$((ITERS * 3))  # the global run given VADeR's wall time
 
@@ -24,9 +24,7 @@ for run in "vader_$ITERS" "$GLOBAL_RUN"; do
 done
 
 finetune() {  # name, weights
-    if [ ! -f "$OUT/finetune/$1/model_final.pth" ]; then
-        "$PY" tools/train_net.py --config-file "$CONFIG" MODEL.WEIGHTS "$2" OUTPUT_DIR "$OUT/finetune/$1"
-    fi
+    train_unless_done "$OUT/finetune/$1" "$CONFIG" MODEL.WEIGHTS "$2"
 }
 
 finetune random_init ""
