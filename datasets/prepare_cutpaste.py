@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -56,12 +55,11 @@ from prepare_demo_photos import (
     recipe as demo_photos_recipe,
 )
 
-# The class list lives with the dataset registration; import it from this checkout.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The class list lives with the dataset registration.
 with warnings.catch_warnings():
     # Importing Detectron2 with a recent torch emits deprecation warnings that concern nothing here.
     warnings.simplefilter("ignore", FutureWarning)
-    from vader_d2.data.datasets import CUTPASTE_CLASSES, CUTPASTE_KEYPOINT_NAMES  # noqa: E402
+    from vader_d2.data.datasets import CUTPASTE_CLASSES, CUTPASTE_KEYPOINT_NAMES
 
 DATASET_NAME = "vader_cutpaste"
 # Bump when the way outputs are produced changes, so that existing outputs are rebuilt.
