@@ -51,6 +51,7 @@ __all__ = [
     "make_view_pair",
     "make_view_pairs",
     "match_nearest",
+    "pixel_errors",
     "correspondence_errors",
     "summarise_errors",
     "mean_pairwise_similarity",
@@ -157,10 +158,15 @@ def match_nearest(features1: torch.Tensor, features2: torch.Tensor) -> torch.Ten
     return positions.view(*features1.shape[1:], 2)
 
 
+def pixel_errors(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Distances in view pixels between (..., 2) grid positions."""
+    return OUTPUT_STRIDE * np.linalg.norm(predicted - truth, axis=-1)
+
+
 def correspondence_errors(features1, features2, correspondence, valid) -> np.ndarray:
     """Pixel errors of nearest-neighbour matching at the valid cells of view 1."""
     predicted = match_nearest(features1, features2).numpy()
-    return OUTPUT_STRIDE * np.linalg.norm(predicted[valid] - correspondence[valid], axis=1)
+    return pixel_errors(predicted[valid], correspondence[valid])
 
 
 def summarise_errors(errors: np.ndarray, thresholds: Sequence[float]) -> Dict[str, float]:
@@ -189,7 +195,7 @@ def evaluate_correspondence(
             )
             within_view.setdefault(source, []).append(mean_pairwise_similarity(features2[source]))
         truth = pair.correspondence[pair.valid]
-        ceiling.append(OUTPUT_STRIDE * np.linalg.norm(np.rint(truth) - truth, axis=1))
+        ceiling.append(pixel_errors(np.rint(truth), truth))
     results = {}
     for source, e in errors.items():
         results[source] = summarise_errors(np.concatenate(e), thresholds)
