@@ -36,7 +36,6 @@ Which mode each equivalence covers (MODEL.VADER.KEY_BN):
   the ranks agree (their own generators differ there) and that every key lands at its image's place.
 """
 
-import json
 import os
 from datetime import timedelta
 
@@ -48,6 +47,8 @@ from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
+
+from vader_d2.training_metrics import read_metrics
 
 from .helpers import FEW_PAIRS, demo_cfg, fake_batch
 from .test_config_errors import DEMO_CONFIG, TINY_OPTS, run_train_net, single_thread  # noqa: F401
@@ -245,8 +246,7 @@ def test_train_net_with_two_processes(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "World size: 2" in result.stdout
-    with open(tmp_path / "metrics.json") as f:
-        iterations = [json.loads(line)["iteration"] for line in f if "total_loss" in line]
+    iterations = [m["iteration"] for m in read_metrics(tmp_path / "metrics.json") if "total_loss" in m]
     assert iterations[-1] == steps - 1
     state = torch.load(tmp_path / "model_final.pth", map_location="cpu")["model"]
     keys = steps * GLOBAL_BATCH * pairs

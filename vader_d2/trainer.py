@@ -12,7 +12,7 @@ from detectron2.utils import comm
 
 from .config import check_vader_config
 from .data import VADeRViewMapper
-from .data.view_mapper import UnreadableImageError, read_source_image
+from .data.decoding import UnreadableImageError, read_source_image
 from .errors import UserError
 
 # Scalars VADeR.log_metrics writes every MODEL.VADER.METRICS_PERIOD iterations, quoted when training diverges.
