@@ -15,6 +15,7 @@ times alone are the model's own parts, called as the model's forward calls them.
 """
 
 import itertools
+import math
 import os
 
 import torch
@@ -28,6 +29,7 @@ from detectron2.utils.events import EventStorage
 
 from vader_d2.config import add_vader_config, check_vader_config
 from vader_d2.errors import UserError
+from vader_d2.modeling.shuffle_bn import forward_in_groups
 from vader_d2.modeling.vader import VADeR, info_nce_loss, sample_grid
 
 from .measure import StepMemory, median_time, medians, state_bytes, timed
@@ -41,13 +43,16 @@ class BareNetworkStep(VADeR):
     VADeR's network without VADeR: the same modules, built by VADeR's own ``from_config``, but the step
     is only the query encoder on view 1 with gradients and the key encoder on view 2 without, joined by a
     trivial loss (minus the mean dense cosine of the two maps). No momentum update, pair sampling, queue,
-    InfoNCE or metrics.
+    InfoNCE or metrics. Both encoders run in the batch-norm groups of the full step, without its
+    permutation of the key batch.
     """
 
     def forward(self, batched_inputs):
-        queries = self.query_encoder(self.normalize([x["view1"] for x in batched_inputs]))
+        queries = self.encode_queries(self.stack([x["view1"] for x in batched_inputs], self.device))
         with torch.no_grad():
-            keys = self.key_encoder(self.normalize([x["view2"] for x in batched_inputs]))
+            view2 = self.normalize(self.stack([x["view2"] for x in batched_inputs], self.device))
+            group_size = self.bn_group_size if self.key_bn == "shuffle" else len(view2)
+            keys = forward_in_groups(self.key_encoder, view2, group_size)
         return {"loss_bare": -(queries * keys).sum(dim=1).mean()}
 
 
@@ -80,6 +85,8 @@ def build_benchmark_config(
     ]
     try:
         cfg.merge_from_file(config_file)
+        # Shuffle-BN groups must divide the batch: the config's group size, or the largest that does.
+        sizes += ["MODEL.VADER.BN_GROUP_SIZE", math.gcd(batch_size, cfg.MODEL.VADER.BN_GROUP_SIZE)]
         cfg.merge_from_list(sizes + list(opts))
     except (KeyError, AssertionError, ValueError) as e:
         raise UserError(f"{config_file} or the command line: {e}; the keys are in vader_d2/config.py and "
@@ -206,7 +213,7 @@ def time_components(model, batch, queue_models, repeats):
     """
     device = model.device
     with torch.no_grad():
-        embeddings = model.key_encoder(model.normalize([x["view1"] for x in batch]))
+        embeddings = model.key_encoder(model.normalize(model.stack([x["view1"] for x in batch], device)))
     valid = torch.stack([x["valid"] for x in batch]).flatten(1)
     matches = torch.stack([x["correspondence"] for x in batch]).flatten(1, 2)
 

@@ -2,6 +2,7 @@
 
 from detectron2.config import CfgNode as CN
 
+from .dense_grid import OUTPUT_STRIDE
 from .errors import UserError
 
 
@@ -81,7 +82,6 @@ def add_vader_config(cfg):
     cfg.INPUT.VIEWS.MAX_SOURCE_SIZE = 1024
 
 
-OUTPUT_STRIDE = 4  # the dense head predicts at p2's stride
 
 # Norms whose statistics are shared across processes (Detectron2's names).
 SYNCHRONISED_NORMS = ("naiveSyncBN", "naiveSyncBN_N", "SyncBN", "nnSyncBN")

@@ -14,9 +14,8 @@ from .config import check_vader_config
 from .data import VADeRViewMapper
 from .data.decoding import UnreadableImageError, read_source_image
 from .errors import UserError
+from .training_metrics import SIMILARITY_STATS
 
-# Scalars VADeR.log_metrics writes every MODEL.VADER.METRICS_PERIOD iterations, quoted when training diverges.
-SIMILARITY_STATS = ("vader_positive_similarity", "vader_negative_similarity", "vader_top1_accuracy")
 
 
 def is_pretraining(cfg):

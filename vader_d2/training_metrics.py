@@ -16,6 +16,7 @@ __all__ = [
     "QUEUE_FILL",
     "SKIPPED_IMAGES",
     "VALID_MATCHES",
+    "QUERIES_WITHOUT_NEGATIVE",
     "SIMILARITY_STATS",
     "read_metrics",
 ]
@@ -30,6 +31,9 @@ QUEUE_FILL = "vader_queue_fill"
 SKIPPED_IMAGES = "vader_skipped_images"
 # Cells of view 1 with a match in view 2, per image (dense loss only).
 VALID_MATCHES = "vader_valid_matches"
+# Fraction of queries none of whose negatives is usable (all from the query's own image, or empty
+# slots): their loss is 0 and they learn nothing. A share that stays high means the data cannot teach.
+QUERIES_WITHOUT_NEGATIVE = "vader_queries_without_negative"
 
 # How well the queries tell their positive from the negatives: what to look at when training diverges.
 SIMILARITY_STATS = (POSITIVE_SIMILARITY, NEGATIVE_SIMILARITY, TOP1_ACCURACY)

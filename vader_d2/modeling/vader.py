@@ -39,6 +39,16 @@ from detectron2.structures import ImageList
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
+from ..dense_grid import OUTPUT_STRIDE
+from ..training_metrics import (
+    NEGATIVE_SIMILARITY,
+    POSITIVE_SIMILARITY,
+    QUERIES_WITHOUT_NEGATIVE,
+    QUEUE_FILL,
+    SKIPPED_IMAGES,
+    TOP1_ACCURACY,
+    VALID_MATCHES,
+)
 from .dense_head import DenseHead
 from .shuffle_bn import concat_all_gather, draw_permutation, encode_shuffled, forward_in_groups
 
@@ -388,19 +398,19 @@ class VADeR(nn.Module):
         # Sum over each query's usable negatives as one matrix product: the loss does not keep the logits.
         negative_cos = (queries.to(self.queue.dtype) * (usable @ self.queue)).sum() / usable.sum().clamp(min=1)
         storage.put_scalars(
-            vader_positive_similarity=(positive * self.temperature).mean().item(),
-            vader_negative_similarity=negative_cos.item(),
-            vader_top1_accuracy=(positive > hardest).float().mean().item(),
-            # A query whose negatives all come from its own image (or empty slots) has a loss of 0 and
-            # learns nothing: a share that stays high means the data cannot teach anything.
-            vader_queries_without_negative=excluded.all(dim=1).float().mean().item(),
-            vader_queue_fill=(self.queue_image_ids >= 0).float().mean().item(),
-            vader_skipped_images=self.skipped_images.item(),
+            **{
+                POSITIVE_SIMILARITY: (positive * self.temperature).mean().item(),
+                NEGATIVE_SIMILARITY: negative_cos.item(),
+                TOP1_ACCURACY: (positive > hardest).float().mean().item(),
+                QUERIES_WITHOUT_NEGATIVE: excluded.all(dim=1).float().mean().item(),
+                QUEUE_FILL: (self.queue_image_ids >= 0).float().mean().item(),
+                SKIPPED_IMAGES: self.skipped_images.item(),
+            },
             smoothing_hint=False,
         )
         if self.loss_type == "dense":
             matches = sum(int(x["valid"].sum()) for x in batched_inputs) / len(batched_inputs)
-            storage.put_scalar("vader_valid_matches", matches, smoothing_hint=False)
+            storage.put_scalar(VALID_MATCHES, matches, smoothing_hint=False)
 
     @torch.no_grad()
     def count_skipped_images(self):
@@ -422,8 +432,7 @@ class VADeR(nn.Module):
         embeddings = self.query_encoder(padded.tensor)
         if self.loss_type == "global":
             return [{"embedding": e} for e in embeddings]
-        stride = self.query_encoder.head.stride
         return [
-            {"embedding": e[:, : -(-h // stride), : -(-w // stride)]}
+            {"embedding": e[:, : -(-h // OUTPUT_STRIDE), : -(-w // OUTPUT_STRIDE)]}
             for e, (h, w) in zip(embeddings, padded.image_sizes)
         ]
