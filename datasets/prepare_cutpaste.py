@@ -26,8 +26,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -38,29 +36,30 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
 
-from prepare_demo_photos import (
-    ARCHIVES,
-    SPLITS,
+from common import (
     PrepareError,
-    archive_record,
-    fetch_source_photos,
+    cached_download,
     folder_size_mb,
     fresh_build_dir,
     manifest_is_current,
     publish,
-    read_source_photo,
-    recipe as demo_photos_recipe,
     run_cli,
-    verified_cached_file,
     write_jpeg,
 )
+from prepare_demo_photos import (
+    ARCHIVES,
+    SPLITS,
+    archive_record,
+    fetch_source_photos,
+    read_source_photo,
+    recipe as demo_photos_recipe,
+)
 
-# The class list lives with the dataset registration; import it from this checkout.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The class list lives with the dataset registration.
 with warnings.catch_warnings():
     # Importing Detectron2 with a recent torch emits deprecation warnings that concern nothing here.
     warnings.simplefilter("ignore", FutureWarning)
-    from vader_d2.data.datasets import CUTPASTE_CLASSES, CUTPASTE_KEYPOINT_NAMES  # noqa: E402
+    from vader_d2.data.datasets import CUTPASTE_CLASSES, CUTPASTE_KEYPOINT_NAMES
 
 DATASET_NAME = "vader_cutpaste"
 # Bump when the way outputs are produced changes, so that existing outputs are rebuilt.
@@ -125,13 +124,8 @@ class Stamp:
 
 def fetch_debian_package(package, cache_dir):
     """The .deb's path in ``cache_dir``, fetched with ``apt-get download`` on first use and checksummed."""
-    cache_dir = Path(cache_dir)
-    path = cache_dir / package.filename
-    origin = f"Debian {package.name}={package.version}"
-    if verified_cached_file(path, package.sha256, origin):
-        return path
     request = f"{package.name}={package.version}"
-    by_hand = f"put {package.filename} (e.g. from snapshot.debian.org) in {cache_dir}"
+    by_hand = f"put {package.filename} (e.g. from snapshot.debian.org) in {Path(cache_dir)}"
 
     def apt_get(*args, cwd=None):
         try:
@@ -141,27 +135,24 @@ def fetch_debian_package(package, cache_dir):
                 f"apt-get not found: {request} comes from Debian's archive; {by_hand}"
             ) from None
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    print(f"downloading {request} from Debian's archive into {cache_dir} ...", flush=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir) as download_dir:
+    def download(folder):
+        print(f"downloading {request} from Debian's archive into {Path(cache_dir)} ...", flush=True)
         # apt's sandbox user cannot write to a private temporary folder; apt then downloads as the caller.
-        os.chmod(download_dir, 0o755)
-        result = apt_get("download", request, cwd=download_dir)
+        os.chmod(folder, 0o755)
+        result = apt_get("download", request, cwd=folder)
         if result.returncode != 0:
             # A fresh container has no package lists yet.
             print("updating apt's package lists (apt-get update) ...", flush=True)
             apt_get("update")
-            result = apt_get("download", request, cwd=download_dir)
-        downloaded = Path(download_dir) / package.filename
-        if result.returncode != 0 or not downloaded.exists():
+            result = apt_get("download", request, cwd=folder)
+        if result.returncode != 0 or not (folder / package.filename).exists():
             reason = (result.stderr.strip().splitlines() or ["no file downloaded"])[-1]
             raise PrepareError(
                 f"could not download {request} from Debian's archive ({reason}); "
                 f"check the network and apt's sources, or {by_hand}"
             )
-        downloaded.replace(path)
-    verified_cached_file(path, package.sha256, origin)
-    return path
+
+    return cached_download(cache_dir, package.filename, package.sha256, f"Debian {request}", download)
 
 
 def extract_stamps(deb_path, cache_dir):

@@ -15,20 +15,13 @@ Output, under ROOT (``--root``, default ``$DETECTRON2_DATASETS``, else ``./datas
 
 Photos are split by scene, never frame by frame: every photo of one place (the 25 campus frames, the
 stereo pairs, the four tomato shots) lands in the same split, so validation scenes are unseen in training.
-
-This module also holds the download/cache/manifest helpers that ``prepare_cutpaste.py`` imports.
+``prepare_cutpaste.py`` pastes its objects on these photos, and imports their list from here.
 """
 
-import argparse
 import fnmatch
-import hashlib
 import io
-import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -38,15 +31,22 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from common import (
+    JPEG_QUALITY,
+    PrepareError,
+    cached_download,
+    folder_size_mb,
+    fresh_build_dir,
+    manifest_is_current,
+    publish,
+    run_cli,
+    write_jpeg,
+)
+
 DATASET_NAME = "vader_demo_photos"
 # Bump when the way outputs are produced changes, so that existing outputs are rebuilt.
 RECIPE_VERSION = 1
 MAX_SIDE = 640
-JPEG_QUALITY = 95
-
-
-class PrepareError(Exception):
-    """A failure the user can fix (network, missing tool, bad cache): printed as one line, no traceback."""
 
 
 @dataclass(frozen=True)
@@ -128,62 +128,26 @@ class SourcePhoto:
     member: str
 
 
-def default_root():
-    return os.getenv("DETECTRON2_DATASETS", "datasets")
-
-
-def default_cache():
-    return os.getenv("VADER_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vader_d2"))
-
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verified_cached_file(path, sha256, origin):
-    """``path`` if it holds the pinned bytes, None if it is absent; a corrupt or changed file is an error."""
-    if not path.exists():
-        return None
-    actual = sha256_file(path)
-    if actual != sha256:
-        raise PrepareError(
-            f"{path} (from {origin}) has sha256 {actual}, expected {sha256}: "
-            f"delete it and run again to download it afresh"
-        )
-    return path
-
-
 def fetch_pypi_archive(archive, cache_dir):
     """The archive's path in ``cache_dir``, downloaded with ``pip download`` on first use and checksummed."""
-    cache_dir = Path(cache_dir)
-    path = cache_dir / archive.filename
-    origin = f"PyPI {archive.requirement}"
-    if verified_cached_file(path, archive.sha256, origin):
-        return path
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    print(f"downloading {archive.requirement} from PyPI into {cache_dir} ...", flush=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir) as download_dir:
+
+    def download(folder):
+        print(f"downloading {archive.requirement} from PyPI into {Path(cache_dir)} ...", flush=True)
         command = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
             "--disable-pip-version-check", "--retries", "1", "--timeout", "30",
-            *archive.platform_args, "-d", download_dir, archive.requirement,
+            *archive.platform_args, "-d", str(folder), archive.requirement,
         ]
         result = subprocess.run(command, capture_output=True, text=True)
-        downloaded = Path(download_dir) / archive.filename
-        if result.returncode != 0 or not downloaded.exists():
+        if result.returncode != 0 or not (folder / archive.filename).exists():
             reason = _last_line(result.stderr) or _last_line(result.stdout) or "no file downloaded"
             raise PrepareError(
                 f"could not download {archive.requirement} from PyPI ({reason}); check the network or "
                 f"pip's index/proxy settings (PIP_INDEX_URL, HTTPS_PROXY), or put {archive.filename} "
-                f"in {cache_dir} yourself"
+                f"in {Path(cache_dir)} yourself"
             )
-        downloaded.replace(path)
-    verified_cached_file(path, archive.sha256, origin)
-    return path
+
+    return cached_download(cache_dir, archive.filename, archive.sha256, f"PyPI {archive.requirement}", download)
 
 
 def _last_line(text):
@@ -250,87 +214,6 @@ def archive_record(archive):
         "sha256": archive.sha256,
         "licence": archive.licence,
     }
-
-
-# ---------------------------------------------------------------------------------------------------
-# Manifest: the outputs are up to date when the recipe is unchanged and every file matches its sha256.
-
-
-def manifest_is_current(dataset_dir, recipe):
-    manifest_path = Path(dataset_dir) / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError):
-        return False
-    if manifest.get("recipe") != recipe:
-        return False
-    listed = manifest.get("files", {})
-    present = {
-        path.relative_to(dataset_dir).as_posix()
-        for path in Path(dataset_dir).rglob("*")
-        if path.is_file() and path != manifest_path
-    }
-    if present != set(listed):
-        return False
-    return all(sha256_file(Path(dataset_dir) / name) == sha for name, sha in listed.items())
-
-
-def publish(build_dir, dataset_dir, manifest):
-    """Write the manifest last and swap the finished build in place of the old outputs."""
-    build_dir, dataset_dir = Path(build_dir), Path(dataset_dir)
-    manifest["files"] = {
-        path.relative_to(build_dir).as_posix(): sha256_file(path)
-        for path in sorted(build_dir.rglob("*"))
-        if path.is_file()
-    }
-    (build_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    if dataset_dir.exists():
-        shutil.rmtree(dataset_dir)
-    build_dir.rename(dataset_dir)
-
-
-def fresh_build_dir(dataset_dir):
-    """An empty sibling folder to build into, so that an interrupted run never leaves half an output."""
-    build_dir = Path(dataset_dir).with_name(f".{Path(dataset_dir).name}.partial")
-    if build_dir.exists():
-        shutil.rmtree(build_dir)
-    build_dir.mkdir(parents=True)
-    return build_dir
-
-
-def folder_size_mb(folder):
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 2**20
-
-
-def write_jpeg(path, image_rgb):
-    Image.fromarray(image_rgb).save(path, quality=JPEG_QUALITY)
-
-
-def add_common_arguments(parser):
-    parser.add_argument(
-        "--root", default=default_root(),
-        help="datasets root, as in Detectron2 (default: $DETECTRON2_DATASETS, else ./datasets)",
-    )
-    parser.add_argument(
-        "--cache", default=default_cache(),
-        help="where downloaded archives are kept (default: $VADER_CACHE or ~/.cache/vader_d2)",
-    )
-    parser.add_argument("--force", action="store_true", help="rebuild even if the outputs are up to date")
-
-
-def run_cli(prepare, description, add_arguments=None):
-    """Parse the arguments and run ``prepare(args)``; user-fixable failures exit with one line."""
-    parser = argparse.ArgumentParser(description=description)
-    add_common_arguments(parser)
-    if add_arguments is not None:
-        add_arguments(parser)
-    args = parser.parse_args()
-    try:
-        prepare(args)
-    # OSError: an unwritable root or a full disk; its message names the path.
-    except (PrepareError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
-import json
 import os
 import subprocess
 import sys
 
 import pytest
+
+from vader_d2.training_metrics import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,11 +20,6 @@ PRETRAIN_OPTS = [
 ]
 
 
-def read_metrics(output_dir):
-    with open(os.path.join(output_dir, "metrics.json")) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 @pytest.fixture(scope="session")
 def pretrained_demo(tmp_path_factory):
     """Run `tools/train_net.py` on the demo config like a user would; return its output folder."""
@@ -37,6 +33,6 @@ def pretrained_demo(tmp_path_factory):
     return {
         "output_dir": output_dir,
         "checkpoint": os.path.join(output_dir, "model_final.pth"),
-        "metrics": read_metrics(output_dir),
+        "metrics": read_metrics(os.path.join(output_dir, "metrics.json")),
         "log": result.stdout + result.stderr,
     }

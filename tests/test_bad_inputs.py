@@ -4,7 +4,6 @@ skipped with a logged reason and counted, a folder without a readable image stop
 line, and a loss that stops being finite stops training with the iteration and what went non-finite.
 """
 
-import json
 import logging
 
 import numpy as np
@@ -19,6 +18,7 @@ from vader_d2 import VADeRViewMapper, register_unlabeled_folder
 from vader_d2.errors import UserError
 from vader_d2.hooks import NegativesWatch
 from vader_d2.trainer import TrainingDivergedError, VADeRTrainer, check_some_image_readable
+from vader_d2.training_metrics import read_metrics
 
 from .helpers import demo_cfg
 from .test_config_errors import DEMO_CONFIG, TINY_OPTS, run_train_net, single_error_line, single_thread  # noqa: F401
@@ -120,9 +120,7 @@ def test_pretraining_on_a_folder_of_every_kind_completes_and_counts_skips(every_
         assert any(f"/{name}: " in line for line in skip_lines), name
     for name in set(every_kind["expected"]) - set(unreadable):
         assert not any(f"/{name}: " in line for line in skip_lines), name
-    with open(tmp_path / "metrics.json") as f:
-        metrics = [json.loads(line) for line in f]
-    final = [m for m in metrics if "vader_skipped_images" in m][-1]
+    final = [m for m in read_metrics(tmp_path / "metrics.json") if "vader_skipped_images" in m][-1]
     assert final["iteration"] == steps - 1
     # The data loader workers' counts reach the model's metric: each unreadable file was drawn at least
     # once, and no more skips are counted than the workers logged (they also prefetch batches never used).

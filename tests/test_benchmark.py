@@ -1,6 +1,5 @@
 """The benchmark measures what it says, and the lean hot path computes what the plain formulation does."""
 
-import importlib.util
 import json
 import os
 
@@ -11,20 +10,15 @@ from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 
-from vader_d2.benchmark import BareNetworkStep, build_benchmark_config, build_step_model, format_report, run_benchmark
+from benchmarks import vader_overhead as cli
+from benchmarks.report import format_report
+from benchmarks.steps import BareNetworkStep, build_benchmark_config, build_step_model
 from vader_d2.errors import UserError
 from vader_d2.modeling.vader import NegativeLogSumExp, info_nce_loss
 
 from .helpers import demo_cfg, fake_batch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_cli():
-    spec = importlib.util.spec_from_file_location("benchmark_cli", os.path.join(REPO, "tools", "benchmark.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_cfg(queue_size=128, **overrides):
@@ -142,14 +136,13 @@ def test_channels_last_changes_the_memory_order_not_the_result():
 
 
 def test_benchmark_runs_and_reports_every_ratio(tmp_path):
-    cli = load_cli()
     output = tmp_path / "bench.json"
     args = cli.parse_args([
         "--depth", "18", "--size", "64", "--batch", "2", "--queue-sizes", "128", "256", "--device", "cpu",
         "--warmup", "0", "--steps", "1", "--mapper-images", "1", "--workers", "0", "--loader-batches", "1",
         "--output", str(output),
     ])
-    result = run_benchmark(args, log=lambda message: None)
+    result = cli.run_benchmark(args, log=lambda message: None)
     assert set(result["steps"]) == {"bare", "full_q128", "full_q256"}
     assert all(step["median_s"] > 0 and len(step["times_s"]) == 1 for step in result["steps"].values())
     assert set(result["ratios"]) == {
@@ -167,7 +160,7 @@ def test_benchmark_runs_and_reports_every_ratio(tmp_path):
 
 
 def test_help_documents_every_option():
-    parser = load_cli().build_parser()
+    parser = cli.build_parser()
     for action in parser._actions:
         assert action.help and action.help.strip(), action.dest
 

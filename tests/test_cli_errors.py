@@ -37,7 +37,7 @@ MISTAKES = {
         "checkpoint '{tmp}/model_final.pth' does not exist",
     ),
     "benchmark-unwritable-output": (
-        ["tools/benchmark.py", "--output", "{tmp}/a_file/benchmark.json"],
+        ["-m", "benchmarks.vader_overhead", "--output", "{tmp}/a_file/benchmark.json"],
         "cannot create the folder of --output '{tmp}/a_file': ",
     ),
 }

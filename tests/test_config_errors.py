@@ -21,6 +21,7 @@ TINY_OPTS = [
     *FEW_PAIRS,
     "INPUT.VIEWS.CROP_SIZE", "64",
     "SOLVER.IMS_PER_BATCH", "4",
+    "MODEL.VADER.BN_GROUP_SIZE", "2",  # shuffle-BN groups that divide the batch of 1 or 2 processes
     "MODEL.VADER.QUEUE_SIZE", "512",
     "DATALOADER.NUM_WORKERS", "0",
     "SOLVER.WARMUP_ITERS", "2",
@@ -201,7 +202,7 @@ PRETRAIN_VALUES = [
     (["INPUT.VIEWS.COLOR_JITTER", "(0.4, 0.4, 0.4, 0.7)"], "INPUT.VIEWS.COLOR_JITTER must be (brightness"),
     (["INPUT.VIEWS.NOISE_STD", "-0.1"], "INPUT.VIEWS.NOISE_STD must be at least 0"),
     # One image per global batch and a queue of one step's keys: every negative is the query's own image.
-    (["SOLVER.IMS_PER_BATCH", "1", "MODEL.VADER.QUEUE_SIZE", "256"], "with SOLVER.IMS_PER_BATCH=1 and MODEL.VADER.QUEUE_SIZE=256 (the keys of one step) the queue only ever holds keys of the query's own image"),
+    (["SOLVER.IMS_PER_BATCH", "1", "MODEL.VADER.BN_GROUP_SIZE", "1", "MODEL.VADER.QUEUE_SIZE", "256"], "with SOLVER.IMS_PER_BATCH=1 and MODEL.VADER.QUEUE_SIZE=256 (the keys of one step) the queue only ever holds keys of the query's own image"),
 ]
 
 
@@ -217,11 +218,11 @@ def test_values_that_cannot_work_are_one_line(opts, expected):
 def test_queries_have_negatives_from_the_second_step_of_a_one_image_batch():
     # Two steps' keys in the queue: the previous image's keys are negatives.
     train_net.check_before_launch(train_net.parse_args(
-        ["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH", "1", "MODEL.VADER.QUEUE_SIZE", "512"]
+        ["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH", "1", "MODEL.VADER.BN_GROUP_SIZE", "1", "MODEL.VADER.QUEUE_SIZE", "512"]
     ))
     # Two images per batch, one step in the queue: the other image's keys are negatives.
     train_net.check_before_launch(train_net.parse_args(
-        ["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH", "2", "MODEL.VADER.QUEUE_SIZE", "512"]
+        ["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH", "2", "MODEL.VADER.BN_GROUP_SIZE", "1", "MODEL.VADER.QUEUE_SIZE", "512"]
     ))
 
 

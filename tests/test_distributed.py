@@ -24,9 +24,18 @@ What must hold, and why it can be tested exactly or only within float tolerance:
 * running variances differ from one process by Bessel's factor n / (n - 1): Detectron2's
   NaiveSyncBatchNorm tracks the biased variance, torch's BatchNorm2d the unbiased one; they only
   matter after pretraining (PreciseBN re-estimates them downstream). Checked exactly below.
+
+Which mode each equivalence covers (MODEL.VADER.KEY_BN):
+
+* ``sync`` with ``naiveSyncBN``: N processes compute what one process computes on the global batch
+  (above);
+* ``shuffle`` (the default), per-process ``BN`` in groups of BN_GROUP_SIZE = the per-process batch:
+  N processes compute what one process computes with N groups, given the same permutation of the key
+  batch. Rank 0 draws the permutation and broadcasts it; for the comparison the test hands both runs
+  the same permutations (``PERMUTATIONS``), and a second two-process run with real draws checks that
+  the ranks agree (their own generators differ there) and that every key lands at its image's place.
 """
 
-import json
 import os
 from datetime import timedelta
 
@@ -39,6 +48,8 @@ from detectron2.solver import build_optimizer
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
+from vader_d2.training_metrics import read_metrics
+
 from .helpers import FEW_PAIRS, demo_cfg, fake_batch
 from .test_config_errors import DEMO_CONFIG, TINY_OPTS, run_train_net, single_thread  # noqa: F401
 
@@ -48,11 +59,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
 GLOBAL_BATCH = 4
 CROP = 32  # 8 x 8 output cells
 STEPS = 3
-NORMS = ("naiveSyncBN", "BN")
+# "naiveSyncBN" and "BN": KEY_BN sync with that norm; "shuffle": shuffle-BN with rank 0's random
+# permutations; "shuffle_fixed": shuffle-BN with PERMUTATIONS. Each groups 2 images per process.
+MODES = ("naiveSyncBN", "BN", "shuffle", "shuffle_fixed")
+# Every group mixes the images of both ranks (images 0, 1 are rank 0's, 2, 3 rank 1's).
+PERMUTATIONS = [torch.tensor([2, 0, 3, 1]), torch.tensor([1, 3, 0, 2]), torch.tensor([3, 0, 1, 2])]
 
 
-def tiny_cfg(norm):
+def tiny_cfg(mode):
     # 4 images x 32 pairs = 128 keys a step: the 256-key queue wraps at the third step.
+    shuffle = mode.startswith("shuffle")
+    norm = "BN" if shuffle else mode
     return demo_cfg(
         *FEW_PAIRS,
         "INPUT.VIEWS.CROP_SIZE", str(CROP),
@@ -60,6 +77,8 @@ def tiny_cfg(norm):
         "MODEL.VADER.QUEUE_SIZE", "256",
         "MODEL.RESNETS.NORM", norm,
         "MODEL.FPN.NORM", norm,
+        "MODEL.VADER.KEY_BN", "shuffle" if shuffle else "sync",
+        "MODEL.VADER.BN_GROUP_SIZE", str(GLOBAL_BATCH // 2),
     )
 
 
@@ -73,14 +92,17 @@ def global_batches():
     return batches
 
 
-def train(norm, batches):
+def train(mode, batches):
     """STEPS SGD steps of VADeR on this process's share of each global batch, as the trainer does them."""
     rank, world_size = comm.get_rank(), comm.get_world_size()
     per_rank = GLOBAL_BATCH // world_size
-    cfg = tiny_cfg(norm)
+    cfg = tiny_cfg(mode)
     torch.manual_seed(0)
     model = build_model(cfg).double()
     model.reset_key_encoder()
+    if mode == "shuffle_fixed":
+        # An instance attribute shadows the method: the step's permutation instead of rank 0's draw.
+        model.key_permutation = lambda batch_size: PERMUTATIONS[step]
     optimizer = build_optimizer(cfg, model)
     ddp_model = create_ddp_model(model, broadcast_buffers=False, device_ids=None)  # a CPU model
     losses, queues = [], []
@@ -102,8 +124,8 @@ def train(norm, batches):
 
 def two_process_worker(out_dir, batches):
     torch.set_num_threads(1)  # as train_net does for processes sharing a machine
-    for norm in NORMS:
-        torch.save(train(norm, batches), os.path.join(out_dir, f"{norm}_rank{comm.get_rank()}.pth"))
+    for mode in MODES:
+        torch.save(train(mode, batches), os.path.join(out_dir, f"{mode}_rank{comm.get_rank()}.pth"))
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +135,8 @@ def runs(tmp_path_factory):
     launch(
         two_process_worker, 2, dist_url=f"file://{out_dir}/rendezvous", args=(out_dir, batches), timeout=timedelta(minutes=2)
     )
-    two = {norm: [torch.load(os.path.join(out_dir, f"{norm}_rank{r}.pth")) for r in range(2)] for norm in NORMS}
-    return {"one": train("naiveSyncBN", batches), "two": two}
+    two = {mode: [torch.load(os.path.join(out_dir, f"{mode}_rank{r}.pth")) for r in range(2)] for mode in MODES}
+    return {"one": train("naiveSyncBN", batches), "one_shuffle_fixed": train("shuffle_fixed", batches), "two": two}
 
 
 def assert_close(actual, expected, what):
@@ -122,21 +144,21 @@ def assert_close(actual, expected, what):
 
 
 def test_queue_is_identical_on_every_rank_after_every_step(runs):
-    for norm in NORMS:
-        rank0, rank1 = runs["two"][norm]
+    for mode in MODES:
+        rank0, rank1 = runs["two"][mode]
         for step in range(STEPS):
-            assert torch.equal(rank0["queues"][step], rank1["queues"][step]), (norm, step)
+            assert torch.equal(rank0["queues"][step], rank1["queues"][step]), (mode, step)
         for name in ("queue", "queue_image_ids", "queue_ptr"):
-            assert torch.equal(rank0["state"][name], rank1["state"][name]), (norm, name)
+            assert torch.equal(rank0["state"][name], rank1["state"][name]), (mode, name)
 
 
 def test_skipped_images_are_counted_over_every_rank(runs):
     expected = sum(image["num_skipped"] for batch in global_batches() for image in batch)
     assert expected > 0
     assert int(runs["one"]["state"]["skipped_images"]) == expected
-    for norm in NORMS:
-        for rank in runs["two"][norm]:
-            assert int(rank["state"]["skipped_images"]) == expected, norm
+    for mode in MODES:
+        for rank in runs["two"][mode]:
+            assert int(rank["state"]["skipped_images"]) == expected, mode
 
 
 def test_weights_and_batch_norm_statistics_are_identical_on_every_rank(runs):
@@ -158,6 +180,36 @@ def test_two_processes_match_one_process_with_sync_bn(runs):
             assert_close(two["state"][name], value, name)
             compared += 1
     assert compared > 100  # both encoders' weights, the BN means, the queue
+
+
+def test_two_processes_match_one_process_with_shuffle_bn_and_the_same_permutations(runs):
+    one, (two, _) = runs["one_shuffle_fixed"], runs["two"]["shuffle_fixed"]
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-9)
+    assert torch.equal(two["state"]["queue_image_ids"], one["state"]["queue_image_ids"])
+    for step in range(STEPS):
+        assert_close(two["queues"][step], one["queues"][step], f"queue after step {step}")
+    compared = 0
+    for name, value in one["state"].items():
+        # Running statistics are not compared: one process updates them once per group, a rank once per step.
+        if value.is_floating_point() and not name.endswith(("running_mean", "running_var")):
+            assert_close(two["state"][name], value, name)
+            compared += 1
+    assert compared > 100
+    # The control: a one-process run without shuffling computes something else.
+    assert abs(runs["one"]["losses"][0] - one["losses"][0]) > 1e-4 * one["losses"][0]
+
+
+def test_shuffled_keys_land_at_their_images_place_with_their_image_ids(runs):
+    """After shuffle and un-shuffle the queue holds each step's images in batch order, PAIRS keys each."""
+    pairs = int(FEW_PAIRS[1])
+    per_step = GLOBAL_BATCH * pairs
+    for mode in ("shuffle", "shuffle_fixed"):
+        state = runs["two"][mode][0]["state"]
+        ids = torch.arange(GLOBAL_BATCH * STEPS).repeat_interleave(pairs)[-256:]  # the last two steps
+        slots = (torch.arange(STEPS * per_step - 256, STEPS * per_step)) % 256
+        assert torch.equal(state["queue_image_ids"][slots], ids), mode
+    # Real draws and fixed permutations group the images differently: different keys, same places.
+    assert not torch.allclose(runs["two"]["shuffle"][0]["state"]["queue"], runs["two"]["shuffle_fixed"][0]["state"]["queue"])
 
 
 def test_running_variances_differ_from_one_process_by_bessel_correction(runs):
@@ -194,8 +246,7 @@ def test_train_net_with_two_processes(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "World size: 2" in result.stdout
-    with open(tmp_path / "metrics.json") as f:
-        iterations = [json.loads(line)["iteration"] for line in f if "total_loss" in line]
+    iterations = [m["iteration"] for m in read_metrics(tmp_path / "metrics.json") if "total_loss" in m]
     assert iterations[-1] == steps - 1
     state = torch.load(tmp_path / "model_final.pth", map_location="cpu")["model"]
     keys = steps * GLOBAL_BATCH * pairs

@@ -33,8 +33,9 @@ from vader_d2.data.datasets import (
 )
 from vader_d2.errors import UserError
 from vader_d2.trainer import VADeRTrainer
+from vader_d2.training_metrics import read_metrics
 
-from .conftest import REPO, read_metrics
+from .conftest import REPO
 from .helpers import demo_cfg
 
 DOWNSTREAM = sorted(
@@ -444,7 +445,7 @@ def test_mask_rcnn_finetune_lowers_loss_and_reports_box_ap(pretrained_demo, tmp_
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    final = [m for m in read_metrics(output_dir) if "bbox/AP" in m]
+    final = [m for m in read_metrics(os.path.join(output_dir, "metrics.json")) if "bbox/AP" in m]
     assert final and math.isfinite(final[-1]["bbox/AP"]) and math.isfinite(final[-1]["segm/AP"]), final
 
     # The training loss on the same images, before (pretrained backbone, new heads) and after fine-tuning.

@@ -11,7 +11,9 @@ from detectron2.data.transforms import Augmentation
 from PIL import Image, ImageFile
 from PIL.JpegImagePlugin import JpegImageFile
 
-from vader_d2.config import OUTPUT_STRIDE, add_vader_config
+from vader_d2.config import add_vader_config
+from vader_d2.dense_grid import OUTPUT_STRIDE
+from vader_d2.data.decoding import read_source_image
 from vader_d2.data.transforms import (
     ProjectiveTransform,
     RandomAffine,
@@ -25,7 +27,6 @@ from vader_d2.data.view_mapper import (
     INVALID_CORRESPONDENCE,
     VADeRViewMapper,
     compute_correspondence,
-    read_source_image,
 )
 
 S = 64  # view size of most tests: 16 x 16 output cells

@@ -18,7 +18,6 @@ vader_demo_photos_val), drawn with --seed as tools/evaluate_dense.py draws its p
 """
 
 import argparse
-import json
 import os
 
 import matplotlib.pyplot as plt
@@ -26,7 +25,7 @@ import matplotlib.pyplot as plt
 from detectron2.data import DatasetCatalog
 
 from vader_d2.cli import build_config, check_input_file, check_output_dir, run_cli
-from vader_d2.data.view_mapper import UnreadableImageError, read_source_image
+from vader_d2.data.decoding import UnreadableImageError, read_source_image
 from vader_d2.errors import UserError
 from vader_d2.evaluation import FEATURE_SOURCES, CorrespondenceProtocol, build_feature_extractor, make_view_pair
 from vader_d2.evaluation.correspondence import MAX_SOURCE_SIZE, seeded_numpy
@@ -37,6 +36,7 @@ from vader_d2.evaluation.visualization import (
     plot_similarity,
     plot_training_curves,
 )
+from vader_d2.training_metrics import read_metrics
 
 
 def parse_args(argv=None):
@@ -72,14 +72,6 @@ def metrics_beside(weights):
     return path if path and os.path.isfile(path) else None
 
 
-def read_metrics(path):
-    try:
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read the training metrics {path}: {e}") from None
-
-
 def main(args):
     cfg = build_config(args.config_file, args.opts)
     cfg.freeze()
@@ -108,7 +100,11 @@ def main(args):
     }
     metrics_path = args.metrics or metrics_beside(cfg.MODEL.WEIGHTS)
     if metrics_path:
-        figures["training.png"] = plot_training_curves(read_metrics(metrics_path), f"training curves: {metrics_path}")
+        try:
+            metrics = read_metrics(metrics_path)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read the training metrics {metrics_path}: {e}") from None
+        figures["training.png"] = plot_training_curves(metrics, f"training curves: {metrics_path}")
     for name, figure in figures.items():
         path = os.path.join(args.output_dir, name)
         figure.savefig(path)

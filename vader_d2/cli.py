@@ -26,6 +26,7 @@ from .errors import UserError
 __all__ = [
     "USER_ERROR_EXIT",
     "build_config",
+    "merge_opts",
     "report_user_error",
     "run_cli",
     "check_input_file",
@@ -50,6 +51,12 @@ def build_config(config_file, opts=()):
         cfg.merge_from_file(config_file)
     except (KeyError, AssertionError, ValueError, TypeError, OSError, yaml.YAMLError) as e:
         raise UserError(f"{config_file}: {_config_error(e)}") from e
+    return merge_opts(cfg, opts)
+
+
+def merge_opts(cfg, opts):
+    """Apply ``KEY VALUE`` overrides to ``cfg``; an unknown key, a value of the wrong type or an odd
+    number of items is a UserError."""
     try:
         cfg.merge_from_list(list(opts or ()))
     except (KeyError, AssertionError, ValueError, TypeError) as e:

@@ -2,6 +2,7 @@
 
 from detectron2.config import CfgNode as CN
 
+from .dense_grid import OUTPUT_STRIDE
 from .errors import UserError
 
 
@@ -25,6 +26,17 @@ def add_vader_config(cfg):
     # How a query cell reads its positive key from view 2's embedding map at a sub-cell location:
     # "bilinear" (re-normalised after interpolation) or "nearest" cell.
     cfg.MODEL.VADER.KEY_SAMPLING = "bilinear"
+    # Batch norm of the two encoders (vader_d2/modeling/shuffle_bn.py). "shuffle": MoCo's shuffle-BN;
+    # each process normalises over groups of BN_GROUP_SIZE of its images (MODEL.RESNETS.NORM and
+    # MODEL.FPN.NORM must be the per-process "BN"), the query encoder over contiguous groups, the key
+    # encoder over groups of a random permutation of the global batch, so that a key is never normalised
+    # with its query's statistics. "sync": both encoders on the whole batch with the configured norm
+    # (naiveSyncBN: statistics of the global batch), which lets the positive key be told apart by this
+    # step's statistics; kept for comparison.
+    cfg.MODEL.VADER.KEY_BN = "shuffle"
+    # Images per batch-norm group with KEY_BN "shuffle" (MoCo: 32, its per-GPU batch). It must divide
+    # the per-process batch; one process then emulates IMS_PER_BATCH / BN_GROUP_SIZE GPUs.
+    cfg.MODEL.VADER.BN_GROUP_SIZE = 32
     # Similarity / accuracy / queue statistics are read off the device every this many iterations.
     cfg.MODEL.VADER.METRICS_PERIOD = 20
     # Keep both encoders' weights and inputs in channels_last memory order: faster convolutions on GPUs
@@ -70,7 +82,43 @@ def add_vader_config(cfg):
     cfg.INPUT.VIEWS.MAX_SOURCE_SIZE = 1024
 
 
-OUTPUT_STRIDE = 4  # the dense head predicts at p2's stride
+
+# Norms whose statistics are shared across processes (Detectron2's names).
+SYNCHRONISED_NORMS = ("naiveSyncBN", "naiveSyncBN_N", "SyncBN", "nnSyncBN")
+
+
+def check_batch_norm_config(cfg, world_size):
+    """KEY_BN needs norms and batch sizes that make its groups what it says they are."""
+    v = cfg.MODEL.VADER
+    if v.KEY_BN not in ("shuffle", "sync"):
+        raise UserError(f"MODEL.VADER.KEY_BN must be 'shuffle' or 'sync', got {v.KEY_BN!r}")
+    norms = {"MODEL.RESNETS.NORM": cfg.MODEL.RESNETS.NORM, "MODEL.FPN.NORM": cfg.MODEL.FPN.NORM}
+    if v.KEY_BN == "shuffle":
+        synchronised = [key for key, norm in norms.items() if norm in SYNCHRONISED_NORMS]
+        if synchronised:
+            raise UserError(
+                f"MODEL.VADER.KEY_BN shuffle needs per-process batch norm, but {synchronised[0]} is "
+                f"{norms[synchronised[0]]!r}; set {' and '.join(f'{key} BN' for key in synchronised)} "
+                "(or MODEL.VADER.KEY_BN sync)"
+            )
+        per_process = cfg.SOLVER.IMS_PER_BATCH // world_size
+        if v.BN_GROUP_SIZE < 1 or per_process % v.BN_GROUP_SIZE != 0:
+            raise UserError(
+                f"MODEL.VADER.BN_GROUP_SIZE={v.BN_GROUP_SIZE} must divide the {per_process} images each of the "
+                f"{world_size} processes gets (SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH}); "
+                f"e.g. MODEL.VADER.BN_GROUP_SIZE {_largest_divisor_at_most(per_process, v.BN_GROUP_SIZE)}"
+            )
+    elif world_size > 1:
+        unsynchronised = [key for key, norm in norms.items() if norm == "BN"]
+        if unsynchronised:
+            raise UserError(
+                f"MODEL.VADER.KEY_BN sync with {world_size} processes needs synchronised batch norm, but "
+                f"{unsynchronised[0]} is 'BN'; set {' and '.join(f'{key} naiveSyncBN' for key in unsynchronised)}"
+            )
+
+
+def _largest_divisor_at_most(number, bound):
+    return max(d for d in range(1, max(1, min(number, bound)) + 1) if number % d == 0)
 
 
 def keys_enqueued_per_step(cfg):
@@ -102,6 +150,7 @@ def check_vader_config(cfg, world_size=1):
             f"SOLVER.IMS_PER_BATCH={batch} is not divisible by the {world_size} processes; "
             f"use a multiple of {world_size}"
         )
+    check_batch_norm_config(cfg, world_size)
     keys_per_step = keys_enqueued_per_step(cfg)
     if v.QUEUE_SIZE % keys_per_step != 0 or v.QUEUE_SIZE < keys_per_step:
         raise UserError(

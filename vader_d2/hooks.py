@@ -6,6 +6,7 @@ import math
 from detectron2.engine import HookBase
 
 from .config import keys_enqueued_per_step
+from .training_metrics import QUERIES_WITHOUT_NEGATIVE
 
 __all__ = ["NegativesWatch"]
 
@@ -24,7 +25,7 @@ class NegativesWatch(HookBase):
     alone.
     """
 
-    SCALAR = "vader_queries_without_negative"
+    SCALAR = QUERIES_WITHOUT_NEGATIVE
 
     def __init__(self, fill_iterations, threshold=0.5, patience=3):
         self.fill_iterations = fill_iterations

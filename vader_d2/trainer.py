@@ -12,13 +12,12 @@ from detectron2.utils import comm
 from .checkpoint import EXPECTED_CHECKPOINT, VADeRCheckpointer, check_backbone_loaded, checkpoint_problem, short_error
 from .config import check_solver_config, check_vader_config
 from .data import VADeRViewMapper
-from .data.view_mapper import UnreadableImageError, read_source_image
+from .data.decoding import UnreadableImageError, read_source_image
 from .errors import UserError
 from .hooks import NegativesWatch
 from .output_dir import select_resume_checkpoint
+from .training_metrics import SIMILARITY_STATS
 
-# Scalars VADeR.log_metrics writes every MODEL.VADER.METRICS_PERIOD iterations, quoted when training diverges.
-SIMILARITY_STATS = ("vader_positive_similarity", "vader_negative_similarity", "vader_top1_accuracy")
 
 
 def is_pretraining(cfg):

@@ -215,16 +215,20 @@ class FusedProjectiveAugmentation(Augmentation):
 
 
 class ProjectiveResize(Augmentation):
-    """Deterministic resize of the whole image to ``size`` x ``size`` (aspect ratio not kept)."""
+    """Deterministic resize to ``size`` x ``size`` of the whole image (aspect ratio not kept) or, with
+    ``centre_square``, of its central square (side = its shorter side)."""
 
-    def __init__(self, size):
+    def __init__(self, size, centre_square=False):
         super().__init__()
         self.size = int(size)
+        self.centre_square = centre_square
 
     def get_transform(self, image):
         h, w = image.shape[:2]
-        scale = np.diag([self.size / w, self.size / h, 1.0])
-        return ProjectiveTransform(scale, (h, w), (self.size, self.size))
+        region_w, region_h = (min(h, w), min(h, w)) if self.centre_square else (w, h)
+        scale = np.diag([self.size / region_w, self.size / region_h, 1.0])
+        matrix = scale @ _translation(-(w - region_w) / 2, -(h - region_h) / 2)
+        return ProjectiveTransform(matrix, (h, w), (self.size, self.size))
 
 
 class RandomResizedCrop(Augmentation):

@@ -1,19 +1,15 @@
 """The view mapper: one source image in, two augmented views and their dense correspondence out."""
 
-import contextlib
 import logging
-import math
-import warnings
 from typing import List, NamedTuple
 
-import cv2
 import numpy as np
 import torch
 from detectron2.config import configurable
 from detectron2.data.transforms import AugInput, Augmentation, AugmentationList
-from PIL import Image, ImageFile, ImageOps
 
-from ..config import OUTPUT_STRIDE
+from ..dense_grid import OUTPUT_STRIDE
+from .decoding import UnreadableImageError, read_source_image
 from .transforms import (
     FusedProjectiveAugmentation,
     ProjectiveResize,
@@ -32,9 +28,8 @@ __all__ = [
     "INVALID_CORRESPONDENCE",
     "VADeRViewMapper",
     "ViewPairGeometry",
-    "UnreadableImageError",
     "compute_correspondence",
-    "read_source_image",
+    "render_view",
     "build_geometric_augmentations",
     "build_photometric_augmentations",
 ]
@@ -43,13 +38,6 @@ logger = logging.getLogger(__name__)
 
 # Grid coordinates stored for cells without a match: outside the grid, never a real location.
 INVALID_CORRESPONDENCE = -1.0
-
-# PIL opens 16-bit grayscale PNGs and TIFFs as one of these ("I" in older Pillow versions).
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
-class UnreadableImageError(Exception):
-    """A file that cannot be decoded into an image (empty, truncated, not an image, too large)."""
 
 
 class _RateLimitedWarning:
@@ -65,82 +53,6 @@ class _RateLimitedWarning:
         self.count += 1
         if self.count <= self.first_n or self.count % self.every_n == 0:
             logger.warning(f"{message} [occurrence {self.count} in this process]")
-
-
-@contextlib.contextmanager
-def _pil_refuses_truncated_images():
-    # PIL reads this policy from a module global at load time and offers no per-image switch. A
-    # truncated file must be skipped, never decoded half grey, whatever other code set, so the flag is
-    # pinned for the duration of one decode and restored afterwards. Data loader workers are processes
-    # decoding one image at a time, so no other decode observes the temporary value.
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        yield
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
-
-
-def _check_pixel_budget(size):
-    # PIL only warns between MAX_IMAGE_PIXELS and twice that; we refuse to decode that many pixels.
-    # JPEGs reach this check after draft() shrank them, so large photos still pass.
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and size[0] * size[1] > limit:
-        raise UnreadableImageError(
-            f"decompression bomb: {size[0]}x{size[1]} pixels exceed PIL.Image.MAX_IMAGE_PIXELS={limit}"
-        )
-
-
-def _to_rgb_uint8(image):
-    """HxWx3 uint8 RGB array of a decoded PIL image of any common mode."""
-    if image.mode in _SIXTEEN_BIT_MODES:
-        # PIL's own conversion to 8 bits clips at 255 instead of rescaling 0..65535.
-        values = np.asarray(image).astype(np.float32)
-        gray = np.rint(np.clip(values, 0, 65535) * (255.0 / 65535.0)).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if image.has_transparency_data:
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
-        # Composite over black: transparent regions often hide arbitrary colours.
-        return ((rgba[:, :, :3] * rgba[:, :, 3:] + 127) // 255).astype(np.uint8)
-    return np.asarray(image.convert("RGB"))
-
-
-def read_source_image(file_name, max_size):
-    """Decode an image file into the source image the views are cut from.
-
-    The EXIF orientation is applied; any mode (grayscale, palette, CMYK, with alpha, 16-bit) becomes RGB;
-    images whose longest side exceeds ``max_size`` are downscaled (JPEGs decode at reduced resolution
-    directly, via ``Image.draft``).
-
-    Returns:
-        HxWx3 uint8 RGB array.
-
-    Raises:
-        UnreadableImageError: on any decoding failure, with the reason.
-    """
-    try:
-        with _pil_refuses_truncated_images(), warnings.catch_warnings():
-            # PIL warns about the pixel count of the full-resolution image; what we decode is checked by
-            # _check_pixel_budget after draft().
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(file_name) as image:
-                if image.format == "JPEG" and max(image.size) > max_size:
-                    scale = max_size / max(image.size)
-                    image.draft(None, (math.ceil(image.width * scale), math.ceil(image.height * scale)))
-                _check_pixel_budget(image.size)
-                image.load()
-                ImageOps.exif_transpose(image, in_place=True)
-                rgb = _to_rgb_uint8(image)
-    except UnreadableImageError:
-        raise
-    except Exception as e:  # decoders of corrupt files raise all kinds of errors; none may end a run
-        raise UnreadableImageError(f"{type(e).__name__}: {e}") from e
-    h, w = rgb.shape[:2]
-    if max(h, w) > max_size:
-        scale = max_size / max(h, w)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-    return rgb
 
 
 def compute_correspondence(tfm1, tfm2, view_size, stride=OUTPUT_STRIDE):
@@ -177,16 +89,24 @@ def compute_correspondence(tfm1, tfm2, view_size, stride=OUTPUT_STRIDE):
     xs, ys = np.meshgrid(centres, centres)
     cells = np.stack([xs.ravel(), ys.ravel()], axis=1)
 
-    source, source_in_front = tfm1.inverse().map_points(cells)
-    in_view2, view2_in_front = tfm2.map_points(source)
-    h, w = tfm1.input_size
-    is_source_content = (source[:, 0] >= 0) & (source[:, 0] < w) & (source[:, 1] >= 0) & (source[:, 1] < h)
+    in_view2, view2_in_front = tfm2.map_points(tfm1.inverse().apply_coords(cells))
     lands_in_view2 = (in_view2 >= 0).all(axis=1) & (in_view2 < view_size).all(axis=1)
-    valid = source_in_front & is_source_content & view2_in_front & lands_in_view2
+    valid = tfm1.is_content(cells) & view2_in_front & lands_in_view2
 
     coords = np.full((n * n, 2), INVALID_CORRESPONDENCE, dtype=np.float32)
     coords[valid] = in_view2[valid] / stride - 0.5
     return coords.reshape(n, n, 2), valid.reshape(n, n)
+
+
+def render_view(image, geometry, photometric, image_format="RGB"):
+    """The view ``geometry`` (a ProjectiveTransform) cuts from an HxWx3 uint8 RGB ``image``, changed by
+    ``photometric`` (an AugmentationList), as a uint8 (3, S, S) tensor in ``image_format`` channel order."""
+    aug_input = AugInput(geometry.apply_image(image))
+    photometric(aug_input)
+    view = aug_input.image
+    if image_format == "BGR":
+        view = view[:, :, ::-1]
+    return torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1)))
 
 
 class ViewPairGeometry(NamedTuple):
@@ -342,14 +262,6 @@ class VADeRViewMapper:
         coords, valid = compute_correspondence(tfm1, tfm2, self.crop_size, OUTPUT_STRIDE)
         return ViewPairGeometry(tfm1, tfm2, coords, valid, fallback)
 
-    def _render_view(self, image, geometry_transform):
-        aug_input = AugInput(geometry_transform.apply_image(image))
-        self.photometric(aug_input)
-        view = aug_input.image
-        if self.image_format == "BGR":
-            view = view[:, :, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1)))
-
     def __call__(self, dataset_dict):
         file_name = dataset_dict["file_name"]
         try:
@@ -362,8 +274,8 @@ class VADeRViewMapper:
         geometry = self.sample_geometry(image)
         sample = dict(dataset_dict)
         sample.update(
-            view1=self._render_view(image, geometry.view1_transform),
-            view2=self._render_view(image, geometry.view2_transform),
+            view1=render_view(image, geometry.view1_transform, self.photometric, self.image_format),
+            view2=render_view(image, geometry.view2_transform, self.photometric, self.image_format),
             correspondence=torch.from_numpy(geometry.correspondence),
             valid=torch.from_numpy(geometry.valid),
             height=image.shape[0],

@@ -31,26 +31,27 @@ from typing import Callable, Dict, List, NamedTuple, Sequence, Tuple
 import numpy as np
 import torch
 
-from detectron2.data.transforms import AugInput, Augmentation, AugmentationList
+from detectron2.data.transforms import AugmentationList
 
-from ..config import OUTPUT_STRIDE
+from ..data.decoding import UnreadableImageError, read_source_image
 from ..data.transforms import (
     FusedProjectiveAugmentation,
-    ProjectiveTransform,
+    ProjectiveResize,
     RandomColorJitter,
     RandomGaussianBlur,
     RandomGaussianNoise,
     RandomHomography,
 )
-from ..data.view_mapper import UnreadableImageError, compute_correspondence, read_source_image
+from ..data.view_mapper import compute_correspondence, render_view
+from ..dense_grid import OUTPUT_STRIDE
 
 __all__ = [
     "CorrespondenceProtocol",
-    "CentreSquareResize",
     "ViewPair",
     "make_view_pair",
     "make_view_pairs",
     "match_nearest",
+    "pixel_errors",
     "correspondence_errors",
     "summarise_errors",
     "mean_pairwise_similarity",
@@ -75,21 +76,6 @@ class CorrespondenceProtocol:
     noise_std: float = 0.02
     noise_prob: float = 0.5
     thresholds: Tuple[float, ...] = (2.0, 4.0, 8.0)
-
-
-class CentreSquareResize(Augmentation):
-    """The central square of the image (side = its shorter side) resized to ``size`` x ``size``."""
-
-    def __init__(self, size):
-        super().__init__()
-        self.size = int(size)
-
-    def get_transform(self, image):
-        h, w = image.shape[:2]
-        side = min(h, w)
-        scale = self.size / side
-        matrix = np.array([[scale, 0.0, -scale * (w - side) / 2], [0.0, scale, -scale * (h - side) / 2], [0.0, 0.0, 1.0]])
-        return ProjectiveTransform(matrix, (h, w), (self.size, self.size))
 
 
 class ViewPair(NamedTuple):
@@ -121,29 +107,23 @@ def _photometric(protocol: CorrespondenceProtocol):
     )
 
 
-def _render(image, transform, photometric):
-    aug_input = AugInput(transform.apply_image(image))
-    if photometric is not None:
-        photometric(aug_input)
-    return torch.from_numpy(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
-
-
 def make_view_pair(image, protocol: CorrespondenceProtocol, file_name="", identity=False) -> ViewPair:
     """
     Two views of ``image`` (HxWx3 uint8 RGB) by the protocol, drawing from NumPy's global RNG.
     ``identity``: view 2 is view 1 itself (same geometry, no photometric change), a sanity check.
     """
-    view1_geometry = CentreSquareResize(protocol.view_size).get_transform(image)
+    centre_square = ProjectiveResize(protocol.view_size, centre_square=True)
+    view1_geometry = centre_square.get_transform(image)
     if identity:
-        view2_geometry, photometric = view1_geometry, None
+        view2_geometry, photometric = view1_geometry, AugmentationList([])
     else:
         view2_geometry = FusedProjectiveAugmentation(
-            [CentreSquareResize(protocol.view_size), RandomHomography(prob=1.0, strength=protocol.homography_strength)]
+            [centre_square, RandomHomography(prob=1.0, strength=protocol.homography_strength)]
         ).get_transform(image)
         photometric = _photometric(protocol)
     coords, valid = compute_correspondence(view1_geometry, view2_geometry, protocol.view_size, OUTPUT_STRIDE)
-    view1 = _render(image, view1_geometry, photometric)
-    view2 = view1 if identity else _render(image, view2_geometry, photometric)
+    view1 = render_view(image, view1_geometry, photometric)
+    view2 = view1 if identity else render_view(image, view2_geometry, photometric)
     return ViewPair(view1, view2, coords, valid, file_name)
 
 
@@ -178,10 +158,15 @@ def match_nearest(features1: torch.Tensor, features2: torch.Tensor) -> torch.Ten
     return positions.view(*features1.shape[1:], 2)
 
 
+def pixel_errors(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Distances in view pixels between (..., 2) grid positions."""
+    return OUTPUT_STRIDE * np.linalg.norm(predicted - truth, axis=-1)
+
+
 def correspondence_errors(features1, features2, correspondence, valid) -> np.ndarray:
     """Pixel errors of nearest-neighbour matching at the valid cells of view 1."""
     predicted = match_nearest(features1, features2).numpy()
-    return OUTPUT_STRIDE * np.linalg.norm(predicted[valid] - correspondence[valid], axis=1)
+    return pixel_errors(predicted[valid], correspondence[valid])
 
 
 def summarise_errors(errors: np.ndarray, thresholds: Sequence[float]) -> Dict[str, float]:
@@ -210,7 +195,7 @@ def evaluate_correspondence(
             )
             within_view.setdefault(source, []).append(mean_pairwise_similarity(features2[source]))
         truth = pair.correspondence[pair.valid]
-        ceiling.append(OUTPUT_STRIDE * np.linalg.norm(np.rint(truth) - truth, axis=1))
+        ceiling.append(pixel_errors(np.rint(truth), truth))
     results = {}
     for source, e in errors.items():
         results[source] = summarise_errors(np.concatenate(e), thresholds)

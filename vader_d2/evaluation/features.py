@@ -26,7 +26,7 @@ from detectron2.structures import ImageList
 from detectron2.utils.env import seed_all_rng
 
 from ..checkpoint import load_weights
-from ..config import OUTPUT_STRIDE
+from ..dense_grid import OUTPUT_STRIDE
 from ..errors import UserError
 from ..modeling import VADeR
 

@@ -20,8 +20,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from ..config import OUTPUT_STRIDE  # noqa: E402
-from .correspondence import ViewPair, match_nearest  # noqa: E402
+from ..dense_grid import OUTPUT_STRIDE  # noqa: E402
+from ..training_metrics import NEGATIVE_SIMILARITY, POSITIVE_SIMILARITY, TOP1_ACCURACY  # noqa: E402
+from .correspondence import ViewPair, match_nearest, pixel_errors  # noqa: E402
 
 __all__ = ["plot_matches", "plot_pca", "plot_similarity", "central_valid_cell", "plot_training_curves"]
 
@@ -55,14 +56,15 @@ def plot_matches(pair: ViewPair, features1, features2, title="", count=24, thres
     canvas[:, :size] = _image(pair.view1)
     canvas[:, size + gap :] = _image(pair.view2)
 
-    errors = OUTPUT_STRIDE * np.linalg.norm(predicted[pair.valid] - pair.correspondence[pair.valid], axis=1)
+    cell_errors = pixel_errors(predicted, pair.correspondence)  # (h, w); meaningful where pair.valid
+    errors = cell_errors[pair.valid]
     fig, ax = plt.subplots(figsize=(8.4, 4.4), dpi=110)
     ax.imshow(canvas)
     offset = np.array([size + gap, 0.0])
     for r, c in cells:
         start = _pixel([c, r])
         truth = _pixel(pair.correspondence[r, c]) + offset
-        correct = OUTPUT_STRIDE * np.linalg.norm(predicted[r, c] - pair.correspondence[r, c]) <= threshold
+        correct = cell_errors[r, c] <= threshold
         colour = _CORRECT if correct else _WRONG
         ax.plot([start[0], truth[0]], [start[1], truth[1]], color=colour, lw=1.1, alpha=0.9)
         ax.plot(*start, "o", color=colour, ms=3)
@@ -146,9 +148,9 @@ def plot_similarity(pair: ViewPair, features1, features2, query_cell, title=""):
 
 _TRAINING_PANELS = (
     ("loss (median of the logging window)", (("total_loss", "InfoNCE loss"),)),
-    ("top-1: the positive beats every negative", (("vader_top1_accuracy", "top-1 accuracy"),)),
-    ("cosine similarity", (("vader_positive_similarity", "query - positive key"),
-                           ("vader_negative_similarity", "query - queued negatives"))),
+    ("top-1: the positive beats every negative", ((TOP1_ACCURACY, "top-1 accuracy"),)),
+    ("cosine similarity", ((POSITIVE_SIMILARITY, "query - positive key"),
+                           (NEGATIVE_SIMILARITY, "query - queued negatives"))),
 )
 
 

@@ -9,6 +9,8 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 
+from ..dense_grid import OUTPUT_STRIDE
+
 
 class DenseHead(nn.Module):
     """
@@ -36,7 +38,13 @@ class DenseHead(nn.Module):
             raise ValueError(f"MODEL.VADER.HEAD.IN_FEATURES {missing} are not backbone outputs {list(input_shape)}")
         self.in_features = in_features
         self.finest_feature = min(in_features, key=lambda f: input_shape[f].stride)
-        self.stride = input_shape[self.finest_feature].stride
+        if input_shape[self.finest_feature].stride != OUTPUT_STRIDE:
+            # The views' correspondences are computed on the stride-4 grid: a coarser head would silently
+            # compare cells of another grid.
+            raise ValueError(
+                f"MODEL.VADER.HEAD.IN_FEATURES {in_features} must include the stride-{OUTPUT_STRIDE} level (p2); "
+                f"the finest given is {self.finest_feature}, stride {input_shape[self.finest_feature].stride}"
+            )
 
         def conv(in_channels, kernel_size):
             layer = Conv2d(

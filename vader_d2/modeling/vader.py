@@ -9,11 +9,17 @@ One training step, for a batch of images each given as two views plus the corres
    query is the cell's view-1 embedding, its positive key the view-2 embedding at the matched location;
 4. negatives are the keys in the queue that come from *other images* (a key from the query's own image,
    whether from this batch or an earlier epoch, is masked out);
-5. InfoNCE with temperature-scaled cosine similarity; then the batch's keys (all-gathered across
-   processes) are written to the queue, oldest first out.
+5. InfoNCE with temperature-scaled cosine similarity; then the batch's keys (the keys of every
+   process's images) are written to the queue, oldest first out.
 
 The current batch's keys are enqueued *before* the loss is computed, so the other images of the batch
 serve as negatives too (the freshest ones available), and the first step already has negatives.
+
+Batch norm (``MODEL.VADER.KEY_BN``): ``shuffle`` (MoCo's shuffle-BN, ``shuffle_bn.py``) normalises the
+query encoder over contiguous groups of ``BN_GROUP_SIZE`` images of each process and the key encoder over
+groups of a random permutation of the global batch, so that a key never shares its query's statistics;
+``sync`` runs each encoder on the whole per-process batch with the configured norm (synchronised BN
+across processes), the behaviour kept for comparison.
 
 ``MODEL.VADER.LOSS = "global"`` runs the MoCo v2 baseline through the same code: the encoders pool the
 backbone's last stage into one vector per view and each image contributes one query/key pair.
@@ -30,11 +36,23 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList
+from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
+from ..dense_grid import OUTPUT_STRIDE
+from ..training_metrics import (
+    NEGATIVE_SIMILARITY,
+    POSITIVE_SIMILARITY,
+    QUERIES_WITHOUT_NEGATIVE,
+    QUEUE_FILL,
+    SKIPPED_IMAGES,
+    TOP1_ACCURACY,
+    VALID_MATCHES,
+)
 from .dense_head import DenseHead
+from .shuffle_bn import concat_all_gather, draw_permutation, encode_shuffled, forward_in_groups
 
-__all__ = ["VADeR", "DenseEncoder", "GlobalEncoder", "build_encoder", "info_nce_loss", "concat_all_gather"]
+__all__ = ["VADeR", "DenseEncoder", "GlobalEncoder", "build_encoder", "info_nce_loss"]
 
 
 class DenseEncoder(nn.Module):
@@ -130,16 +148,6 @@ def info_nce_loss(queries, keys, negatives, query_image_ids, negative_image_ids,
         return (torch.logaddexp(positive, negative) - positive).mean(), positive, hardest, excluded
 
 
-@torch.no_grad()
-def concat_all_gather(tensor):
-    """Concatenate ``tensor`` from every process along dim 0 (a no-op without a process group)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
-    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, tensor.contiguous())
-    return torch.cat(gathered, dim=0)
-
-
 def sample_grid(embeddings, positions, mode):
     """
     Read (B, D, H, W) embeddings at (B, P, 2) sub-cell grid positions (x, y; cell (r, c) is at (c, r)).
@@ -173,6 +181,8 @@ class VADeR(nn.Module):
         pairs_per_image: int,
         symmetric: bool,
         key_sampling: str,
+        key_bn: str = "shuffle",
+        bn_group_size: int,
         metrics_period: int,
         channels_last: bool = False,
         pixel_mean: List[float],
@@ -188,6 +198,8 @@ class VADeR(nn.Module):
         self.pairs_per_image = pairs_per_image
         self.symmetric = symmetric
         self.key_sampling = key_sampling
+        self.key_bn = key_bn
+        self.bn_group_size = bn_group_size
         self.metrics_period = metrics_period
         self.channels_last = channels_last
 
@@ -215,6 +227,8 @@ class VADeR(nn.Module):
             "pairs_per_image": v.PAIRS_PER_IMAGE,
             "symmetric": v.SYMMETRIC,
             "key_sampling": v.KEY_SAMPLING,
+            "key_bn": v.KEY_BN,
+            "bn_group_size": v.BN_GROUP_SIZE,
             "metrics_period": v.METRICS_PERIOD,
             "channels_last": v.CHANNELS_LAST,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
@@ -251,37 +265,76 @@ class VADeR(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, keys, image_ids):
-        """Write keys (all processes' keys, in rank order) over the oldest queue entries."""
-        keys = concat_all_gather(keys)
-        image_ids = concat_all_gather(image_ids)
+        """Write the keys of every process's images (in rank order) over the oldest queue entries."""
         slots = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % self.queue.shape[0]
         self.queue.index_copy_(0, slots, keys.to(self.queue.dtype))
         self.queue_image_ids.index_copy_(0, slots, image_ids)
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % self.queue.shape[0])
 
-    def normalize(self, images: List[torch.Tensor]):
-        images = (torch.stack(images).to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
+    @staticmethod
+    def stack(images: List[torch.Tensor], device):
+        """The views of a batch as one uint8 tensor on ``device``, copied without waiting for the device."""
+        return torch.stack(images).to(device, non_blocking=True)
+
+    def normalize(self, images):
+        images = (images.float() - self.pixel_mean) / self.pixel_std
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def encode_queries(self, images):
+        """Query embeddings of this process's uint8 images, batch norm over the groups of ``KEY_BN``."""
+        images = self.normalize(images)
+        if self.key_bn == "sync":
+            return self.query_encoder(images)
+        return forward_in_groups(self.query_encoder, images, self.bn_group_size)
+
+    @torch.no_grad()
+    def encode_keys(self, images, locations, read, permutation):
+        """
+        Keys of every process's images (rank order), no gradient: ``read(key encoder outputs, locations)``
+        for this process's uint8 ``images`` and per-image ``locations`` (or None). With ``permutation``
+        (shuffle-BN) the key encoder sees the global batch in that order; without, its own images.
+        """
+        if permutation is None:
+            outputs = self.key_encoder(self.normalize(images))
+            return concat_all_gather(read(outputs, locations))
+        return encode_shuffled(self.key_encoder, images, locations, read, permutation, self.bn_group_size, self.normalize)
+
+    def key_permutation(self, batch_size):
+        """The order in which the key encoder sees the global batch; None where it cannot matter."""
+        world_size = comm.get_world_size()
+        if self.key_bn == "sync" or world_size * batch_size == self.bn_group_size:
+            return None  # one BN group over the whole batch: no order changes its statistics
+        return draw_permutation(world_size * batch_size, self.device)
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
             return self.inference(batched_inputs)
-        view1 = self.normalize([x["view1"] for x in batched_inputs])
-        view2 = self.normalize([x["view2"] for x in batched_inputs])
+        view1 = self.stack([x["view1"] for x in batched_inputs], self.device)
+        view2 = self.stack([x["view2"] for x in batched_inputs], self.device)
         # Built on the host and copied without waiting: a device tensor from a list would wait for the device.
         image_ids = torch.tensor([x["image_id"] for x in batched_inputs]).to(self.device, non_blocking=True)
         self.skipped_since_logged += sum(x.get("num_skipped", 0) for x in batched_inputs)
+        # Drawn first, by rank 0 alone, so that the draws after it follow the same sequence in every run.
+        permutation = self.key_permutation(len(batched_inputs))
 
         with torch.no_grad():
             self.momentum_update_key_encoder()
         if self.loss_type == "dense":
-            queries, keys, query_ids = self.dense_pairs(batched_inputs, view1, view2, image_ids)
+            queries, keys = self.dense_pairs(batched_inputs, view1, view2, permutation)
         else:
-            queries, keys, query_ids = self.global_pairs(view1, view2, image_ids)
+            queries, keys = self.global_pairs(view1, view2, permutation)
 
-        self.enqueue(keys, query_ids)
+        # One query per key, in the same order: image i's rows of each direction of the pairs.
+        per_image = 1 if self.loss_type == "global" else self.pairs_per_image
+        all_image_ids = concat_all_gather(image_ids).repeat_interleave(per_image).repeat(len(queries))
+        keys_of_all = torch.cat([k.reshape(-1, k.shape[-1]) for k in keys])
+        self.enqueue(keys_of_all, all_image_ids)
+        rank, batch = comm.get_rank(), len(batched_inputs)
+        mine = torch.cat([k[rank * batch : (rank + 1) * batch].reshape(-1, k.shape[-1]) for k in keys])
+        queries = torch.cat([q.reshape(-1, q.shape[-1]) for q in queries])
+        query_ids = image_ids.repeat_interleave(per_image).repeat(len(keys))
         loss, positive, hardest, excluded = info_nce_loss(
-            queries, keys, self.queue, query_ids, self.queue_image_ids, self.temperature
+            queries, mine, self.queue, query_ids, self.queue_image_ids, self.temperature
         )
         self.log_metrics(batched_inputs, queries, positive, hardest, excluded)
         return {"loss_vader" if self.loss_type == "dense" else "loss_moco": loss}
@@ -303,35 +356,36 @@ class VADeR(nn.Module):
         flat = embeddings.flatten(2)
         return torch.gather(flat, 2, cells[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2)
 
-    def dense_pairs(self, batched_inputs, view1, view2, image_ids):
-        """Queries and positive keys for PAIRS_PER_IMAGE matched cells per image (both directions if symmetric)."""
+    def sample_keys(self, embeddings, positions):
+        return sample_grid(embeddings, positions, self.key_sampling)
+
+    def dense_pairs(self, batched_inputs, view1, view2, permutation):
+        """
+        Queries (this process's images, (b, P, D) per direction) and positive keys (every process's images,
+        (B, P, D) per direction) for PAIRS_PER_IMAGE matched cells per image; both directions if symmetric.
+        """
         valid = torch.stack([x["valid"] for x in batched_inputs]).to(self.device, non_blocking=True).flatten(1)
         matches = torch.stack([x["correspondence"] for x in batched_inputs]).to(self.device, non_blocking=True)
         cells, positions = self.sample_cells(valid, matches.flatten(1, 2))
 
-        queries = [self.at_cells(self.query_encoder(view1), cells)]
-        with torch.no_grad():
-            keys = [sample_grid(self.key_encoder(view2), positions, self.key_sampling)]
+        queries = [self.at_cells(self.encode_queries(view1), cells)]
+        keys = [self.encode_keys(view2, positions, self.sample_keys, permutation)]
         if self.symmetric:
-            queries.append(sample_grid(self.query_encoder(view2), positions, self.key_sampling))
-            with torch.no_grad():
-                keys.append(self.at_cells(self.key_encoder(view1), cells))
-        query_ids = image_ids[:, None].expand(-1, self.pairs_per_image).reshape(-1)
-        return (
-            torch.cat([q.reshape(-1, q.shape[-1]) for q in queries]),
-            torch.cat([k.reshape(-1, k.shape[-1]) for k in keys]),
-            query_ids.repeat(len(queries)),
-        )
+            queries.append(self.sample_keys(self.encode_queries(view2), positions))
+            keys.append(self.encode_keys(view1, cells, self.at_cells, permutation))
+        return queries, keys
 
-    def global_pairs(self, view1, view2, image_ids):
-        queries = [self.query_encoder(view1)]
-        with torch.no_grad():
-            keys = [self.key_encoder(view2)]
+    def global_pairs(self, view1, view2, permutation):
+        """As ``dense_pairs``, one pooled embedding per view: queries (b, D), keys (B, D) per direction."""
+        def pooled(outputs, _):
+            return outputs
+
+        queries = [self.encode_queries(view1)]
+        keys = [self.encode_keys(view2, None, pooled, permutation)]
         if self.symmetric:
-            queries.append(self.query_encoder(view2))
-            with torch.no_grad():
-                keys.append(self.key_encoder(view1))
-        return torch.cat(queries), torch.cat(keys), image_ids.repeat(len(queries))
+            queries.append(self.encode_queries(view2))
+            keys.append(self.encode_keys(view1, None, pooled, permutation))
+        return queries, keys
 
     @torch.no_grad()
     def log_metrics(self, batched_inputs, queries, positive, hardest, excluded):
@@ -344,16 +398,19 @@ class VADeR(nn.Module):
         # Sum over each query's usable negatives as one matrix product: the loss does not keep the logits.
         negative_cos = (queries.to(self.queue.dtype) * (usable @ self.queue)).sum() / usable.sum().clamp(min=1)
         storage.put_scalars(
-            vader_positive_similarity=(positive * self.temperature).mean().item(),
-            vader_negative_similarity=negative_cos.item(),
-            vader_top1_accuracy=(positive > hardest).float().mean().item(),
-            vader_queue_fill=(self.queue_image_ids >= 0).float().mean().item(),
-            vader_skipped_images=self.skipped_images.item(),
+            **{
+                POSITIVE_SIMILARITY: (positive * self.temperature).mean().item(),
+                NEGATIVE_SIMILARITY: negative_cos.item(),
+                TOP1_ACCURACY: (positive > hardest).float().mean().item(),
+                QUERIES_WITHOUT_NEGATIVE: excluded.all(dim=1).float().mean().item(),
+                QUEUE_FILL: (self.queue_image_ids >= 0).float().mean().item(),
+                SKIPPED_IMAGES: self.skipped_images.item(),
+            },
             smoothing_hint=False,
         )
         if self.loss_type == "dense":
             matches = sum(int(x["valid"].sum()) for x in batched_inputs) / len(batched_inputs)
-            storage.put_scalar("vader_valid_matches", matches, smoothing_hint=False)
+            storage.put_scalar(VALID_MATCHES, matches, smoothing_hint=False)
 
     @torch.no_grad()
     def count_skipped_images(self):
@@ -375,8 +432,7 @@ class VADeR(nn.Module):
         embeddings = self.query_encoder(padded.tensor)
         if self.loss_type == "global":
             return [{"embedding": e} for e in embeddings]
-        stride = self.query_encoder.head.stride
         return [
-            {"embedding": e[:, : -(-h // stride), : -(-w // stride)]}
+            {"embedding": e[:, : -(-h // OUTPUT_STRIDE), : -(-w // OUTPUT_STRIDE)]}
             for e, (h, w) in zip(embeddings, padded.image_sizes)
         ]

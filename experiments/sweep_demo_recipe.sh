@@ -4,23 +4,20 @@
 # About 5-7 minutes per 600-iteration run on 2 CPU cores (the 2650-iteration one 20), about 55 in all;
 # docs/results.md reports the table.
 #
-#   tools/sweep_demo_recipe.sh [OUT]     (default: output/sweep)
+#   experiments/sweep_demo_recipe.sh [OUT]     (default: output/sweep)
 #
 # Re-running skips pretrainings whose model_final.pth exists. The table goes to OUT/table.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source experiments/common.sh
 OUT=${1:-output/sweep}
-PY=${PY:-.venv/bin/python}
 CONFIG=configs/vader_pretrain_demo.yaml
 EVALUATIONS=()  # every run's JSON, in the order of the table
 
 run() {  # name, KEY VALUE overrides of the demo config
     local name=$1
     shift
-    if [ ! -f "$OUT/$name/model_final.pth" ]; then
-        "$PY" tools/train_net.py --config-file "$CONFIG" MODEL.DEVICE cpu SOLVER.MAX_ITER 600 \
-            SOLVER.CHECKPOINT_PERIOD 100000 OUTPUT_DIR "$OUT/$name" "$@"
-    fi
+    train_unless_done "$OUT/$name" "$CONFIG" MODEL.DEVICE cpu SOLVER.MAX_ITER 600 SOLVER.CHECKPOINT_PERIOD 100000 "$@"
     "$PY" tools/evaluate_dense.py --config-file "$CONFIG" --name "$name" --tasks correspondence \
         --output "$OUT/$name.json" MODEL.DEVICE cpu MODEL.WEIGHTS "$OUT/$name/model_final.pth" "$@"
     EVALUATIONS+=("$OUT/$name.json")

@@ -3,24 +3,22 @@
 # pretrain both recipes for the same number of iterations (and the global one also for the same wall
 # clock), evaluate every model with tools/evaluate_dense.py, print one markdown table.
 #
-#   tools/compare_pretraining.sh [ITERS] [OUT]     (defaults: 600 output/compare)
+#   experiments/compare_pretraining.sh [ITERS] [OUT]     (defaults: 600 output/compare)
 #
 # Re-running skips pretrainings whose model_final.pth exists. The table goes to OUT/table_ITERS.md;
 # docs/results.md reports it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source experiments/common.sh
 ITERS=${1:-600}
 OUT=${2:-output/compare}
-PY=${PY:-.venv/bin/python}
 # The global step costs about a third of the dense one on a CPU (no FPN, no dense head, one key per
 # image instead of 256; see docs/results.md).
 GLOBAL_EQUAL_TIME_ITERS=$((ITERS * 3))
 COMMON=(MODEL.DEVICE cpu SOLVER.CHECKPOINT_PERIOD 100000)
 
 pretrain() {  # config, iterations, output folder
-    if [ ! -f "$3/model_final.pth" ]; then
-        "$PY" tools/train_net.py --config-file "$1" "${COMMON[@]}" SOLVER.MAX_ITER "$2" OUTPUT_DIR "$3"
-    fi
+    train_unless_done "$3" "$1" "${COMMON[@]}" SOLVER.MAX_ITER "$2"
 }
 
 evaluate() {  # name, config, weights
