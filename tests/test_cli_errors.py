@@ -4,10 +4,14 @@ Every command shares one error path (vader_d2/cli.py): a mistake ends it with ex
 makes: weights that are not there, or an output path that cannot be written (under a file).
 """
 
+import importlib.util
+import os
 import subprocess
 import sys
 
 import pytest
+
+from vader_d2.errors import UserError
 
 from .test_config_errors import DEMO_CONFIG, REPO, single_error_line, train_net_env
 
@@ -16,10 +20,6 @@ MISTAKES = {
         ["tools/evaluate_dense.py", "--config-file", DEMO_CONFIG, "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "{tmp}/nowhere/model_final.pth"],
         "MODEL.WEIGHTS '{tmp}/nowhere/model_final.pth' does not exist",
     ),
-    "evaluate_dense-unwritable-output": (
-        ["tools/evaluate_dense.py", "--config-file", DEMO_CONFIG, "--output", "{tmp}/a_file/results.json", "MODEL.DEVICE", "cpu"],
-        "cannot create the folder of --output '{tmp}/a_file': ",
-    ),
     "visualize-unwritable-output-dir": (
         ["tools/visualize.py", "--config-file", DEMO_CONFIG, "--output-dir", "{tmp}/a_file/pictures", "MODEL.DEVICE", "cpu"],
         "cannot create --output-dir '{tmp}/a_file/pictures': Not a directory",
@@ -27,10 +27,6 @@ MISTAKES = {
     "convert-missing-input": (
         ["tools/convert_vader_to_d2.py", "--input", "{tmp}/model_final.pth", "--output", "{tmp}/vader.pkl"],
         "--input '{tmp}/model_final.pth' does not exist",
-    ),
-    "convert-truncated-input": (
-        ["tools/convert_vader_to_d2.py", "--input", "{tmp}/truncated.pth", "--output", "{tmp}/vader.pkl"],
-        "cannot read VADeR checkpoint '{tmp}/truncated.pth' with torch.load",
     ),
     "weight_change-missing-checkpoint": (
         ["tools/weight_change.py", "--config-file", DEMO_CONFIG, "{tmp}/model_final.pth"],
@@ -46,10 +42,31 @@ MISTAKES = {
 @pytest.mark.parametrize("name", list(MISTAKES))
 def test_each_tool_reports_a_mistake_in_one_line(name, tmp_path):
     (tmp_path / "a_file").write_text("a file, not a folder")
-    (tmp_path / "truncated.pth").write_bytes(b"PK\x03\x04" + bytes(1000))  # the start of a zip, cut short
     args, expected = MISTAKES[name]
     args = [a.format(tmp=tmp_path) for a in args]
     result = subprocess.run([sys.executable, *args], cwd=REPO, env=train_net_env(), capture_output=True, text=True, timeout=120)
     line = single_error_line(result)
     assert "Traceback" not in result.stdout + result.stderr
     assert line.startswith("vader_d2: " + expected.format(tmp=tmp_path)), line
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_more_mistakes_of_the_tools_are_user_errors(tmp_path):
+    """The same checks, in this process: what run_cli turns into one line."""
+    (tmp_path / "a_file").write_text("a file, not a folder")
+    (tmp_path / "truncated.pth").write_bytes(b"PK\x03\x04" + bytes(1000))  # the start of a zip, cut short
+    convert = load_tool("convert_vader_to_d2")
+    with pytest.raises(UserError, match=r"^cannot read VADeR checkpoint '.*truncated.pth' with torch.load"):
+        convert.main(convert.parse_args(["--input", str(tmp_path / "truncated.pth"), "--output", str(tmp_path / "vader.pkl")]))
+    with pytest.raises(UserError, match=r"^cannot create the folder of --output '.*a_file': "):
+        convert.main(convert.parse_args(["--input", str(tmp_path / "truncated.pth"), "--output", str(tmp_path / "a_file" / "vader.pkl")]))
+    assert not (tmp_path / "vader.pkl").exists()
+    evaluate = load_tool("evaluate_dense")
+    with pytest.raises(UserError, match=r"^cannot create the folder of --output '.*a_file': "):
+        evaluate.setup(evaluate.parse_args(["--config-file", DEMO_CONFIG, "--output", str(tmp_path / "a_file" / "r.json")]))
