@@ -70,3 +70,17 @@ def test_more_mistakes_of_the_tools_are_user_errors(tmp_path):
     evaluate = load_tool("evaluate_dense")
     with pytest.raises(UserError, match=r"^cannot create the folder of --output '.*a_file': "):
         evaluate.setup(evaluate.parse_args(["--config-file", DEMO_CONFIG, "--output", str(tmp_path / "a_file" / "r.json")]))
+
+
+def test_auto_device_is_the_gpu_where_one_is_visible_else_the_cpu(capsys):
+    import torch
+
+    from vader_d2.cli import build_config
+
+    cfg = build_config(DEMO_CONFIG)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert cfg.MODEL.DEVICE == expected
+    assert f"MODEL.DEVICE auto: running on {expected}" in capsys.readouterr().out
+    # A device given on the command line is kept as given, and nothing is said.
+    assert build_config(DEMO_CONFIG, ["MODEL.DEVICE", "cpu"]).MODEL.DEVICE == "cpu"
+    assert capsys.readouterr().out == ""

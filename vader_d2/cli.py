@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 
+import torch
 import yaml
 from detectron2.config import get_cfg
 
@@ -26,6 +27,7 @@ from .errors import UserError
 __all__ = [
     "USER_ERROR_EXIT",
     "build_config",
+    "choose_device",
     "merge_opts",
     "report_user_error",
     "run_cli",
@@ -51,7 +53,19 @@ def build_config(config_file, opts=()):
         cfg.merge_from_file(config_file)
     except (KeyError, AssertionError, ValueError, TypeError, OSError, yaml.YAMLError) as e:
         raise UserError(f"{config_file}: {_config_error(e)}") from e
-    return merge_opts(cfg, opts)
+    return choose_device(merge_opts(cfg, opts))
+
+
+def choose_device(cfg):
+    """
+    ``MODEL.DEVICE auto`` (the demo configs): the GPU where one is visible, else the CPU, said on stdout.
+    Detectron2 itself knows only concrete devices, so the choice is made here, once, for every tool.
+    """
+    if cfg.MODEL.DEVICE == "auto":
+        cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+        why = f"a CUDA GPU is visible ({torch.cuda.get_device_name(0)})" if cfg.MODEL.DEVICE == "cuda" else "no CUDA GPU is visible"
+        print(f"[vader_d2] MODEL.DEVICE auto: running on {cfg.MODEL.DEVICE}, {why}", flush=True)
+    return cfg
 
 
 def merge_opts(cfg, opts):
