@@ -4,8 +4,9 @@
 # similarity: a leak of batch statistics inflates them) beside held-out correspondence and the linear
 # probe (a leak does not help them).
 #
-#   experiments/compare_key_bn.sh [ITERS] [OUT]     (defaults: 600 output/compare_key_bn)
+#   experiments/compare_key_bn.sh [ITERS] [OUT] [KEY VALUE ...]     (defaults: 600 output/compare_key_bn)
 #
+# Trailing KEY VALUE pairs override the demo config in both runs (e.g. INPUT.VIEWS.CROP_SIZE 96).
 # Re-running skips pretrainings whose model_final.pth exists. Tables go to OUT/training_ITERS.md and
 # OUT/table_ITERS.md; docs/results.md reports them.
 set -euo pipefail
@@ -13,8 +14,9 @@ cd "$(dirname "$0")/.."
 source experiments/common.sh
 ITERS=${1:-600}
 OUT=${2:-output/compare_key_bn}
+shift $(($# < 2 ? $# : 2))
 CONFIG=configs/vader_pretrain_demo.yaml
-COMMON=(MODEL.DEVICE cpu SOLVER.MAX_ITER "$ITERS" SOLVER.CHECKPOINT_PERIOD 100000)
+COMMON=(MODEL.DEVICE cpu SOLVER.MAX_ITER "$ITERS" SOLVER.CHECKPOINT_PERIOD 100000 "$@")
 # One process: naiveSyncBN is plain BN over the whole batch of 8, the former default.
 SYNC=(MODEL.VADER.KEY_BN sync MODEL.RESNETS.NORM naiveSyncBN MODEL.FPN.NORM naiveSyncBN)
 
@@ -24,7 +26,7 @@ train_unless_done "$OUT/sync_$ITERS" "$CONFIG" "${COMMON[@]}" "${SYNC[@]}"
 mkdir -p "$OUT/eval"
 for run in shuffle sync; do
     "$PY" tools/evaluate_dense.py --config-file "$CONFIG" --name "${run}_$ITERS" --output "$OUT/eval/${run}_$ITERS.json" \
-        MODEL.DEVICE cpu MODEL.WEIGHTS "$OUT/${run}_$ITERS/model_final.pth"
+        MODEL.DEVICE cpu MODEL.WEIGHTS "$OUT/${run}_$ITERS/model_final.pth" "$@"
 done
 
 "$PY" - "$OUT" "$ITERS" <<'EOF' | tee "$OUT/training_$ITERS.md"
