@@ -314,7 +314,8 @@ class VADeR(nn.Module):
         # Built on the host and copied without waiting: a device tensor from a list would wait for the device.
         image_ids = torch.tensor([x["image_id"] for x in batched_inputs]).to(self.device, non_blocking=True)
         self.skipped_since_logged += sum(x.get("num_skipped", 0) for x in batched_inputs)
-        # Drawn first, by rank 0 alone, so that the draws after it follow the same sequence in every run.
+        # Drawn before the pair sampling, on every rank (rank 0's draw is the one all use), so that the
+        # draws after it follow the same sequence in every process of a run.
         permutation = self.key_permutation(len(batched_inputs))
 
         with torch.no_grad():
@@ -326,13 +327,14 @@ class VADeR(nn.Module):
 
         # One query per key, in the same order: image i's rows of each direction of the pairs.
         per_image = 1 if self.loss_type == "global" else self.pairs_per_image
-        all_image_ids = concat_all_gather(image_ids).repeat_interleave(per_image).repeat(len(queries))
+        directions = len(keys)
+        all_image_ids = concat_all_gather(image_ids).repeat_interleave(per_image).repeat(directions)
         keys_of_all = torch.cat([k.reshape(-1, k.shape[-1]) for k in keys])
         self.enqueue(keys_of_all, all_image_ids)
         rank, batch = comm.get_rank(), len(batched_inputs)
         mine = torch.cat([k[rank * batch : (rank + 1) * batch].reshape(-1, k.shape[-1]) for k in keys])
         queries = torch.cat([q.reshape(-1, q.shape[-1]) for q in queries])
-        query_ids = image_ids.repeat_interleave(per_image).repeat(len(keys))
+        query_ids = image_ids.repeat_interleave(per_image).repeat(directions)
         loss, positive, hardest, excluded = info_nce_loss(
             queries, mine, self.queue, query_ids, self.queue_image_ids, self.temperature
         )
