@@ -43,6 +43,27 @@ def test_loss_matches_direct_formula(temperature):
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("temperature", [0.01, 0.07, 0.5])
+def test_loss_and_gradient_match_masked_logsumexp_in_float64(temperature):
+    # 0.01 puts ordinary negatives far below the loss's exp floor: it must not show in value or gradient.
+    torch.manual_seed(2)
+    q, k, negatives = unit(6, 8).requires_grad_(), unit(6, 8), unit(40, 8)
+    q_ids = torch.tensor([0, 0, 1, 1, 2, 7])
+    neg_ids = torch.randint(0, 8, (40,))
+    neg_ids[::3] = -1
+    loss, *_ = info_nce_loss(q, k, negatives, q_ids, neg_ids, temperature)
+    (grad,) = torch.autograd.grad(loss, q)
+
+    reference_q = q.detach().clone().requires_grad_()
+    usable = (neg_ids[None] >= 0) & (neg_ids[None] != q_ids[:, None])
+    logits = torch.cat([(reference_q * k).sum(1, keepdim=True), reference_q @ negatives.t()], dim=1) / temperature
+    logits = logits.masked_fill(~torch.cat([torch.ones(6, 1, dtype=torch.bool), usable], dim=1), float("-inf"))
+    reference = (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+    (reference_grad,) = torch.autograd.grad(reference, reference_q)
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-10)
+    assert torch.allclose(grad, reference_grad, rtol=1e-8, atol=1e-12)
+
+
 def test_negatives_from_own_image_do_not_count():
     torch.manual_seed(1)
     q, k, negatives = unit(4, 8), unit(4, 8), unit(10, 8)

@@ -99,6 +99,13 @@ def build_encoder(cfg):
     return encoder
 
 
+# Floor of the exp-weights' exponents. Excluded entries sit near the float minimum after the max is
+# subtracted: exp of those (zero, or denormal just above -88) takes a CPU slow path, and a weight near
+# the denormal range makes the backward matrix product produce denormals, slower still. exp(-60) =
+# 8.7e-27 is an ordinary float, and K of them weigh nothing beside a row's largest weight, 1.
+EXP_FLOOR = -60.0
+
+
 class NegativeLogSumExp(torch.autograd.Function):
     """
     For (N, D) queries, (K, D) negatives and an (N, K) exclusion mask: log sum_n exp(q . n) over each
@@ -108,7 +115,7 @@ class NegativeLogSumExp(torch.autograd.Function):
     The same as ``torch.logsumexp`` of the masked matrix product, written out because that costs a
     handful of (N, K) temporaries and some twenty passes over them per step, which dominate the loss at
     MoCo's queue size. Here the logits become exp-weights in place and the backward pass reuses them:
-    one matrix product each way, five passes over N x K in all.
+    one matrix product each way, six passes over N x K in all.
     """
 
     @staticmethod
@@ -117,7 +124,7 @@ class NegativeLogSumExp(torch.autograd.Function):
         # A finite floor instead of -inf keeps rows without a usable negative finite (their loss is 0).
         logits.masked_fill_(excluded, torch.finfo(logits.dtype).min)
         hardest = logits.amax(dim=1)
-        weights = logits.sub_(hardest[:, None]).exp_()  # excluded entries: exp(floor - max) = 0
+        weights = logits.sub_(hardest[:, None]).clamp_(min=EXP_FLOOR).exp_()
         total = weights.sum(dim=1)
         ctx.save_for_backward(weights, total, negatives)
         ctx.mark_non_differentiable(hardest)
