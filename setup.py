@@ -16,5 +16,5 @@ setup(
         "numpy<2",
         "opencv-python-headless<4.11",
     ],
-    extras_require={"dev": ["pytest", "tensorboard", "matplotlib"]},
+    extras_require={"dev": ["pytest", "pytest-xdist", "tensorboard", "matplotlib"]},
 )

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# How the demo recipe (configs/vader_pretrain_demo.yaml) was chosen: 600-iteration pretrainings that
-# differ from it in one or two keys, each scored by held-out correspondence (tools/evaluate_dense.py).
+# How the demo recipe (128 px views: configs/vader_pretrain_demo_long.yaml) was chosen: 600-iteration runs
+# that differ from it in one or two keys, each scored by held-out correspondence (tools/evaluate_dense.py).
 # About 5-7 minutes per 600-iteration run on 2 CPU cores (the 2650-iteration one 20), about 55 in all;
 # docs/results.md reports the table.
 #
@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source experiments/common.sh
 OUT=${1:-output/sweep}
-CONFIG=configs/vader_pretrain_demo.yaml
+CONFIG=configs/vader_pretrain_demo_long.yaml
 EVALUATIONS=()  # every run's JSON, in the order of the table
 
 run() {  # name, KEY VALUE overrides of the demo config

@@ -8,10 +8,12 @@ from vader_d2.training_metrics import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A seeded run of the demo recipe, shared by every test that needs pretrained weights. 600 iterations:
-# with the 32-pair recipe of the time, after 120 the loss fell but the features did not yet match
-# held-out photos clearly better than a random initialisation (PCK@8 0.08 vs 0.06), after 600 they did
-# (0.25 vs 0.06); the 256-pair recipe reaches 0.35 after 600 (tests/test_evaluation.py).
+# A seeded run of the long demo recipe (128 px views), shared by every test that needs pretrained weights.
+# 600 iterations: with the 32-pair recipe of the time, after 120 the loss fell but the features did not
+# yet match held-out photos clearly better than a random initialisation (PCK@8 0.08 vs 0.06), after 600
+# they did (0.25 vs 0.06); the 256-pair recipe reaches 0.35 after 600 (tests/test_evaluation.py). 400
+# iterations on 96 px views beat random init on PCK but not yet on median error (docs/results.md), so
+# these checks stay out of `make test` (marked slow; `make test-slow`, run by CI after it).
 PRETRAIN_ITERS = 600
 PRETRAIN_OPTS = [
     "SOLVER.MAX_ITER", str(PRETRAIN_ITERS),
@@ -25,7 +27,7 @@ def pretrained_demo(tmp_path_factory):
     """Run `tools/train_net.py` on the demo config like a user would; return its output folder."""
     output_dir = str(tmp_path_factory.mktemp("pretrain_demo"))
     command = [
-        sys.executable, "tools/train_net.py", "--config-file", "configs/vader_pretrain_demo.yaml",
+        sys.executable, "tools/train_net.py", "--config-file", "configs/vader_pretrain_demo_long.yaml",
         *PRETRAIN_OPTS, "OUTPUT_DIR", output_dir,
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)

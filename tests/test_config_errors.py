@@ -191,7 +191,7 @@ PRETRAIN_VALUES = [
     (["INPUT.VIEWS.MAX_REDRAWS", "0"], "INPUT.VIEWS.MAX_REDRAWS must be at least 1, got 0"),
     (["DATALOADER.NUM_WORKERS", "-1"], "DATALOADER.NUM_WORKERS must be at least 0, got -1"),
     # Before this check, a non-positive size made every image 'fail to decode' and the run blamed the data.
-    (["INPUT.VIEWS.MAX_SOURCE_SIZE", "0"], "INPUT.VIEWS.MAX_SOURCE_SIZE must be at least INPUT.VIEWS.CROP_SIZE=128"),
+    (["INPUT.VIEWS.MAX_SOURCE_SIZE", "0"], "INPUT.VIEWS.MAX_SOURCE_SIZE must be at least INPUT.VIEWS.CROP_SIZE=96"),
     (["INPUT.VIEWS.MAX_SOURCE_SIZE", "-1024"], "INPUT.VIEWS.MAX_SOURCE_SIZE must be at least"),
     (["INPUT.VIEWS.CROP_SIZE", "0"], "INPUT.VIEWS.CROP_SIZE must be at least 4, got 0"),
     (["INPUT.VIEWS.CROP_SIZE", "-64"], "INPUT.VIEWS.CROP_SIZE must be at least 4"),
