@@ -25,7 +25,6 @@ across processes), the behaviour kept for comparison.
 backbone's last stage into one vector per view and each image contributes one query/key pair.
 """
 
-import copy
 from typing import Dict, List
 
 import torch
@@ -50,7 +49,19 @@ from ..training_metrics import (
     VALID_MATCHES,
 )
 from .dense_head import DenseHead
-from .shuffle_bn import concat_all_gather, draw_permutation, encode_shuffled, forward_in_groups
+from .momentum import (
+    copy_weights_,
+    encode_in_bn_groups,
+    enqueue_,
+    key_batch_permutation,
+    momentum_copy,
+    momentum_update_,
+    normalize_views,
+    register_key_queue,
+    reset_key_queue_,
+    stack_views,
+)
+from .shuffle_bn import concat_all_gather, encode_shuffled
 
 __all__ = ["VADeR", "DenseEncoder", "GlobalEncoder", "build_encoder", "info_nce_loss"]
 
@@ -190,8 +201,7 @@ class VADeR(nn.Module):
     ):
         super().__init__()
         self.query_encoder = encoder
-        self.key_encoder = copy.deepcopy(encoder)
-        self.key_encoder.requires_grad_(False)
+        self.key_encoder = momentum_copy(encoder)
         self.loss_type = loss_type
         self.momentum = momentum
         self.temperature = temperature
@@ -203,10 +213,7 @@ class VADeR(nn.Module):
         self.metrics_period = metrics_period
         self.channels_last = channels_last
 
-        self.register_buffer("queue", torch.zeros(queue_size, embed_dim))
-        # Image id of every queued key; -1 marks a slot not yet filled.
-        self.register_buffer("queue_image_ids", torch.full((queue_size,), -1, dtype=torch.long))
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        register_key_queue(self, "queue", queue_size, embed_dim)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         # Unreadable files skipped by every process's loader, as of the last logging step: a buffer, so that
@@ -246,46 +253,35 @@ class VADeR(nn.Module):
     @torch.no_grad()
     def reset_key_encoder(self):
         """Make the key encoder a copy of the query encoder (the start of a fresh run)."""
-        for key, query in zip(self.key_encoder.state_dict().values(), self.query_encoder.state_dict().values()):
-            key.copy_(query)
+        copy_weights_(self.key_encoder, self.query_encoder)
 
     @torch.no_grad()
     def reset_queue(self):
         """Empty the queue and the skip count: what MODEL.WEIGHTS brings there belongs to another run."""
-        self.queue.zero_()
-        self.queue_image_ids.fill_(-1)
-        self.queue_ptr.zero_()
+        reset_key_queue_(self, "queue")
         self.skipped_images.zero_()
 
     @torch.no_grad()
     def momentum_update_key_encoder(self):
-        """theta_k <- m theta_k + (1 - m) theta_q, as theta_k + (1 - m)(theta_q - theta_k): one pass, all at once."""
-        key_params, query_params = list(self.key_encoder.parameters()), list(self.query_encoder.parameters())
-        torch._foreach_lerp_(key_params, query_params, 1.0 - self.momentum)
+        """theta_k <- m theta_k + (1 - m) theta_q."""
+        momentum_update_(self.key_encoder, self.query_encoder, self.momentum)
 
     @torch.no_grad()
     def enqueue(self, keys, image_ids):
         """Write the keys of every process's images (in rank order) over the oldest queue entries."""
-        slots = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % self.queue.shape[0]
-        self.queue.index_copy_(0, slots, keys.to(self.queue.dtype))
-        self.queue_image_ids.index_copy_(0, slots, image_ids)
-        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % self.queue.shape[0])
+        enqueue_(self, "queue", keys, image_ids)
 
     @staticmethod
     def stack(images: List[torch.Tensor], device):
         """The views of a batch as one uint8 tensor on ``device``, copied without waiting for the device."""
-        return torch.stack(images).to(device, non_blocking=True)
+        return stack_views(images, device)
 
     def normalize(self, images):
-        images = (images.float() - self.pixel_mean) / self.pixel_std
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+        return normalize_views(images, self.pixel_mean, self.pixel_std, self.channels_last)
 
     def encode_queries(self, images):
         """Query embeddings of this process's uint8 images, batch norm over the groups of ``KEY_BN``."""
-        images = self.normalize(images)
-        if self.key_bn == "sync":
-            return self.query_encoder(images)
-        return forward_in_groups(self.query_encoder, images, self.bn_group_size)
+        return encode_in_bn_groups(self.query_encoder, self.normalize(images), self.key_bn, self.bn_group_size)
 
     @torch.no_grad()
     def encode_keys(self, images, locations, read, permutation):
@@ -301,10 +297,7 @@ class VADeR(nn.Module):
 
     def key_permutation(self, batch_size):
         """The order in which the key encoder sees the global batch; None where it cannot matter."""
-        world_size = comm.get_world_size()
-        if self.key_bn == "sync" or world_size * batch_size == self.bn_group_size:
-            return None  # one BN group over the whole batch: no order changes its statistics
-        return draw_permutation(world_size * batch_size, self.device)
+        return key_batch_permutation(self.key_bn, batch_size, self.bn_group_size, self.device)
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
