@@ -50,7 +50,7 @@ from .momentum import (
 from .shuffle_bn import concat_all_gather, encode_shuffled
 from .vader import info_nce_loss
 
-__all__ = ["DenseCL", "DenseCLEncoder", "dense_positive_cells"]
+__all__ = ["DenseCL", "DenseCLEncoder", "dense_positive_cells", "dense_contrastive_loss"]
 
 
 class DenseCLEncoder(nn.Module):
@@ -94,6 +94,26 @@ def dense_positive_cells(query_features, key_features):
     """
     similarity = query_features.flatten(2).transpose(1, 2) @ key_features.flatten(2)  # (B, P_query, P_key)
     return similarity.argmax(dim=2)
+
+
+def dense_contrastive_loss(query_dense, key_dense, positive_cells, matched, negatives, negative_image_ids, image_ids, temperature):
+    """
+    DenseCL's dense InfoNCE, averaged over the query cells that have a positive: for (b, D, S, S) query and
+    key maps of the same images, the (b, S*S) flat key cell of each query cell's positive and whether it
+    has one, and the queue of pooled dense keys (negatives of other images; ``info_nce_loss`` masks the
+    query's own image and empty slots). Returns the loss, the positive logits and the hardest negative
+    logits of the matched cells.
+    """
+    queries = query_dense.flatten(2).transpose(1, 2)  # (b, P, D)
+    keys = torch.gather(key_dense.flatten(2), 2, positive_cells[:, None, :].expand(-1, key_dense.shape[1], -1)).transpose(1, 2)
+    query_ids = image_ids[:, None].expand_as(positive_cells)
+    loss, positive, hardest, _ = info_nce_loss(
+        queries[matched], keys[matched], negatives, query_ids[matched], negative_image_ids, temperature
+    )
+    if not matched.any():
+        # Geometric positives where no cell of view 1 lands in view 2: no dense term (the mean of none is NaN).
+        loss = queries.sum() * 0.0
+    return loss, positive, hardest
 
 
 @META_ARCH_REGISTRY.register()
@@ -206,16 +226,9 @@ class DenseCL(nn.Module):
         )
         key_features = None if key_features is None else key_features[mine]
         cells, matched = self.positive_cells(batched_inputs, query_features, key_features, query_dense.shape[-2:])
-        # (b, P, D) queries and their positive keys, the cells without a positive left out.
-        queries = query_dense.flatten(2).transpose(1, 2)
-        keys = torch.gather(key_dense[mine].flatten(2), 2, cells[:, None, :].expand(-1, key_dense.shape[1], -1)).transpose(1, 2)
-        query_ids = image_ids[:, None].expand_as(cells)
-        dense_loss, dense_positive, dense_hardest, _ = info_nce_loss(
-            queries[matched], keys[matched], self.dense_queue, query_ids[matched], self.dense_queue_image_ids, self.temperature
+        dense_loss, dense_positive, dense_hardest = dense_contrastive_loss(
+            query_dense, key_dense[mine], cells, matched, self.dense_queue, self.dense_queue_image_ids, image_ids, self.temperature
         )
-        if not matched.any():
-            # Geometric positives where no cell of view 1 lands in view 2: no dense term (the mean of none is NaN).
-            dense_loss = queries.sum() * 0.0
         self.log_metrics(global_positive, global_hardest, dense_positive, dense_hardest, matched)
         return {
             "loss_densecl_global": (1.0 - self.dense_loss_weight) * global_loss,
