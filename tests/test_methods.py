@@ -570,3 +570,88 @@ def test_train_net_reports_a_densecl_mistake_in_one_line(tmp_path):
     )
     assert result.returncode == 2
     assert single_error_line(result) == "vader_d2: MODEL.DENSECL.POSITIVE must be 'feature' or 'geometric', got 'nearest'"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Two processes (gloo) compute what one process computes with the same global batch
+
+
+GLOO_STEPS = 3
+# Every shuffle-BN group mixes the images of both ranks (images 0, 1 are rank 0's, 2, 3 rank 1's).
+GLOO_PERMUTATIONS = [torch.tensor([2, 0, 3, 1]), torch.tensor([1, 3, 0, 2]), torch.tensor([3, 0, 1, 2])]
+
+
+def gloo_cfg(method):
+    # DenseCL: shuffle-BN with one group of 2 images per rank, i.e. 2 groups in one process. PixPro:
+    # batch norm over the global batch (naiveSyncBN), as its recipe has it.
+    if method == "DenseCL":
+        return method_cfg(method, "MODEL.VADER.BN_GROUP_SIZE", "2")
+    norm = ["MODEL.RESNETS.NORM", "naiveSyncBN", "MODEL.FPN.NORM", "naiveSyncBN", "MODEL.PIXPRO.NORM", "naiveSyncBN"]
+    return method_cfg(method, *norm)
+
+
+def gloo_train(method, batches):
+    """GLOO_STEPS SGD steps in float64 on this process's share of each global batch, as the trainer does them."""
+    from detectron2.engine import create_ddp_model
+    from detectron2.utils import comm
+
+    rank, world_size = comm.get_rank(), comm.get_world_size()
+    per_rank = len(batches[0]) // world_size
+    cfg = gloo_cfg(method)
+    torch.manual_seed(0)
+    model = build_model(cfg).double()
+    model.reset_key_encoder()
+    if method == "DenseCL":
+        # An instance attribute shadows the method: both runs use the same permutations.
+        model.key_permutation = lambda batch_size: GLOO_PERMUTATIONS[step]
+    optimizer = build_optimizer(cfg, model)
+    ddp_model = create_ddp_model(model, broadcast_buffers=False, device_ids=None)
+    losses = []
+    with EventStorage():
+        for step, batch in enumerate(batches):
+            loss = sum(ddp_model(batch[rank * per_rank : (rank + 1) * per_rank]).values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            mean_loss = loss.detach().clone()
+            if world_size > 1:
+                torch.distributed.all_reduce(mean_loss)
+            losses.append(mean_loss.item() / world_size)
+    return {"losses": losses, "state": {k: v.clone() for k, v in model.state_dict().items()}}
+
+
+def gloo_worker(out_dir, batches):
+    from detectron2.utils import comm
+
+    torch.set_num_threads(1)
+    for method, method_batches in batches.items():
+        torch.save(gloo_train(method, method_batches), os.path.join(out_dir, f"{method}_rank{comm.get_rank()}.pth"))
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(tmp_path):
+    from datetime import timedelta
+
+    from detectron2.engine import launch
+
+    batches = {method: mapped_batches(method_cfg(method), GLOO_STEPS) for method in CONFIGS}
+    for method_batches in batches.values():
+        for batch in method_batches:
+            for image in batch:
+                image.pop("correspondence")  # stride-4 VADeR matches: neither method reads them
+    launch(gloo_worker, 2, dist_url=f"file://{tmp_path}/rendezvous", args=(str(tmp_path), batches), timeout=timedelta(minutes=2))
+    for method in CONFIGS:
+        one = gloo_train(method, batches[method])
+        rank0, rank1 = (torch.load(tmp_path / f"{method}_rank{r}.pth") for r in range(2))
+        assert rank0["losses"] == pytest.approx(one["losses"], rel=1e-9), method
+        compared = 0
+        for name, value in one["state"].items():
+            if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+                continue  # BN's running state differs by design: per-group vs per-step updates, Bessel's correction
+            if not value.is_floating_point():  # queue image ids and pointers
+                assert torch.equal(rank0["state"][name], value) and torch.equal(rank1["state"][name], value), (method, name)
+                continue
+            assert torch.equal(rank0["state"][name], rank1["state"][name]), (method, name)
+            assert torch.allclose(rank0["state"][name], value, rtol=1e-6, atol=1e-9), (method, name)
+            compared += 1
+        assert compared > 50, method

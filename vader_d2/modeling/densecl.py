@@ -197,6 +197,10 @@ class DenseCL(nn.Module):
     def normalize(self, images):
         return normalize_views(images, self.pixel_mean, self.pixel_std, self.channels_last)
 
+    def key_permutation(self, batch_size):
+        """The order in which the key encoder sees the global batch (shuffle-BN); None where it cannot matter."""
+        return key_batch_permutation(self.key_bn, batch_size, self.bn_group_size, self.device)
+
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
             raise NotImplementedError("DenseCL has no inference: export its ResNet (tools/convert_vader_to_d2.py)")
@@ -204,7 +208,7 @@ class DenseCL(nn.Module):
         view2 = stack_views([x["view2"] for x in batched_inputs], self.device)
         image_ids = torch.tensor([x["image_id"] for x in batched_inputs]).to(self.device, non_blocking=True)
         # Drawn first, on every rank (rank 0's draw is the one all use).
-        permutation = key_batch_permutation(self.key_bn, len(batched_inputs), self.bn_group_size, self.device)
+        permutation = self.key_permutation(len(batched_inputs))
         with torch.no_grad():
             momentum_update_(self.key_encoder, self.query_encoder, self.momentum)
 
