@@ -458,8 +458,10 @@ def test_short_pretraining_lowers_the_loss_and_exports_the_resnet(method, tmp_pa
     trainer = trainer_for(cfg, mapped_batches(cfg, 2), recorder)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    first, last = np.mean(recorder.losses[:4]), np.mean(recorder.losses[-4:])
-    assert last < first - 0.05, recorder.losses
+    # From the fourth step on DenseCL's 16-key queues are full (4 images a step): before, its loss rises
+    # with the number of negatives, not with what the network knows.
+    first, last = np.mean(recorder.losses[3:6]), np.mean(recorder.losses[-3:])
+    assert last < first - 0.1, recorder.losses
 
     summary = export_to_detectron2(str(tmp_path / "model_final.pth"), str(tmp_path / "exported.pkl"))
     assert set(summary.written_by_part()) == {"ResNet"}
