@@ -33,6 +33,7 @@ from vader_d2.modeling.densecl import dense_contrastive_loss, dense_positive_cel
 from vader_d2.modeling.pixpro import PixelPropagation, pixpro_loss, pixpro_momentum
 from vader_d2.solver import LARS, build_optimizer
 from vader_d2.trainer import VADeRTrainer
+from vader_d2.training_metrics import SKIPPED_IMAGES
 
 from .helpers import FEW_PAIRS
 from .test_config_errors import run_train_net, single_error_line, single_thread  # noqa: F401
@@ -452,7 +453,7 @@ def trainer_for(cfg, batches, *hooks):
 
 @pytest.mark.parametrize("method", ["DenseCL", "PixPro"])
 def test_short_pretraining_lowers_the_loss_and_exports_the_resnet(method, tmp_path):
-    cfg = method_cfg(method, "SOLVER.MAX_ITER", "16", "SOLVER.BASE_LR", "0.05", "SEED", "1", "OUTPUT_DIR", str(tmp_path))
+    cfg = method_cfg(method, "SOLVER.MAX_ITER", "12", "SOLVER.BASE_LR", "0.05", "SEED", "1", "OUTPUT_DIR", str(tmp_path))
     recorder = RecordLoss()
     torch.manual_seed(1)
     trainer = trainer_for(cfg, mapped_batches(cfg, 2), recorder)
@@ -538,6 +539,19 @@ def test_steps_after_resume_equal_the_uninterrupted_steps(method, tmp_path):
     resumed.train()
     assert_same(resumed.model.state_dict(), uninterrupted.model.state_dict(), "model")
     assert_same(resumed.state_dict(), uninterrupted.state_dict(), "trainer")
+
+
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_skipped_files_are_counted_and_logged(method):
+    cfg = method_cfg(method)
+    model = build_model(cfg).train()
+    batch = mapped_batches(cfg, 1)[0]
+    for index, image in enumerate(batch):
+        image["num_skipped"] = index  # unreadable files the mapper skipped before this image
+    with EventStorage(0) as storage:
+        model(batch)
+        assert storage.latest()[SKIPPED_IMAGES][0] == 6
+    assert int(model.skipped_images) == 6
 
 
 # ---------------------------------------------------------------------------------------------------

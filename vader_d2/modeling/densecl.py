@@ -34,16 +34,20 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
+from ..training_metrics import SKIPPED_IMAGES
 from .cell_geometry import nearest_cells_in_other_view
 from .momentum import (
     copy_weights_,
+    count_skipped_images_,
     encode_in_bn_groups,
     enqueue_,
     key_batch_permutation,
     momentum_copy,
     momentum_update_,
     normalize_views,
+    note_skipped_images,
     register_key_queue,
+    register_skip_count,
     reset_key_queue_,
     stack_views,
 )
@@ -150,6 +154,7 @@ class DenseCL(nn.Module):
         # One global key and one pooled dense key per image and step: two queues of the same length.
         register_key_queue(self, "queue", queue_size, embed_dim)
         register_key_queue(self, "dense_queue", queue_size, embed_dim)
+        register_skip_count(self)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -190,9 +195,10 @@ class DenseCL(nn.Module):
 
     @torch.no_grad()
     def reset_queue(self):
-        """Empty both queues: what MODEL.WEIGHTS brings there belongs to another run."""
+        """Empty both queues and the skip count: what MODEL.WEIGHTS brings there belongs to another run."""
         reset_key_queue_(self, "queue")
         reset_key_queue_(self, "dense_queue")
+        self.skipped_images.zero_()
 
     def normalize(self, images):
         return normalize_views(images, self.pixel_mean, self.pixel_std, self.channels_last)
@@ -207,6 +213,7 @@ class DenseCL(nn.Module):
         view1 = stack_views([x["view1"] for x in batched_inputs], self.device)
         view2 = stack_views([x["view2"] for x in batched_inputs], self.device)
         image_ids = torch.tensor([x["image_id"] for x in batched_inputs]).to(self.device, non_blocking=True)
+        note_skipped_images(self, batched_inputs)
         # Drawn first, on every rank (rank 0's draw is the one all use).
         permutation = self.key_permutation(len(batched_inputs))
         with torch.no_grad():
@@ -279,7 +286,9 @@ class DenseCL(nn.Module):
         storage = get_event_storage()
         if storage.iter % self.metrics_period != 0:
             return
+        count_skipped_images_(self)
         storage.put_scalars(
+            **{SKIPPED_IMAGES: self.skipped_images.item()},
             densecl_global_top1_accuracy=(global_positive > global_hardest).float().mean().item(),
             densecl_dense_top1_accuracy=(dense_positive > dense_hardest).float().mean().item(),
             densecl_dense_positive_similarity=(dense_positive * self.temperature).mean().item(),

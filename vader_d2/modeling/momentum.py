@@ -7,7 +7,8 @@ Building blocks that every momentum method here (VADeR, the MoCo baseline, Dense
   that a loss can mask out the query's own image and the slots not yet filled;
 * the views of a batch: stacked as uint8 on the device, normalised there;
 * batch-norm groups (``KEY_BN``): the query encoder on contiguous groups, the key encoder on a random
-  permutation of the global batch (``shuffle_bn.py`` holds the mechanics).
+  permutation of the global batch (``shuffle_bn.py`` holds the mechanics);
+* the count of unreadable files the loaders skipped, kept across a resume and logged.
 
 They are functions on tensors and modules rather than a base class or sub-modules, so that each method
 keeps its attributes (``query_encoder``, ``key_encoder``, ``queue``, ...) at the top level of its state
@@ -15,9 +16,10 @@ dict: checkpoints, the exporter and the resume checks read those names.
 """
 
 import copy
-from typing import List
+from typing import Dict, List
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from detectron2.utils import comm
@@ -35,6 +37,9 @@ __all__ = [
     "normalize_views",
     "encode_in_bn_groups",
     "key_batch_permutation",
+    "register_skip_count",
+    "note_skipped_images",
+    "count_skipped_images_",
 ]
 
 
@@ -111,3 +116,28 @@ def key_batch_permutation(key_bn, batch_size, group_size, device):
     if key_bn == "sync" or world_size * batch_size == group_size:
         return None  # one BN group over the whole batch: no order changes its statistics
     return draw_permutation(world_size * batch_size, device)
+
+
+def register_skip_count(module: nn.Module):
+    """
+    Buffer ``skipped_images`` on ``module``: unreadable files skipped by every process's loader, as of the
+    last logging step; a buffer, so that a resumed run goes on counting. Skips since then are this
+    process's alone (``skipped_since_logged``), summed over the processes when logged.
+    """
+    module.register_buffer("skipped_images", torch.zeros((), dtype=torch.long))
+    module.skipped_since_logged = 0
+
+
+def note_skipped_images(module: nn.Module, batched_inputs: List[Dict]):
+    """Add the files the mapper skipped before each of this batch's images (its ``num_skipped``)."""
+    module.skipped_since_logged += sum(x.get("num_skipped", 0) for x in batched_inputs)
+
+
+@torch.no_grad()
+def count_skipped_images_(module: nn.Module):
+    """Add every process's skips since the last logging step to the total (all processes call this)."""
+    skipped = torch.tensor(module.skipped_since_logged, device=module.skipped_images.device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(skipped)
+    module.skipped_images += skipped
+    module.skipped_since_logged = 0

@@ -37,7 +37,17 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.utils.events import get_event_storage
 
 from .cell_geometry import pixpro_positive_mask
-from .momentum import copy_weights_, momentum_copy, momentum_update_, normalize_views, stack_views
+from ..training_metrics import SKIPPED_IMAGES
+from .momentum import (
+    copy_weights_,
+    count_skipped_images_,
+    momentum_copy,
+    momentum_update_,
+    normalize_views,
+    note_skipped_images,
+    register_skip_count,
+    stack_views,
+)
 
 __all__ = ["PixPro", "PixProEncoder", "PixelPropagation", "pixpro_loss", "pixpro_momentum"]
 
@@ -136,6 +146,7 @@ class PixPro(nn.Module):
         self.channels_last = channels_last
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        register_skip_count(self)
 
     @classmethod
     def from_config(cls, cfg):
@@ -176,6 +187,7 @@ class PixPro(nn.Module):
         if not self.training:
             raise NotImplementedError("PixPro has no inference: export its ResNet (tools/convert_vader_to_d2.py)")
         views = [self.normalize(stack_views([x[name] for x in batched_inputs], self.device)) for name in ("view1", "view2")]
+        note_skipped_images(self, batched_inputs)
         iteration = get_event_storage().iter
         momentum = pixpro_momentum(self.base_momentum, iteration, self.max_iter)
         with torch.no_grad():
@@ -189,7 +201,9 @@ class PixPro(nn.Module):
             predictions[1], targets[0], positive.transpose(1, 2)
         )
         if iteration % self.metrics_period == 0:
+            count_skipped_images_(self)
             get_event_storage().put_scalars(
+                **{SKIPPED_IMAGES: self.skipped_images.item()},
                 pixpro_momentum=momentum,
                 pixpro_positive_pairs=positive.sum(dim=(1, 2)).float().mean().item(),
                 smoothing_hint=False,

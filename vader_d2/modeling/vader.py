@@ -28,7 +28,6 @@ backbone's last stage into one vector per view and each image contributes one qu
 from typing import Dict, List
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -51,13 +50,16 @@ from ..training_metrics import (
 from .dense_head import DenseHead
 from .momentum import (
     copy_weights_,
+    count_skipped_images_,
     encode_in_bn_groups,
     enqueue_,
     key_batch_permutation,
     momentum_copy,
     momentum_update_,
     normalize_views,
+    note_skipped_images,
     register_key_queue,
+    register_skip_count,
     reset_key_queue_,
     stack_views,
 )
@@ -216,10 +218,7 @@ class VADeR(nn.Module):
         register_key_queue(self, "queue", queue_size, embed_dim)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        # Unreadable files skipped by every process's loader, as of the last logging step: a buffer, so that
-        # a resumed run goes on counting. Skips since then are this process's alone, summed when logged.
-        self.register_buffer("skipped_images", torch.zeros((), dtype=torch.long))
-        self.skipped_since_logged = 0
+        register_skip_count(self)
 
     @classmethod
     def from_config(cls, cfg):
@@ -306,7 +305,7 @@ class VADeR(nn.Module):
         view2 = self.stack([x["view2"] for x in batched_inputs], self.device)
         # Built on the host and copied without waiting: a device tensor from a list would wait for the device.
         image_ids = torch.tensor([x["image_id"] for x in batched_inputs]).to(self.device, non_blocking=True)
-        self.skipped_since_logged += sum(x.get("num_skipped", 0) for x in batched_inputs)
+        note_skipped_images(self, batched_inputs)
         # Drawn before the pair sampling, on every rank (rank 0's draw is the one all use), so that the
         # draws after it follow the same sequence in every process of a run.
         permutation = self.key_permutation(len(batched_inputs))
@@ -388,7 +387,7 @@ class VADeR(nn.Module):
         # Reading these values forces a device sync: only on the logging period.
         if storage.iter % self.metrics_period != 0:
             return
-        self.count_skipped_images()
+        count_skipped_images_(self)
         usable = (~excluded).to(self.queue.dtype)
         # Sum over each query's usable negatives as one matrix product: the loss does not keep the logits.
         negative_cos = (queries.to(self.queue.dtype) * (usable @ self.queue)).sum() / usable.sum().clamp(min=1)
@@ -406,15 +405,6 @@ class VADeR(nn.Module):
         if self.loss_type == "dense":
             matches = sum(int(x["valid"].sum()) for x in batched_inputs) / len(batched_inputs)
             storage.put_scalar(VALID_MATCHES, matches, smoothing_hint=False)
-
-    @torch.no_grad()
-    def count_skipped_images(self):
-        """Add every process's skips since the last logging step to the total (all processes call this)."""
-        skipped = torch.tensor(self.skipped_since_logged, device=self.device)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(skipped)
-        self.skipped_images += skipped
-        self.skipped_since_logged = 0
 
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict]):
