@@ -32,7 +32,7 @@ from vader_d2.modeling.cell_geometry import nearest_cells_in_other_view, pixpro_
 from vader_d2.modeling.densecl import dense_contrastive_loss, dense_positive_cells
 from vader_d2.modeling.pixpro import PixelPropagation, pixpro_loss, pixpro_momentum
 from vader_d2.solver import LARS, build_optimizer
-from vader_d2.trainer import VADeRTrainer
+from vader_d2.trainer import VADeRTrainer, load_model_weights
 from vader_d2.training_metrics import SKIPPED_IMAGES
 
 from .helpers import FEW_PAIRS
@@ -552,6 +552,15 @@ def test_skipped_files_are_counted_and_logged(method):
         model(batch)
         assert storage.latest()[SKIPPED_IMAGES][0] == 6
     assert int(model.skipped_images) == 6
+
+
+def test_densecl_weights_start_a_run_with_other_queue_sizes(tmp_path):
+    """MODEL.WEIGHTS from a DenseCL checkpoint: weights load, both queues are sized by the new config."""
+    torch.save({"model": build_model(method_cfg("DenseCL", "MODEL.VADER.QUEUE_SIZE", "16")).state_dict()}, tmp_path / "d.pth")
+    cfg = method_cfg("DenseCL", "MODEL.VADER.QUEUE_SIZE", "32")
+    model = build_model(cfg)
+    load_model_weights(cfg, model, str(tmp_path / "d.pth"))
+    assert model.queue.shape[0] == model.dense_queue.shape[0] == 32
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -524,7 +524,8 @@ def load_weights(model, path, what="checkpoint"):
     return checkpointer.last_load.incompatible
 
 
-_QUEUE_BUFFERS = ("queue", "queue_image_ids", "queue_ptr")
+# VADeR's (and the MoCo baseline's) queue, and DenseCL's second queue of pooled dense keys.
+_QUEUE_BUFFERS = ("queue", "queue_image_ids", "queue_ptr", "dense_queue", "dense_queue_image_ids", "dense_queue_ptr")
 
 
 def _model_part(key):
@@ -585,7 +586,7 @@ def check_backbone_loaded(report, cfg, path, expect_fpn=None, any_shape=True, wh
         missing.setdefault(part, []).append(key)
     shapes = [
         s for s in incompatible.incorrect_shapes
-        # VADeR's queue may be sized anew by a run that starts from a checkpoint's weights.
+        # A queue may be sized anew by a run that starts from a checkpoint's weights.
         if (any_shape and s[0] not in _QUEUE_BUFFERS) or _model_part(s[0]) in ("ResNet", "FPN")
     ]
     if shapes:
