@@ -11,14 +11,16 @@ import itertools
 import math
 import os
 import pickle
+from datetime import timedelta
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.data import DatasetCatalog
-from detectron2.engine import HookBase
+from detectron2.engine import HookBase, create_ddp_model, launch
 from detectron2.modeling import build_model
+from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
 from vader_d2.checkpoint import check_weights_load, export_to_detectron2, load_weights
@@ -577,6 +579,7 @@ def test_densecl_weights_start_a_run_with_other_queue_sizes(tmp_path):
         ("DenseCL", ["INPUT.VIEWS.CROP_SIZE", "80"], "INPUT.VIEWS.CROP_SIZE=80 must be a multiple of 32, the stride of res5"),
         ("PixPro", ["MODEL.PIXPRO.TRANSFORM_LAYERS", "3"], "MODEL.PIXPRO.TRANSFORM_LAYERS must be 0, 1 or 2, got 3"),
         ("PixPro", ["MODEL.PIXPRO.POSITIVE_RADIUS", "-1.0"], "MODEL.PIXPRO.POSITIVE_RADIUS must be positive"),
+        ("PixPro", ["MODEL.PIXPRO.PROPAGATION_GAMMA", "0.5"], "MODEL.PIXPRO.PROPAGATION_GAMMA must be at least 1"),
         ("PixPro", ["MODEL.PIXPRO.IN_FEATURE", "p5"], "MODEL.PIXPRO.IN_FEATURE must be one of"),
         ("PixPro", ["MODEL.PIXPRO.NORM", "GN", "MODEL.PIXPRO.HIDDEN_DIM", "40"], "MODEL.PIXPRO.NORM='GN' cannot normalise MODEL.PIXPRO.HIDDEN_DIM=40"),
         ("PixPro", ["SOLVER.OPTIMIZER", "Adam"], "SOLVER.OPTIMIZER must be 'SGD' or 'LARS', got 'Adam'"),
@@ -617,9 +620,6 @@ def gloo_cfg(method):
 
 def gloo_train(method, batches):
     """GLOO_STEPS SGD steps in float64 on this process's share of each global batch, as the trainer does them."""
-    from detectron2.engine import create_ddp_model
-    from detectron2.utils import comm
-
     rank, world_size = comm.get_rank(), comm.get_world_size()
     per_rank = len(batches[0]) // world_size
     cfg = gloo_cfg(method)
@@ -646,8 +646,6 @@ def gloo_train(method, batches):
 
 
 def gloo_worker(out_dir, batches):
-    from detectron2.utils import comm
-
     torch.set_num_threads(1)
     for method, method_batches in batches.items():
         torch.save(gloo_train(method, method_batches), os.path.join(out_dir, f"{method}_rank{comm.get_rank()}.pth"))
@@ -655,10 +653,6 @@ def gloo_worker(out_dir, batches):
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path):
-    from datetime import timedelta
-
-    from detectron2.engine import launch
-
     batches = {method: mapped_batches(method_cfg(method), GLOO_STEPS) for method in CONFIGS}
     for method_batches in batches.values():
         for batch in method_batches:

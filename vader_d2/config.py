@@ -97,7 +97,9 @@ def add_vader_config(cfg):
     # Momentum of the momentum encoder at iteration 0; it rises to 1 at SOLVER.MAX_ITER on a cosine.
     cfg.MODEL.PIXPRO.MOMENTUM = 0.99
 
-    # "SGD" (Detectron2's) or "LARS" (vader_d2/solver.py; PixPro's optimizer), for every method.
+    # "SGD" (Detectron2's) or "LARS" (vader_d2/solver.py; PixPro's optimizer), for every method. LARS
+    # applies SOLVER.WEIGHT_DECAY to weight tensors only and leaves biases and norms undecayed and
+    # unadapted, as PixPro's recipe; SOLVER.WEIGHT_DECAY_NORM, WEIGHT_DECAY_BIAS and BIAS_LR_FACTOR are SGD's.
     cfg.SOLVER.OPTIMIZER = "SGD"
     cfg.SOLVER.LARS = CN()
     # eta of LARS's trust ratio eta ||w|| / ||g + wd w|| (PixPro: 0.001).
@@ -378,7 +380,8 @@ def check_densecl_and_pixpro_ranges(cfg):
     _require(p.IN_FEATURE in stages, "MODEL.PIXPRO.IN_FEATURE", p.IN_FEATURE, f"one of {stages}")
     for key in ("HIDDEN_DIM", "EMBED_DIM"):
         _at_least(p, "MODEL.PIXPRO", key, 1)
-    _require(p.PROPAGATION_GAMMA > 0, "MODEL.PIXPRO.PROPAGATION_GAMMA", p.PROPAGATION_GAMMA, "positive")
+    # Below 1 the gradient of s^gamma is infinite where a similarity is clamped to 0.
+    _require(p.PROPAGATION_GAMMA >= 1, "MODEL.PIXPRO.PROPAGATION_GAMMA", p.PROPAGATION_GAMMA, "at least 1")
     _require(p.TRANSFORM_LAYERS in (0, 1, 2), "MODEL.PIXPRO.TRANSFORM_LAYERS", p.TRANSFORM_LAYERS, "0, 1 or 2")
     _require(p.POSITIVE_RADIUS > 0, "MODEL.PIXPRO.POSITIVE_RADIUS", p.POSITIVE_RADIUS, "positive (in feature-bin diagonals)")
     _require(0.0 <= p.MOMENTUM <= 1.0, "MODEL.PIXPRO.MOMENTUM", p.MOMENTUM, "in [0, 1]")
