@@ -40,7 +40,7 @@ from vader_d2.training_metrics import SKIPPED_IMAGES
 from .helpers import FEW_PAIRS
 from .test_config_errors import run_train_net, single_error_line, single_thread  # noqa: F401
 from .test_resume import assert_same
-from .test_transfer import DOWNSTREAM, load_cfg, pretrained_part, randomize_
+from .test_transfer import DOWNSTREAM, load_cfg, pretrained_part, randomize_, transfer_mismatches
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -473,6 +473,16 @@ def test_short_pretraining_lowers_the_loss_and_exports_the_resnet(method, tmp_pa
         config = f"configs/downstream/cutpaste_{downstream}_R_18_FPN.yaml"
         missing = check_weights_load(load_cfg(config), str(tmp_path / "exported.pkl"), expect_fpn=False)
         assert "ResNet" not in missing and missing["FPN"], config
+
+
+@pytest.mark.parametrize("pretrain", ["configs/densecl_pretrain.yaml", "configs/pixpro_pretrain.yaml", *CONFIGS.values()])
+def test_downstream_configs_match_the_methods_pretraining(pretrain):
+    """RGB, torchvision mean/std, STRIDE_IN_1X1, depth, norm family: what loads silently when it differs."""
+    pretrain_cfg = load_cfg(pretrain)
+    same_depth = [load_cfg(c) for c in DOWNSTREAM if load_cfg(c).MODEL.RESNETS.DEPTH == pretrain_cfg.MODEL.RESNETS.DEPTH]
+    assert len(same_depth) >= 3
+    for downstream in same_depth:
+        assert transfer_mismatches(pretrain_cfg, downstream) == []
 
 
 def write_random_checkpoint(cfg, folder, seed):
