@@ -285,7 +285,8 @@ def test_output_format(tmp_path, image_format):
     sample = mapper(dataset_dict)
     assert dataset_dict == original
     assert set(sample) == {
-        "file_name", "image_id", "view1", "view2", "correspondence", "valid", "height", "width", "num_skipped"
+        "file_name", "image_id", "view1", "view2", "correspondence", "valid", "height", "width", "num_skipped",
+        "view1_matrix", "view2_matrix",
     }
     assert (sample["height"], sample["width"], sample["num_skipped"]) == (80, 100, 0)
     for key in ("view1", "view2"):
@@ -296,6 +297,8 @@ def test_output_format(tmp_path, image_format):
     assert sample["correspondence"].dtype == torch.float32 and sample["correspondence"].shape == (N, N, 2)
     assert sample["valid"].dtype == torch.bool and sample["valid"].shape == (N, N)
     assert sample["valid"].sum() >= MIN_SHARED
+    for key in ("view1_matrix", "view2_matrix"):
+        assert sample[key].dtype == torch.float64 and sample[key].shape == (3, 3)
 
 
 def test_from_config(tmp_path):

@@ -1,6 +1,7 @@
 """VADeR (View-Agnostic Dense Representations) as a Detectron2 plugin.
 
-Importing the package registers the VADeR meta-architecture and the datasets it knows about.
+Importing the package registers the pretraining meta-architectures (VADeR, DenseCL, PixPro) and the
+datasets it knows about.
 """
 
 try:
@@ -13,6 +14,6 @@ except ImportError:  # pragma: no cover - exercised by a subprocess test
 
 from .config import add_vader_config
 from .data import VADeRViewMapper, register_unlabeled_folder
-from .modeling import VADeR, DenseHead
+from .modeling import DenseCL, DenseHead, PixPro, VADeR
 
-__all__ = ["add_vader_config", "VADeRViewMapper", "register_unlabeled_folder", "VADeR", "DenseHead"]
+__all__ = ["add_vader_config", "VADeRViewMapper", "register_unlabeled_folder", "VADeR", "DenseHead", "DenseCL", "PixPro"]

@@ -40,6 +40,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
+from .config import PRETRAINING_ARCHITECTURES
 from .errors import UserError
 
 __all__ = [
@@ -115,15 +116,27 @@ def _load(path, what):
         raise UserError(f"cannot read {what} {path!r} with torch.load: {type(e).__name__}: {e}") from None
 
 
+# Pretraining methods that never run the FPN (they read the last ResNet stage): only their ResNet is exported.
+RESNET_ONLY_METHODS = ("global", "densecl", "pixpro")
+
+
 def _vader_loss_type(model_state):
-    """'dense' or 'global', told apart by the query encoder's head (DenseHead vs. the MoCo MLP)."""
+    """
+    'dense' (VADeR), 'global' (the MoCo baseline), 'densecl' or 'pixpro', told apart by the query
+    encoder's head: DenseHead, the MoCo MLP, DenseCL's dense head, PixPro's projection.
+    """
     if any(k.startswith("query_encoder.head.laterals.") for k in model_state):
         return "dense"
     if "query_encoder.head.0.weight" in model_state:
         return "global"
+    if "query_encoder.dense_head.0.weight" in model_state:
+        return "densecl"
+    if "query_encoder.projection.0.weight" in model_state:
+        return "pixpro"
     raise UserError(
-        "the checkpoint's 'model' has no VADeR query encoder head (query_encoder.head.*); "
-        "pass a checkpoint written by VADeR pretraining (e.g. output/vader_pretrain_demo/model_final.pth)"
+        "the checkpoint's 'model' has no pretraining head of VADeR, DenseCL or PixPro (query_encoder.head.*, "
+        "query_encoder.dense_head.*, query_encoder.projection.*); pass a checkpoint written by pretraining "
+        "(e.g. output/vader_pretrain_demo/model_final.pth)"
     )
 
 
@@ -133,8 +146,9 @@ def detectron2_weights_from_vader(model_state, encoder="query"):
 
     Returns ``(weights, loss_type, written, skipped)``: weights maps D2 names to tensors, written maps
     them back to the checkpoint keys, skipped maps every other checkpoint key to the reason.
-    The global (MoCo) baseline never runs its FPN, so only its ResNet is exported: its FPN is still the
-    random initialisation, and a downstream model should start its FPN from its own initialisation.
+    The global (MoCo) baseline, DenseCL and PixPro never run the FPN, so only their ResNet is exported:
+    their FPN is still the random initialisation, and a downstream model should start its FPN from its
+    own initialisation.
     """
     if encoder not in ENCODERS:
         raise UserError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
@@ -146,17 +160,17 @@ def detectron2_weights_from_vader(model_state, encoder="query"):
         if not key.startswith(backbone_prefix):
             if key.startswith(f"{other}_encoder."):
                 skipped[key] = f"{other} encoder (exporting the {encoder} encoder)"
-            elif key.startswith(f"{encoder}_encoder.head."):
+            elif key.startswith(f"{encoder}_encoder."):
                 skipped[key] = f"{loss_type} pretraining head (not part of a D2 backbone)"
             else:
-                skipped[key] = "pretraining state (queue, skip count)"
+                skipped[key] = "pretraining state (queues, skip count, PixPro's propagation module)"
             continue
         name = key[len(backbone_prefix):]
         if name.startswith("bottom_up."):
             name = name[len("bottom_up."):]
         if _FPN_NAME.match(name):
-            if loss_type == "global":
-                skipped[key] = "FPN of the global baseline (never trained)"
+            if loss_type in RESNET_ONLY_METHODS:
+                skipped[key] = f"FPN of {loss_type} pretraining (never trained)"
                 continue
         elif not _RESNET_NAME.match(name):
             raise UserError(
@@ -189,7 +203,7 @@ def export_to_detectron2(checkpoint_path, output_path, encoder="query"):
     }
     atomic_write(output_path, lambda f: pickle.dump(zoo, f), what="the exported weights")
     iteration = checkpoint.get("iteration")
-    description = f"{loss_type} VADeR checkpoint, {encoder} encoder" + (
+    description = f"{loss_type} pretraining checkpoint, {encoder} encoder" + (
         f", iteration {iteration}" if iteration is not None else ""
     )
     return ConversionSummary(checkpoint_path, output_path, description, written, skipped)
@@ -510,7 +524,8 @@ def load_weights(model, path, what="checkpoint"):
     return checkpointer.last_load.incompatible
 
 
-_QUEUE_BUFFERS = ("queue", "queue_image_ids", "queue_ptr")
+# VADeR's (and the MoCo baseline's) queue, and DenseCL's second queue of pooled dense keys.
+_QUEUE_BUFFERS = ("queue", "queue_image_ids", "queue_ptr", "dense_queue", "dense_queue_image_ids", "dense_queue_ptr")
 
 
 def _model_part(key):
@@ -563,7 +578,7 @@ def check_backbone_loaded(report, cfg, path, expect_fpn=None, any_shape=True, wh
         f"FPN.OUT_CHANNELS={cfg.MODEL.FPN.OUT_CHANNELS})"
     )
     fix = "export from a checkpoint with the same backbone (MODEL.RESNETS.DEPTH, RES2_OUT_CHANNELS, norms, FPN), or use the config the weights were trained with"
-    if not cfg.MODEL.META_ARCHITECTURE == "VADeR" and any(k.startswith("query_encoder.") for k in report.file_keys):
+    if cfg.MODEL.META_ARCHITECTURE not in PRETRAINING_ARCHITECTURES and any(k.startswith("query_encoder.") for k in report.file_keys):
         fix = "it is a VADeR training checkpoint: export its backbone first with tools/convert_vader_to_d2.py and load the .pkl"
     missing = {}
     for key in incompatible.missing_keys:
@@ -571,7 +586,7 @@ def check_backbone_loaded(report, cfg, path, expect_fpn=None, any_shape=True, wh
         missing.setdefault(part, []).append(key)
     shapes = [
         s for s in incompatible.incorrect_shapes
-        # VADeR's queue may be sized anew by a run that starts from a checkpoint's weights.
+        # A queue may be sized anew by a run that starts from a checkpoint's weights.
         if (any_shape and s[0] not in _QUEUE_BUFFERS) or _model_part(s[0]) in ("ResNet", "FPN")
     ]
     if shapes:

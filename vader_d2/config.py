@@ -6,8 +6,19 @@ from .dense_grid import OUTPUT_STRIDE
 from .errors import UserError
 
 
+# The meta-architectures that pretrain on two views (vader_d2/modeling): the trainer gives them the view
+# mapper, these checks and a fresh key encoder; anything else is a stock Detectron2 model (fine-tuning).
+PRETRAINING_ARCHITECTURES = ("VADeR", "DenseCL", "PixPro")
+
+# Input pixels per cell of each ResNet stage: DenseCL and PixPro compare the cells of one of them.
+RESNET_STAGE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+
+
 def add_vader_config(cfg):
-    """Add the ``MODEL.VADER`` section and the ``INPUT.VIEWS`` section to a Detectron2 config."""
+    """
+    Add the ``MODEL.VADER``, ``MODEL.DENSECL``, ``MODEL.PIXPRO``, ``INPUT.VIEWS`` and optimizer sections
+    to a Detectron2 config.
+    """
     cfg.MODEL.VADER = CN()
     # "dense": VADeR's pixel-level InfoNCE. "global": the MoCo v2 baseline (pooled res5 + MLP head,
     # image-level InfoNCE, image-level queue) with the same backbone, views and trainer.
@@ -53,6 +64,46 @@ def add_vader_config(cfg):
     cfg.MODEL.VADER.GLOBAL_HEAD = CN()
     cfg.MODEL.VADER.GLOBAL_HEAD.IN_FEATURE = "res5"
     cfg.MODEL.VADER.GLOBAL_HEAD.HIDDEN_DIM = 2048
+
+    # DenseCL (vader_d2/modeling/densecl.py). It shares MODEL.VADER's momentum-contrast keys: EMBED_DIM,
+    # QUEUE_SIZE (the length of both its queues, global and dense, one key per image and step), MOMENTUM,
+    # KEY_BN, BN_GROUP_SIZE, METRICS_PERIOD, CHANNELS_LAST.
+    cfg.MODEL.DENSECL = CN()
+    # The backbone stage both heads read (paper: C5 = res5, stride 32).
+    cfg.MODEL.DENSECL.IN_FEATURE = "res5"
+    # Hidden width of the global MLP and of the dense 1x1-conv head (paper: 2048).
+    cfg.MODEL.DENSECL.HIDDEN_DIM = 2048
+    cfg.MODEL.DENSECL.TEMPERATURE = 0.2
+    # lambda: loss = (1 - lambda) global + lambda dense.
+    cfg.MODEL.DENSECL.LOSS_WEIGHT = 0.5
+    # A query cell's positive key cell: "feature" (the paper's: the most similar backbone feature of
+    # view 2) or "geometric" (where the views' transforms put the cell's centre in view 2).
+    cfg.MODEL.DENSECL.POSITIVE = "feature"
+
+    # PixPro (vader_d2/modeling/pixpro.py); MODEL.VADER.METRICS_PERIOD and CHANNELS_LAST apply to it too.
+    cfg.MODEL.PIXPRO = CN()
+    cfg.MODEL.PIXPRO.IN_FEATURE = "res5"  # the paper's C5, stride 32
+    cfg.MODEL.PIXPRO.HIDDEN_DIM = 4096
+    cfg.MODEL.PIXPRO.EMBED_DIM = 256
+    # Norm of the projection's hidden layer (PixPro: SyncBN).
+    cfg.MODEL.PIXPRO.NORM = "BN"
+    # Pixel propagation: similarity exponent gamma and layers of the transform g (0: identity, 1: one
+    # 1x1 conv, the paper's best; 2: conv-norm-ReLU-conv).
+    cfg.MODEL.PIXPRO.PROPAGATION_GAMMA = 2.0
+    cfg.MODEL.PIXPRO.TRANSFORM_LAYERS = 1
+    # Cells of the two views are a positive pair when their centres lie closer in the source image than
+    # this many feature-bin diagonals (paper: 0.7).
+    cfg.MODEL.PIXPRO.POSITIVE_RADIUS = 0.7
+    # Momentum of the momentum encoder at iteration 0; it rises to 1 at SOLVER.MAX_ITER on a cosine.
+    cfg.MODEL.PIXPRO.MOMENTUM = 0.99
+
+    # "SGD" (Detectron2's) or "LARS" (vader_d2/solver.py; PixPro's optimizer), for every method. LARS
+    # applies SOLVER.WEIGHT_DECAY to weight tensors only and leaves biases and norms undecayed and
+    # unadapted, as PixPro's recipe; SOLVER.WEIGHT_DECAY_NORM, WEIGHT_DECAY_BIAS and BIAS_LR_FACTOR are SGD's.
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    cfg.SOLVER.LARS = CN()
+    # eta of LARS's trust ratio eta ||w|| / ||g + wd w|| (PixPro: 0.001).
+    cfg.SOLVER.LARS.TRUST_COEFFICIENT = 0.001
 
     cfg.INPUT.VIEWS = CN()
     cfg.INPUT.VIEWS.CROP_SIZE = 224
@@ -125,6 +176,8 @@ def keys_enqueued_per_step(cfg):
     """Keys every step adds to the queue: one per matched pair (dense) or per image (global), of the
     global batch, twice with MODEL.VADER.SYMMETRIC."""
     v = cfg.MODEL.VADER
+    if cfg.MODEL.META_ARCHITECTURE == "DenseCL":
+        return cfg.SOLVER.IMS_PER_BATCH  # one global and one pooled dense key per image, each to its queue
     keys = cfg.SOLVER.IMS_PER_BATCH * (v.PAIRS_PER_IMAGE if v.LOSS == "dense" else 1)
     return keys * 2 if v.SYMMETRIC else keys
 
@@ -150,18 +203,23 @@ def check_vader_config(cfg, world_size=1):
             f"SOLVER.IMS_PER_BATCH={batch} is not divisible by the {world_size} processes; "
             f"use a multiple of {world_size}"
         )
-    check_batch_norm_config(cfg, world_size)
-    keys_per_step = keys_enqueued_per_step(cfg)
-    if v.QUEUE_SIZE % keys_per_step != 0 or v.QUEUE_SIZE < keys_per_step:
-        raise UserError(
-            f"MODEL.VADER.QUEUE_SIZE={v.QUEUE_SIZE} must be a positive multiple of the keys enqueued per "
-            f"step ({keys_per_step} = SOLVER.IMS_PER_BATCH x pairs per image"
-            f"{' x 2 (symmetric)' if v.SYMMETRIC else ''}); e.g. {max(1, v.QUEUE_SIZE // keys_per_step) * keys_per_step}"
-        )
-    check_queries_have_negatives(cfg)
+    # PixPro has no queue, and normalises each view's batch as the config's norm says (no key shuffle).
+    if cfg.MODEL.META_ARCHITECTURE != "PixPro":
+        check_batch_norm_config(cfg, world_size)
+        check_queue_size(cfg)
+        check_queries_have_negatives(cfg)
     views = cfg.INPUT.VIEWS
     if views.CROP_SIZE % OUTPUT_STRIDE != 0:
         raise UserError(f"INPUT.VIEWS.CROP_SIZE={views.CROP_SIZE} must be a multiple of {OUTPUT_STRIDE}")
+    method = {"DenseCL": cfg.MODEL.DENSECL, "PixPro": cfg.MODEL.PIXPRO}.get(cfg.MODEL.META_ARCHITECTURE)
+    if method is not None:
+        # Cells cut by the view's border would be compared by where their centres would lie.
+        stride = RESNET_STAGE_STRIDES[method.IN_FEATURE]
+        if views.CROP_SIZE % stride != 0:
+            raise UserError(
+                f"INPUT.VIEWS.CROP_SIZE={views.CROP_SIZE} must be a multiple of {stride}, the stride of "
+                f"{method.IN_FEATURE} whose cells {cfg.MODEL.META_ARCHITECTURE} compares"
+            )
     cells = (views.CROP_SIZE // OUTPUT_STRIDE) ** 2
     if not v.PAIRS_PER_IMAGE <= v.MIN_SHARED_CELLS <= cells:
         raise UserError(
@@ -173,6 +231,19 @@ def check_vader_config(cfg, world_size=1):
         raise UserError(f"INPUT.VIEWS.CROP_SCALE must satisfy 0 < min <= max <= 1, got {tuple(views.CROP_SCALE)}")
     if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
         raise UserError(f"INPUT.FORMAT must be RGB or BGR for VADeR views, got {cfg.INPUT.FORMAT!r}")
+
+
+def check_queue_size(cfg):
+    """The queue is written in whole steps: its length must be a multiple of a step's keys."""
+    v = cfg.MODEL.VADER
+    keys_per_step = keys_enqueued_per_step(cfg)
+    if v.QUEUE_SIZE % keys_per_step != 0 or v.QUEUE_SIZE < keys_per_step:
+        per_image = "1 key per image" if cfg.MODEL.META_ARCHITECTURE == "DenseCL" else "pairs per image"
+        raise UserError(
+            f"MODEL.VADER.QUEUE_SIZE={v.QUEUE_SIZE} must be a positive multiple of the keys enqueued per "
+            f"step ({keys_per_step} = SOLVER.IMS_PER_BATCH x {per_image}"
+            f"{' x 2 (symmetric)' if v.SYMMETRIC else ''}); e.g. {max(1, v.QUEUE_SIZE // keys_per_step) * keys_per_step}"
+        )
 
 
 def check_queries_have_negatives(cfg):
@@ -243,6 +314,9 @@ def check_solver_config(cfg):
         _require(0.0 <= solver.BASE_LR_END <= lr, "SOLVER.BASE_LR_END", solver.BASE_LR_END, f"in [0, SOLVER.BASE_LR={lr}]")
     else:
         _require(solver.GAMMA > 0, "SOLVER.GAMMA", solver.GAMMA, "positive")
+    _require(solver.OPTIMIZER in ("SGD", "LARS"), "SOLVER.OPTIMIZER", solver.OPTIMIZER, "'SGD' or 'LARS'")
+    trust = solver.LARS.TRUST_COEFFICIENT
+    _require(0 < trust <= 1, "SOLVER.LARS.TRUST_COEFFICIENT", trust, "in (0, 1]")
     _at_least(cfg.DATALOADER, "DATALOADER", "NUM_WORKERS", 0)
     _at_least(cfg.TEST, "TEST", "EVAL_PERIOD", 0)
 
@@ -266,6 +340,8 @@ def check_value_ranges(cfg):
     elif v.LOSS == "global":
         resnet_stages = ("res2", "res3", "res4", "res5")
         _require(v.GLOBAL_HEAD.IN_FEATURE in resnet_stages, "MODEL.VADER.GLOBAL_HEAD.IN_FEATURE", v.GLOBAL_HEAD.IN_FEATURE, f"one of {resnet_stages}")
+
+    check_densecl_and_pixpro_ranges(cfg)
 
     views = cfg.INPUT.VIEWS
     p = "INPUT.VIEWS"
@@ -292,13 +368,34 @@ def check_value_ranges(cfg):
     )
 
 
-def _check_norm(norm, channels):
+def check_densecl_and_pixpro_ranges(cfg):
+    """MODEL.DENSECL.* and MODEL.PIXPRO.* within the ranges their models can use."""
+    stages = tuple(RESNET_STAGE_STRIDES)
+    d, p = cfg.MODEL.DENSECL, cfg.MODEL.PIXPRO
+    _require(d.IN_FEATURE in stages, "MODEL.DENSECL.IN_FEATURE", d.IN_FEATURE, f"one of {stages}")
+    _at_least(d, "MODEL.DENSECL", "HIDDEN_DIM", 1)
+    _require(d.TEMPERATURE > 0, "MODEL.DENSECL.TEMPERATURE", d.TEMPERATURE, "positive")
+    _probability(d, "MODEL.DENSECL", "LOSS_WEIGHT")
+    _require(d.POSITIVE in ("feature", "geometric"), "MODEL.DENSECL.POSITIVE", d.POSITIVE, "'feature' or 'geometric'")
+    _require(p.IN_FEATURE in stages, "MODEL.PIXPRO.IN_FEATURE", p.IN_FEATURE, f"one of {stages}")
+    for key in ("HIDDEN_DIM", "EMBED_DIM"):
+        _at_least(p, "MODEL.PIXPRO", key, 1)
+    # Below 1 the gradient of s^gamma is infinite where a similarity is clamped to 0.
+    _require(p.PROPAGATION_GAMMA >= 1, "MODEL.PIXPRO.PROPAGATION_GAMMA", p.PROPAGATION_GAMMA, "at least 1")
+    _require(p.TRANSFORM_LAYERS in (0, 1, 2), "MODEL.PIXPRO.TRANSFORM_LAYERS", p.TRANSFORM_LAYERS, "0, 1 or 2")
+    _require(p.POSITIVE_RADIUS > 0, "MODEL.PIXPRO.POSITIVE_RADIUS", p.POSITIVE_RADIUS, "positive (in feature-bin diagonals)")
+    _require(0.0 <= p.MOMENTUM <= 1.0, "MODEL.PIXPRO.MOMENTUM", p.MOMENTUM, "in [0, 1]")
+    if cfg.MODEL.META_ARCHITECTURE == "PixPro":
+        _check_norm(p.NORM, p.HIDDEN_DIM, "MODEL.PIXPRO.NORM", "MODEL.PIXPRO.HIDDEN_DIM")
+
+
+def _check_norm(norm, channels, norm_key="MODEL.VADER.HEAD.NORM", channels_key="MODEL.VADER.HEAD.CONV_DIM"):
     from detectron2.layers import get_norm
 
     try:
         get_norm(norm, channels)
     except (KeyError, ValueError) as e:
         raise UserError(
-            f"MODEL.VADER.HEAD.NORM={norm!r} cannot normalise MODEL.VADER.HEAD.CONV_DIM={channels} channels "
+            f"{norm_key}={norm!r} cannot normalise {channels_key}={channels} channels "
             f"({type(e).__name__}: {e}); use 'GN' with a multiple of 32 channels, 'BN' or ''"
         ) from None

@@ -10,18 +10,19 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvalua
 from detectron2.utils import comm
 
 from .checkpoint import EXPECTED_CHECKPOINT, VADeRCheckpointer, check_backbone_loaded, checkpoint_problem, short_error
-from .config import check_solver_config, check_vader_config
+from .config import PRETRAINING_ARCHITECTURES, check_solver_config, check_vader_config
 from .data import VADeRViewMapper
 from .data.decoding import UnreadableImageError, read_source_image
 from .errors import UserError
 from .hooks import NegativesWatch
 from .output_dir import select_resume_checkpoint
+from .solver import build_optimizer
 from .training_metrics import SIMILARITY_STATS
 
 
 
 def is_pretraining(cfg):
-    return cfg.MODEL.META_ARCHITECTURE == "VADeR"
+    return cfg.MODEL.META_ARCHITECTURE in PRETRAINING_ARCHITECTURES
 
 
 class TrainingDivergedError(UserError, FloatingPointError):
@@ -207,9 +208,15 @@ class VADeRTrainer(DefaultTrainer):
             cfg, dataset=dataset, mapper=VADeRViewMapper(cfg, is_train=True), aspect_ratio_grouping=False
         )
 
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """Detectron2's SGD, or LARS with SOLVER.OPTIMIZER LARS (vader_d2/solver.py), for every model."""
+        return build_optimizer(cfg, model)
+
     def build_hooks(self):
         hooks = super().build_hooks()
-        if is_pretraining(self.cfg):
+        # PixPro has no queue, hence no negatives to watch.
+        if is_pretraining(self.cfg) and self.cfg.MODEL.META_ARCHITECTURE != "PixPro":
             hooks.append(NegativesWatch.from_config(self.cfg))
         return hooks
 
@@ -240,7 +247,12 @@ class VADeRTrainer(DefaultTrainer):
         if is_pretraining(self.cfg) and self.start_iter == 0:
             model = self.model.module if hasattr(self.model, "module") else self.model
             model.reset_key_encoder()
-            model.reset_queue()
+            # What MODEL.WEIGHTS brings beside the weights belongs to another run: the queues (PixPro has
+            # none) and the skip count.
+            if hasattr(model, "reset_queue"):
+                model.reset_queue()
+            with torch.no_grad():
+                model.skipped_images.zero_()
 
     def _checkpoint_to_resume(self):
         choice = (None, None)

@@ -150,6 +150,10 @@ class VADeRViewMapper:
     * "correspondence": float32 (S/4, S/4, 2), view-2 grid coordinates (x, y) of each view-1 cell,
       see :func:`compute_correspondence`;
     * "valid": bool (S/4, S/4), at least ``min_shared_cells`` True;
+    * "view1_matrix", "view2_matrix": float64 (3, 3), the projective map from source-image continuous
+      coordinates to the view's (the matrix of its ProjectiveTransform): methods that compare cells on
+      another grid than stride 4 (DenseCL's geometric positives, PixPro's source-image distances at
+      stride 32) compute where any point of a view lies in the source from it, exactly;
     * "height", "width": of the source image the views were cut from (after EXIF orientation and the
       ``max_source_size`` downscale);
     * "num_skipped": unreadable files this mapper skipped since the previous sample it returned.
@@ -278,6 +282,8 @@ class VADeRViewMapper:
             view2=render_view(image, geometry.view2_transform, self.photometric, self.image_format),
             correspondence=torch.from_numpy(geometry.correspondence),
             valid=torch.from_numpy(geometry.valid),
+            view1_matrix=torch.from_numpy(geometry.view1_transform.matrix.copy()),
+            view2_matrix=torch.from_numpy(geometry.view2_transform.matrix.copy()),
             height=image.shape[0],
             width=image.shape[1],
             num_skipped=self._skipped_since_last_sample,

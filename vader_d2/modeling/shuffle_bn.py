@@ -45,10 +45,16 @@ def concat_all_gather(tensor):
 
 
 def forward_in_groups(encoder, images, group_size):
-    """``encoder`` on consecutive groups of ``group_size`` images, so that batch norm sees one group at a time."""
+    """
+    ``encoder`` on consecutive groups of ``group_size`` images, so that batch norm sees one group at a time.
+    An encoder that returns a tuple of tensors (DenseCL's) gets each of them concatenated.
+    """
     if images.shape[0] == group_size:
         return encoder(images)
-    return torch.cat([encoder(group) for group in images.split(group_size)])
+    outputs = [encoder(group) for group in images.split(group_size)]
+    if isinstance(outputs[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*outputs))
+    return torch.cat(outputs)
 
 
 @torch.no_grad()

@@ -25,11 +25,9 @@ across processes), the behaviour kept for comparison.
 backbone's last stage into one vector per view and each image contributes one query/key pair.
 """
 
-import copy
 from typing import Dict, List
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -50,7 +48,22 @@ from ..training_metrics import (
     VALID_MATCHES,
 )
 from .dense_head import DenseHead
-from .shuffle_bn import concat_all_gather, draw_permutation, encode_shuffled, forward_in_groups
+from .momentum import (
+    copy_weights_,
+    count_skipped_images_,
+    encode_in_bn_groups,
+    enqueue_,
+    key_batch_permutation,
+    momentum_copy,
+    momentum_update_,
+    normalize_views,
+    note_skipped_images,
+    register_key_queue,
+    register_skip_count,
+    reset_key_queue_,
+    stack_views,
+)
+from .shuffle_bn import concat_all_gather, encode_shuffled
 
 __all__ = ["VADeR", "DenseEncoder", "GlobalEncoder", "build_encoder", "info_nce_loss"]
 
@@ -197,8 +210,7 @@ class VADeR(nn.Module):
     ):
         super().__init__()
         self.query_encoder = encoder
-        self.key_encoder = copy.deepcopy(encoder)
-        self.key_encoder.requires_grad_(False)
+        self.key_encoder = momentum_copy(encoder)
         self.loss_type = loss_type
         self.momentum = momentum
         self.temperature = temperature
@@ -210,16 +222,10 @@ class VADeR(nn.Module):
         self.metrics_period = metrics_period
         self.channels_last = channels_last
 
-        self.register_buffer("queue", torch.zeros(queue_size, embed_dim))
-        # Image id of every queued key; -1 marks a slot not yet filled.
-        self.register_buffer("queue_image_ids", torch.full((queue_size,), -1, dtype=torch.long))
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        register_key_queue(self, "queue", queue_size, embed_dim)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        # Unreadable files skipped by every process's loader, as of the last logging step: a buffer, so that
-        # a resumed run goes on counting. Skips since then are this process's alone, summed when logged.
-        self.register_buffer("skipped_images", torch.zeros((), dtype=torch.long))
-        self.skipped_since_logged = 0
+        register_skip_count(self)
 
     @classmethod
     def from_config(cls, cfg):
@@ -253,46 +259,35 @@ class VADeR(nn.Module):
     @torch.no_grad()
     def reset_key_encoder(self):
         """Make the key encoder a copy of the query encoder (the start of a fresh run)."""
-        for key, query in zip(self.key_encoder.state_dict().values(), self.query_encoder.state_dict().values()):
-            key.copy_(query)
+        copy_weights_(self.key_encoder, self.query_encoder)
 
     @torch.no_grad()
     def reset_queue(self):
         """Empty the queue and the skip count: what MODEL.WEIGHTS brings there belongs to another run."""
-        self.queue.zero_()
-        self.queue_image_ids.fill_(-1)
-        self.queue_ptr.zero_()
+        reset_key_queue_(self, "queue")
         self.skipped_images.zero_()
 
     @torch.no_grad()
     def momentum_update_key_encoder(self):
-        """theta_k <- m theta_k + (1 - m) theta_q, as theta_k + (1 - m)(theta_q - theta_k): one pass, all at once."""
-        key_params, query_params = list(self.key_encoder.parameters()), list(self.query_encoder.parameters())
-        torch._foreach_lerp_(key_params, query_params, 1.0 - self.momentum)
+        """theta_k <- m theta_k + (1 - m) theta_q."""
+        momentum_update_(self.key_encoder, self.query_encoder, self.momentum)
 
     @torch.no_grad()
     def enqueue(self, keys, image_ids):
         """Write the keys of every process's images (in rank order) over the oldest queue entries."""
-        slots = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % self.queue.shape[0]
-        self.queue.index_copy_(0, slots, keys.to(self.queue.dtype))
-        self.queue_image_ids.index_copy_(0, slots, image_ids)
-        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % self.queue.shape[0])
+        enqueue_(self, "queue", keys, image_ids)
 
     @staticmethod
     def stack(images: List[torch.Tensor], device):
         """The views of a batch as one uint8 tensor on ``device``, copied without waiting for the device."""
-        return torch.stack(images).to(device, non_blocking=True)
+        return stack_views(images, device)
 
     def normalize(self, images):
-        images = (images.float() - self.pixel_mean) / self.pixel_std
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+        return normalize_views(images, self.pixel_mean, self.pixel_std, self.channels_last)
 
     def encode_queries(self, images):
         """Query embeddings of this process's uint8 images, batch norm over the groups of ``KEY_BN``."""
-        images = self.normalize(images)
-        if self.key_bn == "sync":
-            return self.query_encoder(images)
-        return forward_in_groups(self.query_encoder, images, self.bn_group_size)
+        return encode_in_bn_groups(self.query_encoder, self.normalize(images), self.key_bn, self.bn_group_size)
 
     @torch.no_grad()
     def encode_keys(self, images, locations, read, permutation):
@@ -308,10 +303,7 @@ class VADeR(nn.Module):
 
     def key_permutation(self, batch_size):
         """The order in which the key encoder sees the global batch; None where it cannot matter."""
-        world_size = comm.get_world_size()
-        if self.key_bn == "sync" or world_size * batch_size == self.bn_group_size:
-            return None  # one BN group over the whole batch: no order changes its statistics
-        return draw_permutation(world_size * batch_size, self.device)
+        return key_batch_permutation(self.key_bn, batch_size, self.bn_group_size, self.device)
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
@@ -320,7 +312,7 @@ class VADeR(nn.Module):
         view2 = self.stack([x["view2"] for x in batched_inputs], self.device)
         # Built on the host and copied without waiting: a device tensor from a list would wait for the device.
         image_ids = torch.tensor([x["image_id"] for x in batched_inputs]).to(self.device, non_blocking=True)
-        self.skipped_since_logged += sum(x.get("num_skipped", 0) for x in batched_inputs)
+        note_skipped_images(self, batched_inputs)
         # Drawn before the pair sampling, on every rank (rank 0's draw is the one all use), so that the
         # draws after it follow the same sequence in every process of a run.
         permutation = self.key_permutation(len(batched_inputs))
@@ -402,7 +394,7 @@ class VADeR(nn.Module):
         # Reading these values forces a device sync: only on the logging period.
         if storage.iter % self.metrics_period != 0:
             return
-        self.count_skipped_images()
+        count_skipped_images_(self)
         usable = (~excluded).to(self.queue.dtype)
         # Sum over each query's usable negatives as one matrix product: the loss does not keep the logits.
         negative_cos = (queries.to(self.queue.dtype) * (usable @ self.queue)).sum() / usable.sum().clamp(min=1)
@@ -420,15 +412,6 @@ class VADeR(nn.Module):
         if self.loss_type == "dense":
             matches = sum(int(x["valid"].sum()) for x in batched_inputs) / len(batched_inputs)
             storage.put_scalar(VALID_MATCHES, matches, smoothing_hint=False)
-
-    @torch.no_grad()
-    def count_skipped_images(self):
-        """Add every process's skips since the last logging step to the total (all processes call this)."""
-        skipped = torch.tensor(self.skipped_since_logged, device=self.device)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(skipped)
-        self.skipped_images += skipped
-        self.skipped_since_logged = 0
 
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict]):

@@ -1,0 +1,298 @@
+"""
+DenseCL (Wang, Zhang, Shen, Kong, Li, "Dense Contrastive Learning for Self-Supervised Visual
+Pre-Training", CVPR 2021) on Detectron2's ResNet, in the same views, trainer and export as VADeR.
+
+One training step, for a batch of images each given as two views:
+
+1. the query encoder reads view 1's last backbone stage (``MODEL.DENSECL.IN_FEATURE``, res5: stride 32,
+   a 7 x 7 grid at 224 px) and gives a global embedding (MoCo v2's pooled 2-layer MLP), a dense embedding
+   per cell (1x1 conv - ReLU - 1x1 conv) and the backbone features themselves; all L2-normalised;
+2. the key encoder (momentum average, no gradient, shuffle-BN) does the same on view 2, plus the
+   *pooled* dense key of the image (the average of its dense map before normalisation);
+3. global loss: InfoNCE of the global query against its key, negatives the global queue;
+4. dense loss: InfoNCE of each query cell against its positive key cell, negatives the dense queue of
+   pooled dense keys of other images. The positive (``MODEL.DENSECL.POSITIVE``): ``feature``, the paper's,
+   is the view-2 cell whose *backbone* feature is most cosine-similar to the query cell's backbone
+   feature; ``geometric`` is the view-2 cell the query cell's centre falls into by the views' transforms
+   (cells without one are left out);
+5. loss = (1 - lambda) global + lambda dense (lambda 0.5, temperature 0.2 for both).
+
+The FPN is not part of DenseCL's computation: it stays frozen and is not exported (as for the MoCo
+baseline). Queue semantics are this project's (VADeR's, the MoCo baseline's): keys of the batch are
+enqueued before the loss and carry their image id, keys of the query's own image and empty slots are
+masked, so the first step needs no random initial queue.
+"""
+
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+
+from ..training_metrics import SKIPPED_IMAGES
+from .cell_geometry import nearest_cells_in_other_view
+from .momentum import (
+    copy_weights_,
+    count_skipped_images_,
+    encode_in_bn_groups,
+    enqueue_,
+    key_batch_permutation,
+    momentum_copy,
+    momentum_update_,
+    normalize_views,
+    note_skipped_images,
+    register_key_queue,
+    register_skip_count,
+    reset_key_queue_,
+    stack_views,
+)
+from .shuffle_bn import concat_all_gather, encode_shuffled
+from .vader import info_nce_loss
+
+__all__ = ["DenseCL", "DenseCLEncoder", "dense_positive_cells", "dense_contrastive_loss"]
+
+
+class DenseCLEncoder(nn.Module):
+    """
+    images -> (global (B, D), dense (B, D, S, S), pooled dense (B, D), backbone features (B, C, S, S)),
+    each L2-normalised over its channels.
+    """
+
+    def __init__(self, backbone: Backbone, in_feature: str, hidden_dim: int, embed_dim: int):
+        super().__init__()
+        self.backbone = backbone
+        self.in_feature = in_feature
+        channels = backbone.bottom_up.output_shape()[in_feature].channels
+        # Input pixels per cell of the dense grid (32 for res5): where the geometric positives are looked up.
+        self.stride = backbone.bottom_up.output_shape()[in_feature].stride
+        self.global_head = nn.Sequential(nn.Linear(channels, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, embed_dim))
+        self.dense_head = nn.Sequential(
+            nn.Conv2d(channels, hidden_dim, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden_dim, embed_dim, 1)
+        )
+        # DenseCL transfers the ResNet only: the FPN takes no part in its computation.
+        for name, p in backbone.named_parameters():
+            if not name.startswith("bottom_up."):
+                p.requires_grad_(False)
+
+    def forward(self, images):
+        features = self.backbone.bottom_up(images)[self.in_feature]
+        global_embedding = F.normalize(self.global_head(features.mean(dim=(2, 3))), dim=1)
+        dense = self.dense_head(features)
+        return (
+            global_embedding,
+            F.normalize(dense, dim=1),
+            F.normalize(dense.mean(dim=(2, 3)), dim=1),
+            F.normalize(features, dim=1),
+        )
+
+
+def dense_positive_cells(query_features, key_features):
+    """
+    DenseCL's matching: for (B, C, S, S) normalised backbone features of the two views, the flat index
+    of the key cell most cosine-similar to each query cell, (B, S*S).
+    """
+    similarity = query_features.flatten(2).transpose(1, 2) @ key_features.flatten(2)  # (B, P_query, P_key)
+    return similarity.argmax(dim=2)
+
+
+def dense_contrastive_loss(query_dense, key_dense, positive_cells, matched, negatives, negative_image_ids, image_ids, temperature):
+    """
+    DenseCL's dense InfoNCE, averaged over the query cells that have a positive: for (b, D, S, S) query and
+    key maps of the same images, the (b, S*S) flat key cell of each query cell's positive and whether it
+    has one, and the queue of pooled dense keys (negatives of other images; ``info_nce_loss`` masks the
+    query's own image and empty slots). Returns the loss, the positive logits and the hardest negative
+    logits of the matched cells.
+    """
+    queries = query_dense.flatten(2).transpose(1, 2)  # (b, P, D)
+    keys = torch.gather(key_dense.flatten(2), 2, positive_cells[:, None, :].expand(-1, key_dense.shape[1], -1)).transpose(1, 2)
+    query_ids = image_ids[:, None].expand_as(positive_cells)
+    loss, positive, hardest, _ = info_nce_loss(
+        queries[matched], keys[matched], negatives, query_ids[matched], negative_image_ids, temperature
+    )
+    if not matched.any():
+        # Geometric positives where no cell of view 1 lands in view 2: no dense term (the mean of none is NaN).
+        loss = queries.sum() * 0.0
+    return loss, positive, hardest
+
+
+@META_ARCH_REGISTRY.register()
+class DenseCL(nn.Module):
+    @configurable
+    def __init__(
+        self,
+        *,
+        encoder: DenseCLEncoder,
+        embed_dim: int,
+        queue_size: int,
+        momentum: float,
+        temperature: float,
+        dense_loss_weight: float,
+        positive: str,
+        key_bn: str,
+        bn_group_size: int,
+        metrics_period: int,
+        channels_last: bool = False,
+        pixel_mean: List[float],
+        pixel_std: List[float],
+    ):
+        super().__init__()
+        self.query_encoder = encoder
+        self.key_encoder = momentum_copy(encoder)
+        self.momentum = momentum
+        self.temperature = temperature
+        self.dense_loss_weight = dense_loss_weight
+        self.positive = positive
+        self.key_bn = key_bn
+        self.bn_group_size = bn_group_size
+        self.metrics_period = metrics_period
+        self.channels_last = channels_last
+        # One global key and one pooled dense key per image and step: two queues of the same length.
+        register_key_queue(self, "queue", queue_size, embed_dim)
+        register_key_queue(self, "dense_queue", queue_size, embed_dim)
+        register_skip_count(self)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg):
+        v, d = cfg.MODEL.VADER, cfg.MODEL.DENSECL
+        encoder = DenseCLEncoder(build_backbone(cfg), d.IN_FEATURE, d.HIDDEN_DIM, v.EMBED_DIM)
+        if v.CHANNELS_LAST:
+            encoder.to(memory_format=torch.channels_last)
+        return {
+            "encoder": encoder,
+            "embed_dim": v.EMBED_DIM,
+            "queue_size": v.QUEUE_SIZE,
+            "momentum": v.MOMENTUM,
+            "temperature": d.TEMPERATURE,
+            "dense_loss_weight": d.LOSS_WEIGHT,
+            "positive": d.POSITIVE,
+            "key_bn": v.KEY_BN,
+            "bn_group_size": v.BN_GROUP_SIZE,
+            "metrics_period": v.METRICS_PERIOD,
+            "channels_last": v.CHANNELS_LAST,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+        }
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    @property
+    def backbone(self):
+        return self.query_encoder.backbone
+
+    @torch.no_grad()
+    def reset_key_encoder(self):
+        """Make the key encoder a copy of the query encoder (the start of a fresh run)."""
+        copy_weights_(self.key_encoder, self.query_encoder)
+
+    @torch.no_grad()
+    def reset_queue(self):
+        """Empty both queues and the skip count: what MODEL.WEIGHTS brings there belongs to another run."""
+        reset_key_queue_(self, "queue")
+        reset_key_queue_(self, "dense_queue")
+        self.skipped_images.zero_()
+
+    def normalize(self, images):
+        return normalize_views(images, self.pixel_mean, self.pixel_std, self.channels_last)
+
+    def key_permutation(self, batch_size):
+        """The order in which the key encoder sees the global batch (shuffle-BN); None where it cannot matter."""
+        return key_batch_permutation(self.key_bn, batch_size, self.bn_group_size, self.device)
+
+    def forward(self, batched_inputs: List[Dict]):
+        if not self.training:
+            raise NotImplementedError("DenseCL has no inference: export its ResNet (tools/convert_vader_to_d2.py)")
+        view1 = stack_views([x["view1"] for x in batched_inputs], self.device)
+        view2 = stack_views([x["view2"] for x in batched_inputs], self.device)
+        image_ids = torch.tensor([x["image_id"] for x in batched_inputs]).to(self.device, non_blocking=True)
+        note_skipped_images(self, batched_inputs)
+        # Drawn first, on every rank (rank 0's draw is the one all use).
+        permutation = self.key_permutation(len(batched_inputs))
+        with torch.no_grad():
+            momentum_update_(self.key_encoder, self.query_encoder, self.momentum)
+
+        query_global, query_dense, _, query_features = encode_in_bn_groups(
+            self.query_encoder, self.normalize(view1), self.key_bn, self.bn_group_size
+        )
+        key_global, key_dense, key_pooled, key_features = self.encode_keys(
+            view2, query_dense.shape[1:], query_features.shape[1:], permutation
+        )
+
+        all_ids = concat_all_gather(image_ids)
+        enqueue_(self, "queue", key_global, all_ids)
+        enqueue_(self, "dense_queue", key_pooled, all_ids)
+        rank, batch = comm.get_rank(), len(batched_inputs)
+        mine = slice(rank * batch, (rank + 1) * batch)
+
+        global_loss, global_positive, global_hardest, _ = info_nce_loss(
+            query_global, key_global[mine], self.queue, image_ids, self.queue_image_ids, self.temperature
+        )
+        key_features = None if key_features is None else key_features[mine]
+        cells, matched = self.positive_cells(batched_inputs, query_features, key_features, query_dense.shape[-2:])
+        dense_loss, dense_positive, dense_hardest = dense_contrastive_loss(
+            query_dense, key_dense[mine], cells, matched, self.dense_queue, self.dense_queue_image_ids, image_ids, self.temperature
+        )
+        self.log_metrics(global_positive, global_hardest, dense_positive, dense_hardest, matched)
+        return {
+            "loss_densecl_global": (1.0 - self.dense_loss_weight) * global_loss,
+            "loss_densecl_dense": self.dense_loss_weight * dense_loss,
+        }
+
+    @torch.no_grad()
+    def encode_keys(self, images, dense_shape, feature_shape, permutation):
+        """
+        The key encoder's outputs for every process's images (rank order): global, dense, pooled dense and,
+        for feature matching, backbone features. With shuffle-BN the whole maps travel between processes
+        (DenseCL compares every key cell), packed into one row per image.
+        """
+        with_features = self.positive == "feature"
+        sizes = [dense_shape[0], dense_shape.numel(), dense_shape[0]] + ([feature_shape.numel()] if with_features else [])
+
+        def packed(outputs, _):
+            global_embedding, dense, pooled, features = outputs
+            parts = [global_embedding, dense.flatten(1), pooled] + ([features.flatten(1)] if with_features else [])
+            return torch.cat(parts, dim=1)
+
+        if permutation is None:
+            rows = concat_all_gather(packed(self.key_encoder(self.normalize(images)), None))
+        else:
+            rows = encode_shuffled(self.key_encoder, images, None, packed, permutation, self.bn_group_size, self.normalize)
+        parts = rows.split(sizes, dim=1)
+        global_embedding, dense, pooled = parts[0], parts[1].view(-1, *dense_shape), parts[2]
+        features = parts[3].view(-1, *feature_shape) if with_features else None
+        return global_embedding, dense, pooled, features
+
+    def positive_cells(self, batched_inputs, query_features, key_features, grid):
+        """(b, P) flat view-2 cell of each query cell's positive, and (b, P) bool: the cell has one."""
+        if self.positive == "feature":
+            cells = dense_positive_cells(query_features.detach(), key_features)
+            return cells, torch.ones_like(cells, dtype=torch.bool)
+        rows, cols = grid
+        matrices = [torch.stack([x[name] for x in batched_inputs]).to(self.device) for name in ("view1_matrix", "view2_matrix")]
+        heights = torch.tensor([float(x["height"]) for x in batched_inputs], dtype=torch.float64, device=self.device)
+        widths = torch.tensor([float(x["width"]) for x in batched_inputs], dtype=torch.float64, device=self.device)
+        return nearest_cells_in_other_view(*matrices, heights, widths, rows, cols, self.query_encoder.stride)
+
+    @torch.no_grad()
+    def log_metrics(self, global_positive, global_hardest, dense_positive, dense_hardest, matched):
+        storage = get_event_storage()
+        if storage.iter % self.metrics_period != 0:
+            return
+        count_skipped_images_(self)
+        storage.put_scalars(
+            **{SKIPPED_IMAGES: self.skipped_images.item()},
+            densecl_global_top1_accuracy=(global_positive > global_hardest).float().mean().item(),
+            densecl_dense_top1_accuracy=(dense_positive > dense_hardest).float().mean().item(),
+            densecl_dense_positive_similarity=(dense_positive * self.temperature).mean().item(),
+            densecl_cells_with_positive=matched.float().mean().item(),
+            densecl_queue_fill=(self.queue_image_ids >= 0).float().mean().item(),
+            smoothing_hint=False,
+        )

@@ -1,0 +1,220 @@
+"""
+PixPro (Xie, Lin, Zhang, Cao, Lin, Hu, "Propagate Yourself: Exploring Pixel-Level Consistency for
+Unsupervised Visual Representation Learning", CVPR 2021), pixel-propagation loss only (no instance
+branch), on Detectron2's ResNet, in the same views, trainer and export as VADeR.
+
+One training step, for a batch of images each given as two views:
+
+1. the online (query) encoder reads each view's last backbone stage (``MODEL.PIXPRO.IN_FEATURE``, res5 =
+   the paper's C5: stride 32, 7 x 7 at 224 px) and projects every cell (1x1 conv - BN - ReLU - 1x1 conv);
+2. the pixel propagation module smooths the online projections within each view:
+   y_i = sum_j max(cos(x_i, x_j), 0)^gamma g(x_j), g a 1x1 transform whose output is L2-normalised per
+   cell (as in the authors' code); gamma 2, one transform layer;
+3. the momentum encoder (no gradient) projects each view too; its momentum rises from
+   ``MODEL.PIXPRO.MOMENTUM`` (0.99) to 1 on a cosine schedule over SOLVER.MAX_ITER;
+4. positive pairs: cell i of view 1 and cell j of view 2 whose centres, mapped into the source image by
+   the views' transforms, lie closer than ``MODEL.PIXPRO.POSITIVE_RADIUS`` (0.7) x the larger bin diagonal
+   (coordinates normalised by the source width and height, as PixPro's; ``cell_geometry.py``);
+5. loss, symmetric: -2 x the mean cosine of y_i (view 1) and the momentum projection x'_j (view 2) over an
+   image's positive pairs, averaged over images, plus the same with the views swapped (the authors'
+   scale: BYOL's 2 - 2 cos up to a constant; an image without a positive pair adds 0).
+
+No queue and no negatives. Batch norm as the config says (PixPro: synchronised BN over the global batch,
+each view normalised on its own). The FPN is frozen and not exported (PixPro's FPN variant is not built
+here).
+"""
+
+import math
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import get_norm
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.utils.events import get_event_storage
+
+from .cell_geometry import pixpro_positive_mask
+from ..training_metrics import SKIPPED_IMAGES
+from .momentum import (
+    copy_weights_,
+    count_skipped_images_,
+    momentum_copy,
+    momentum_update_,
+    normalize_views,
+    note_skipped_images,
+    register_skip_count,
+    stack_views,
+)
+
+__all__ = ["PixPro", "PixProEncoder", "PixelPropagation", "pixpro_loss", "pixpro_momentum"]
+
+
+def _projection(in_channels, hidden_dim, out_channels, norm):
+    """PixPro's 2-layer per-cell MLP: 1x1 conv - norm - ReLU - 1x1 conv."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden_dim, 1),
+        get_norm(norm, hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(hidden_dim, out_channels, 1),
+    )
+
+
+class PixProEncoder(nn.Module):
+    """images -> (B, D, S, S) projections of the backbone's ``in_feature`` cells (not normalised)."""
+
+    def __init__(self, backbone: Backbone, in_feature: str, hidden_dim: int, embed_dim: int, norm: str):
+        super().__init__()
+        self.backbone = backbone
+        self.in_feature = in_feature
+        shape = backbone.bottom_up.output_shape()[in_feature]
+        # Input pixels per cell: where the cells' centres lie in the views.
+        self.stride = shape.stride
+        self.projection = _projection(shape.channels, hidden_dim, embed_dim, norm)
+        # PixPro (C5) transfers the ResNet only: the FPN takes no part in its computation.
+        for name, p in backbone.named_parameters():
+            if not name.startswith("bottom_up."):
+                p.requires_grad_(False)
+
+    def forward(self, images):
+        return self.projection(self.backbone.bottom_up(images)[self.in_feature])
+
+
+class PixelPropagation(nn.Module):
+    """y_i = sum_j max(cos(x_i, x_j), 0)^gamma normalize(g(x_j)) over the cells j of the same view."""
+
+    def __init__(self, channels: int, gamma: float, transform_layers: int, norm: str):
+        super().__init__()
+        self.gamma = gamma
+        if transform_layers == 0:
+            self.transform = nn.Identity()
+        elif transform_layers == 1:
+            self.transform = nn.Conv2d(channels, channels, 1)
+        else:
+            self.transform = _projection(channels, channels, channels, norm)
+
+    def forward(self, x):
+        values = F.normalize(self.transform(x), dim=1).flatten(2)  # (B, D, P)
+        cells = F.normalize(x, dim=1).flatten(2)
+        similarity = (cells.transpose(1, 2) @ cells).clamp(min=0) ** self.gamma  # (B, P_i, P_j)
+        return (values @ similarity.transpose(1, 2)).view_as(x)
+
+
+def pixpro_loss(predictions, targets, positive):
+    """
+    -2 x the mean over images of the mean cosine over the image's positive pairs, for (B, D, P)
+    normalised ``predictions`` (view a, cells i) and ``targets`` (view b, cells j) and a (B, P_i, P_j)
+    bool ``positive`` mask. Images without a positive pair add 0.
+    """
+    cosine = predictions.transpose(1, 2) @ targets  # (B, P_i, P_j)
+    mask = positive.to(cosine.dtype)
+    per_image = (cosine * mask).sum(dim=(1, 2)) / mask.sum(dim=(1, 2)).clamp(min=1)
+    return -2.0 * per_image.mean()
+
+
+def pixpro_momentum(base, iteration, max_iter):
+    """PixPro's momentum at ``iteration``: from ``base`` at 0 up to 1 at ``max_iter`` on a half cosine."""
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * iteration / max_iter) + 1.0) / 2.0
+
+
+@META_ARCH_REGISTRY.register()
+class PixPro(nn.Module):
+    @configurable
+    def __init__(
+        self,
+        *,
+        encoder: PixProEncoder,
+        propagation: PixelPropagation,
+        base_momentum: float,
+        max_iter: int,
+        positive_radius: float,
+        metrics_period: int,
+        channels_last: bool = False,
+        pixel_mean: List[float],
+        pixel_std: List[float],
+    ):
+        super().__init__()
+        self.query_encoder = encoder
+        self.key_encoder = momentum_copy(encoder)
+        self.propagation = propagation
+        self.base_momentum = base_momentum
+        self.max_iter = max_iter
+        self.positive_radius = positive_radius
+        self.metrics_period = metrics_period
+        self.channels_last = channels_last
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        register_skip_count(self)
+
+    @classmethod
+    def from_config(cls, cfg):
+        v, p = cfg.MODEL.VADER, cfg.MODEL.PIXPRO
+        encoder = PixProEncoder(build_backbone(cfg), p.IN_FEATURE, p.HIDDEN_DIM, p.EMBED_DIM, p.NORM)
+        propagation = PixelPropagation(p.EMBED_DIM, p.PROPAGATION_GAMMA, p.TRANSFORM_LAYERS, p.NORM)
+        if v.CHANNELS_LAST:
+            encoder.to(memory_format=torch.channels_last)
+        return {
+            "encoder": encoder,
+            "propagation": propagation,
+            "base_momentum": p.MOMENTUM,
+            "max_iter": cfg.SOLVER.MAX_ITER,
+            "positive_radius": p.POSITIVE_RADIUS,
+            "metrics_period": v.METRICS_PERIOD,
+            "channels_last": v.CHANNELS_LAST,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+        }
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    @property
+    def backbone(self):
+        return self.query_encoder.backbone
+
+    @torch.no_grad()
+    def reset_key_encoder(self):
+        """Make the momentum encoder a copy of the online encoder (the start of a fresh run)."""
+        copy_weights_(self.key_encoder, self.query_encoder)
+
+    def normalize(self, images):
+        return normalize_views(images, self.pixel_mean, self.pixel_std, self.channels_last)
+
+    def forward(self, batched_inputs: List[Dict]):
+        if not self.training:
+            raise NotImplementedError("PixPro has no inference: export its ResNet (tools/convert_vader_to_d2.py)")
+        views = [self.normalize(stack_views([x[name] for x in batched_inputs], self.device)) for name in ("view1", "view2")]
+        note_skipped_images(self, batched_inputs)
+        iteration = get_event_storage().iter
+        momentum = pixpro_momentum(self.base_momentum, iteration, self.max_iter)
+        with torch.no_grad():
+            momentum_update_(self.key_encoder, self.query_encoder, momentum)
+            targets = [F.normalize(self.key_encoder(view), dim=1).flatten(2) for view in views]
+        predictions = [F.normalize(self.propagation(self.query_encoder(view)), dim=1) for view in views]
+        rows, cols = predictions[0].shape[-2:]
+        positive = self.positive_mask(batched_inputs, rows, cols)
+        predictions = [p.flatten(2) for p in predictions]
+        loss = pixpro_loss(predictions[0], targets[1], positive) + pixpro_loss(
+            predictions[1], targets[0], positive.transpose(1, 2)
+        )
+        if iteration % self.metrics_period == 0:
+            count_skipped_images_(self)
+            get_event_storage().put_scalars(
+                **{SKIPPED_IMAGES: self.skipped_images.item()},
+                pixpro_momentum=momentum,
+                pixpro_positive_pairs=positive.sum(dim=(1, 2)).float().mean().item(),
+                smoothing_hint=False,
+            )
+        return {"loss_pixpro": loss}
+
+    def positive_mask(self, batched_inputs, rows, cols):
+        """(B, P, P) positive pairs of view-1 and view-2 cells, from the views' matrices (``cell_geometry``)."""
+        matrices = [torch.stack([x[name] for x in batched_inputs]).to(self.device) for name in ("view1_matrix", "view2_matrix")]
+        heights = torch.tensor([float(x["height"]) for x in batched_inputs], dtype=torch.float64, device=self.device)
+        widths = torch.tensor([float(x["width"]) for x in batched_inputs], dtype=torch.float64, device=self.device)
+        return pixpro_positive_mask(
+            *matrices, heights, widths, rows, cols, self.query_encoder.stride, self.positive_radius
+        )
