@@ -566,6 +566,22 @@ def test_skipped_files_are_counted_and_logged(method):
     assert int(model.skipped_images) == 6
 
 
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_inference_embeds_each_res5_cell_of_any_image_size(method):
+    torch.manual_seed(0)
+    model = build_model(method_cfg(method)).eval()
+    images = [torch.randint(0, 256, (3, 70, 100), dtype=torch.uint8), torch.randint(0, 256, (3, 96, 64), dtype=torch.uint8)]
+    outputs = model([{"image": image} for image in images])
+    # ceil(H / 32) x ceil(W / 32) cells each: the padded batch's extra cells are cut off.
+    assert [o["embedding"].shape[1:] for o in outputs] == [(3, 4), (3, 2)]
+    for output in outputs:
+        assert torch.allclose(output["embedding"].norm(dim=0), torch.ones(()), atol=1e-5)
+    # Alone, the first image is padded to the same 96 x 128 as in the batch: the other image (eval-mode
+    # BN) must not change its embedding.
+    alone = model([{"image": images[0]}])[0]["embedding"]
+    assert torch.allclose(outputs[0]["embedding"], alone, atol=1e-5)
+
+
 def test_densecl_weights_start_a_run_with_other_queue_sizes(tmp_path):
     """MODEL.WEIGHTS from a DenseCL checkpoint: weights load, both queues are sized by the new config."""
     torch.save({"model": build_model(method_cfg("DenseCL", "MODEL.VADER.QUEUE_SIZE", "16")).state_dict()}, tmp_path / "d.pth")

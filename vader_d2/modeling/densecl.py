@@ -37,6 +37,7 @@ from detectron2.utils.events import get_event_storage
 from ..training_metrics import SKIPPED_IMAGES
 from .cell_geometry import nearest_cells_in_other_view
 from .momentum import (
+    cells_of_each_image,
     copy_weights_,
     count_skipped_images_,
     encode_in_bn_groups,
@@ -46,6 +47,7 @@ from .momentum import (
     momentum_update_,
     normalize_views,
     note_skipped_images,
+    padded_images,
     register_key_queue,
     register_skip_count,
     reset_key_queue_,
@@ -209,7 +211,7 @@ class DenseCL(nn.Module):
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
-            raise NotImplementedError("DenseCL has no inference: export its ResNet (tools/convert_vader_to_d2.py)")
+            return self.inference(batched_inputs)
         view1 = stack_views([x["view1"] for x in batched_inputs], self.device)
         view2 = stack_views([x["view2"] for x in batched_inputs], self.device)
         image_ids = torch.tensor([x["image_id"] for x in batched_inputs]).to(self.device, non_blocking=True)
@@ -296,3 +298,10 @@ class DenseCL(nn.Module):
             densecl_queue_fill=(self.queue_image_ids >= 0).float().mean().item(),
             smoothing_hint=False,
         )
+
+    @torch.no_grad()
+    def inference(self, batched_inputs: List[Dict]):
+        """The dense embedding of images given the Detectron2 way: [{"embedding": (D, h, w)}], one per res5 cell."""
+        padded = padded_images(batched_inputs, self.pixel_mean, self.pixel_std, self.backbone.size_divisibility)
+        dense = self.query_encoder(padded.tensor)[1]
+        return cells_of_each_image(dense, padded.image_sizes, self.query_encoder.stride)

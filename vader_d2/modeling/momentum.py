@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from detectron2.structures import ImageList
 from detectron2.utils import comm
 
 from .shuffle_bn import draw_permutation, forward_in_groups
@@ -141,3 +142,14 @@ def count_skipped_images_(module: nn.Module):
         dist.all_reduce(skipped)
     module.skipped_images += skipped
     module.skipped_since_logged = 0
+
+
+def padded_images(batched_inputs: List[Dict], pixel_mean, pixel_std, size_divisibility) -> ImageList:
+    """Images given the Detectron2 way ({"image": uint8 (3, H, W)}), normalised and padded into one batch."""
+    images = [(x["image"].to(pixel_mean.device).float() - pixel_mean) / pixel_std for x in batched_inputs]
+    return ImageList.from_tensors(images, size_divisibility)
+
+
+def cells_of_each_image(maps, image_sizes, stride):
+    """[{"embedding": (D, ceil(H / stride), ceil(W / stride))}]: each image's cells of a padded batch's (B, D, h, w) maps."""
+    return [{"embedding": m[:, : -(-h // stride), : -(-w // stride)]} for m, (h, w) in zip(maps, image_sizes)]

@@ -39,12 +39,14 @@ from detectron2.utils.events import get_event_storage
 from .cell_geometry import pixpro_positive_mask
 from ..training_metrics import SKIPPED_IMAGES
 from .momentum import (
+    cells_of_each_image,
     copy_weights_,
     count_skipped_images_,
     momentum_copy,
     momentum_update_,
     normalize_views,
     note_skipped_images,
+    padded_images,
     register_skip_count,
     stack_views,
 )
@@ -185,7 +187,7 @@ class PixPro(nn.Module):
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
-            raise NotImplementedError("PixPro has no inference: export its ResNet (tools/convert_vader_to_d2.py)")
+            return self.inference(batched_inputs)
         views = [self.normalize(stack_views([x[name] for x in batched_inputs], self.device)) for name in ("view1", "view2")]
         note_skipped_images(self, batched_inputs)
         iteration = get_event_storage().iter
@@ -209,6 +211,13 @@ class PixPro(nn.Module):
                 smoothing_hint=False,
             )
         return {"loss_pixpro": loss}
+
+    @torch.no_grad()
+    def inference(self, batched_inputs: List[Dict]):
+        """The online projection of images given the Detectron2 way, normalised: [{"embedding": (D, h, w)}], one per res5 cell."""
+        padded = padded_images(batched_inputs, self.pixel_mean, self.pixel_std, self.backbone.size_divisibility)
+        projections = F.normalize(self.query_encoder(padded.tensor), dim=1)
+        return cells_of_each_image(projections, padded.image_sizes, self.query_encoder.stride)
 
     def positive_mask(self, batched_inputs, rows, cols):
         """(B, P, P) positive pairs of view-1 and view-2 cells, from the views' matrices (``cell_geometry``)."""
