@@ -8,6 +8,7 @@ from .errors import UserError
 
 def add_vader_config(cfg):
     """Add the ``MODEL.VADER`` section and the ``INPUT.VIEWS`` section to a Detectron2 config."""
+    add_frozen_backbone_config(cfg)
     cfg.MODEL.VADER = CN()
     # "dense": VADeR's pixel-level InfoNCE. "global": the MoCo v2 baseline (pooled res5 + MLP head,
     # image-level InfoNCE, image-level queue) with the same backbone, views and trainer.
@@ -81,6 +82,13 @@ def add_vader_config(cfg):
     # Sources larger than this (longest side, pixels) are downscaled once at decode time.
     cfg.INPUT.VIEWS.MAX_SOURCE_SIZE = 1024
 
+
+def add_frozen_backbone_config(cfg):
+    """Downstream keys of the frozen-backbone protocol (vader_d2/frozen_backbone.py)."""
+    # True: the ResNet and the FPN of a downstream model keep their loaded weights and batch-norm
+    # statistics (frozen batch norm) and only the task head trains. Detectron2's
+    # MODEL.BACKBONE.FREEZE_AT cannot freeze the FPN.
+    cfg.MODEL.FROZEN_BACKBONE = False
 
 
 # Norms whose statistics are shared across processes (Detectron2's names).
