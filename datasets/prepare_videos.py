@@ -8,7 +8,7 @@ tuxpaint stamps of ``prepare_cutpaste.py``, whose alpha channel is an exact mask
 deform (rotation, anisotropic scaling). Objects are pasted in a fixed order each frame, so where two
 overlap the later one is on top: a pixel's id is the top-most object whose warped alpha exceeds 0.5
 there, and the occluded part of an object belongs to its occluder. The first two objects start on
-opposite sides and swap sides, so they cross and occlude each other mid-video. The same warp moves an
+opposite sides and swap sides, and their paths are redrawn until one occludes the other in some frame. The same warp moves an
 object's colours and its mask, so masks are exact by construction.
 
 Output, under ROOT (``--root``, default ``$DETECTRON2_DATASETS``, else ``./datasets``)::
@@ -52,6 +52,8 @@ BACKGROUND_CROP = (0.45, 0.8)  # side of the panning window / side of the photo
 BACKGROUND_ZOOM = (0.8, 1.25)  # window side at the end / at the start
 # Every object must show this many pixels in the first frame, whose masks the protocol is given.
 MIN_FIRST_FRAME_AREA = 150
+# The first two objects must overlap by at least this many pixels in some frame.
+MIN_OCCLUSION_AREA = 100
 PLACEMENT_TRIES = 50
 ALPHA_THRESHOLD = 0.5
 
@@ -149,7 +151,8 @@ def render_video(tracks, backgrounds, frame_size=FRAME_SIZE):
 
 def generate_video(index, backgrounds, stamps):
     """Video ``index``: a background photo and 2-3 objects of different classes, redrawn until every
-    object shows at least MIN_FIRST_FRAME_AREA pixels in the first frame."""
+    object shows at least MIN_FIRST_FRAME_AREA pixels in the first frame and the first two overlap by
+    MIN_OCCLUSION_AREA pixels in some frame."""
     # One generator per video: a video does not change when the number of videos does.
     rng = np.random.default_rng([SEED, index])
     background_name, photo = backgrounds[rng.integers(len(backgrounds))]
@@ -166,9 +169,13 @@ def generate_video(index, backgrounds, stamps):
             side = (first_side, -first_side, 0)[order]
             tracks.append(random_track(stamp, classes[class_index], side, rng))
         _, first_labels, _ = compose_frame(frames[0], [warp_layer(track, 0) for track in tracks])
-        if all((first_labels == object_id).sum() >= MIN_FIRST_FRAME_AREA for object_id in range(1, len(tracks) + 1)):
-            return background_name, tracks, render_video(tracks, frames)
-    raise AssertionError(f"video {index}: no placement in {PLACEMENT_TRIES} tries shows every object in the first frame")
+        if not all((first_labels == object_id).sum() >= MIN_FIRST_FRAME_AREA for object_id in range(1, len(tracks) + 1)):
+            continue
+        rendered = render_video(tracks, frames)
+        # The first two objects cross; their paths must also meet, so that one occludes the other.
+        if any((masks[0] & masks[1]).sum() >= MIN_OCCLUSION_AREA for _, _, masks in rendered):
+            return background_name, tracks, rendered
+    raise AssertionError(f"video {index}: no placement in {PLACEMENT_TRIES} tries shows every object first and has an occlusion")
 
 
 def recipe():
@@ -186,6 +193,7 @@ def recipe():
         "background_crop": list(BACKGROUND_CROP),
         "background_zoom": list(BACKGROUND_ZOOM),
         "min_first_frame_area": MIN_FIRST_FRAME_AREA,
+        "min_occlusion_area": MIN_OCCLUSION_AREA,
         "alpha_threshold": ALPHA_THRESHOLD,
         "archives": {STAMPS_PACKAGE.name: STAMPS_PACKAGE.sha256, **{key: a.sha256 for key, a in ARCHIVES.items()}},
         "backgrounds": demo_photos_recipe(),
