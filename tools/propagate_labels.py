@@ -107,7 +107,8 @@ def evaluate(cfg, args):
         features = extractor(image)
         if not args.no_oracle:
             features[ORACLE] = oracle_features(video.annotations[index], video.num_objects, OUTPUT_STRIDE)
-        return features
+        # The affinities, the bulk of the work at DAVIS's resolution, are computed where the model runs.
+        return {source: f.to(extractor.device) for source, f in features.items()}
 
     start = time.perf_counter()
     scores = evaluate_label_propagation(videos, frame_features, OUTPUT_STRIDE, protocol, save_masks=args.save_masks)

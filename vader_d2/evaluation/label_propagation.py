@@ -85,7 +85,7 @@ def grid_to_labels(grid: torch.Tensor, shape, stride: int) -> np.ndarray:
     height, width = shape
     if stride > 1:
         grid = F.interpolate(grid[None], scale_factor=stride, mode="bilinear", align_corners=False)[0]
-    return grid[:, :height, :width].argmax(0).numpy().astype(np.uint8)
+    return grid[:, :height, :width].argmax(0).cpu().numpy().astype(np.uint8)
 
 
 def _window_votes(query, context_features, context_labels, protocol: PropagationProtocol) -> torch.Tensor:
@@ -99,8 +99,8 @@ def _window_votes(query, context_features, context_labels, protocol: Propagation
     num_labels = context_labels.shape[1]
     radius = protocol.radius
     tile = max(1, 2 * radius)
-    rows, cols = torch.arange(height), torch.arange(width)
-    votes = torch.empty(num_labels, height, width)
+    rows, cols = torch.arange(height, device=query.device), torch.arange(width, device=query.device)
+    votes = torch.empty(num_labels, height, width, device=query.device)
     for y0 in range(0, height, tile):
         y1 = min(height, y0 + tile)
         cy0, cy1 = max(0, y0 - radius), min(height, y1 + radius)
@@ -142,7 +142,7 @@ class LabelPropagator:
     def start(self, features: torch.Tensor, label_grid: torch.Tensor):
         if features.shape[-2:] != label_grid.shape[-2:]:
             raise ValueError(f"features {tuple(features.shape)} and labels {tuple(label_grid.shape)} are not on one grid")
-        self.first = (features.float(), label_grid.float())
+        self.first = (features.float(), label_grid.float().to(features.device))
         if self.recent is not None:
             self.recent.clear()
 
@@ -171,7 +171,8 @@ def propagate_labels(
     Label maps of every frame of a video, for each kind of features: ``frame_features`` yields, frame by
     frame, ``{source: (C, ceil(H / stride), ceil(W / stride)) unit features}``. The first frame's map is
     ``first_labels`` itself (it is given, and not scored); then one propagated map per further frame.
-    Features are consumed one frame at a time, so only the context is ever held in memory.
+    Features are consumed one frame at a time, so only the context is ever held in memory; the affinities
+    are computed on the features' device.
     """
     frames = iter(frame_features)
     first = next(frames)
