@@ -406,3 +406,21 @@ def test_vader_pretraining_beats_random_init_on_the_offline_videos(pretrained_de
         with open(output) as f:
             scores[name] = {source: s["J&F"] for source, s in json.load(f)["label_propagation"].items()}
     assert scores["vader"]["head"] > scores["random_init"]["head"], scores
+
+
+def test_tool_checks_every_video_before_it_starts(tmp_path):
+    from .test_cli_errors import load_tool
+
+    root = str(tmp_path / "DAVIS")
+    labels = np.zeros((12, 16), np.uint8)
+    labels[2:6, 2:6] = 1
+    write_video(root, "good", [labels] * 3)
+    os.makedirs(os.path.join(root, "JPEGImages", "480p", "unlabeled"))
+    with open(os.path.join(root, "ImageSets", "2017", "val.txt"), "a") as f:
+        f.write("unlabeled\n")
+    tool = load_tool("propagate_labels")
+    args = ["--config-file", "configs/vader_pretrain_demo.yaml", "--davis-root", root, "MODEL.DEVICE", "cpu"]
+    with pytest.raises(UserError, match="video 'unlabeled' has no annotations"):
+        tool.main(tool.parse_args(args))
+    with pytest.raises(UserError, match="--videos 'missing' is not in val.txt"):
+        tool.main(tool.parse_args(["--videos", "missing", *args]))

@@ -41,7 +41,7 @@ from vader_d2.cli import build_config, check_input_file, check_output_dir, check
 from vader_d2.dense_grid import OUTPUT_STRIDE
 from vader_d2.errors import UserError
 from vader_d2.evaluation import FEATURE_SOURCES, build_feature_extractor, format_propagation_table
-from vader_d2.evaluation.davis import davis_root, list_davis_videos, read_davis_video
+from vader_d2.evaluation.davis import davis_root, davis_video_files, list_davis_videos, read_davis_video
 from vader_d2.evaluation.label_propagation import PropagationProtocol, evaluate_label_propagation, oracle_features
 
 ORACLE = "oracle"
@@ -82,7 +82,8 @@ def setup(args):
     return cfg
 
 
-def read_videos(args):
+def video_names(args):
+    """The videos to evaluate, their folders checked (listings only) before any work starts."""
     root = davis_root(args.davis_root)
     names = list_davis_videos(root, args.image_set)
     if args.videos:
@@ -90,7 +91,9 @@ def read_videos(args):
         if unknown:
             raise UserError(f"--videos {unknown[0]!r} is not in {args.image_set}.txt of {root} ({len(names)} videos, e.g. {names[0]!r})")
         names = args.videos
-    return root, [read_davis_video(root, name, args.resolution) for name in names]
+    for name in names:
+        davis_video_files(root, name, args.resolution)
+    return root, names
 
 
 def evaluate(cfg, args):
@@ -99,7 +102,7 @@ def evaluate(cfg, args):
     protocol = PropagationProtocol(
         context_frames=args.context_frames, topk=args.topk, temperature=args.temperature, radius=args.radius
     ).check()
-    root, videos = read_videos(args)
+    root, names = video_names(args)
     extractor = build_feature_extractor(cfg, args.features, seed=args.seed)
 
     def frame_features(video, index):
@@ -111,6 +114,8 @@ def evaluate(cfg, args):
         return {source: f.to(extractor.device) for source, f in features.items()}
 
     start = time.perf_counter()
+    # One video's annotations in memory at a time: DAVIS's val set holds about a gigabyte of them.
+    videos = (read_davis_video(root, name, args.resolution) for name in names)
     scores = evaluate_label_propagation(videos, frame_features, OUTPUT_STRIDE, protocol, save_masks=args.save_masks)
     return {
         "name": name,
@@ -118,7 +123,7 @@ def evaluate(cfg, args):
         "weights": weights,
         "seed": args.seed,
         "feature_sources": list(extractor.sources),
-        "davis": {"root": root, "image_set": args.image_set, "resolution": args.resolution, "videos": [v.name for v in videos]},
+        "davis": {"root": root, "image_set": args.image_set, "resolution": args.resolution, "videos": names},
         "label_propagation_protocol": dataclasses.asdict(protocol),
         "label_propagation": {source: s for source, s in scores.items() if source != ORACLE},
         "label_propagation_ceiling": scores.get(ORACLE),

@@ -46,6 +46,7 @@ __all__ = [
     "boundary_tolerance_px",
     "davis_palette",
     "davis_root",
+    "davis_video_files",
     "list_davis_videos",
     "mask_boundary",
     "read_davis_video",
@@ -228,8 +229,11 @@ def _sorted_files(folder, extension):
     return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.lower().endswith(extension))
 
 
-def read_davis_video(root: str, name: str, resolution: str = "480p") -> DavisVideo:
-    """One video's frames (paths) and annotations (object ids); every mismatch is a one-line UserError."""
+def davis_video_files(root: str, name: str, resolution: str = "480p"):
+    """
+    A video's frame and annotation files, paired by name, from the folder listings alone: a cheap check
+    of a whole set before minutes of work (the files themselves are checked by ``read_davis_video``).
+    """
     frames_dir = os.path.join(root, "JPEGImages", resolution, name)
     annotations_dir = os.path.join(root, "Annotations", resolution, name)
     if not os.path.isdir(frames_dir):
@@ -251,6 +255,12 @@ def read_davis_video(root: str, name: str, resolution: str = "480p") -> DavisVid
             f"annotations; e.g. {missing[0] if missing else frame_stems[0]!r} has no partner): the semi-supervised "
             "protocol needs an annotation for every frame to score it"
         )
+    return frame_files, annotation_files
+
+
+def read_davis_video(root: str, name: str, resolution: str = "480p") -> DavisVideo:
+    """One video's frames (paths) and annotations (object ids); every mismatch is a one-line UserError."""
+    frame_files, annotation_files = davis_video_files(root, name, resolution)
     annotations = [read_palette_annotation(p) for p in annotation_files]
     shape = annotations[0].shape
     for frame_file, annotation_file, labels in zip(frame_files, annotation_files, annotations):
