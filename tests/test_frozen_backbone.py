@@ -1,8 +1,12 @@
 """The frozen-backbone protocol (MODEL.FROZEN_BACKBONE): only the task head trains, whatever the weights."""
 
+import os
+
 import pytest
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from vader_d2.checkpoint import export_to_detectron2
@@ -10,7 +14,7 @@ from vader_d2.errors import UserError
 from vader_d2.trainer import VADeRTrainer, load_model_weights
 
 from .helpers import demo_cfg
-from .test_transfer import load_cfg, write_vader_checkpoint
+from .test_transfer import load_cfg
 
 FROZEN_CONFIG = "configs/downstream/cutpaste_semantic_R_18_FPN_frozen.yaml"
 STEPS = 3
@@ -21,17 +25,27 @@ TINY = [
 ]
 
 
+def export_initialised_model(cfg, folder, seed):
+    """A VADeR model at its seeded initialisation, saved as training saves it and exported to a .pkl.
+    Initialised rather than random weights: the downstream losses stay finite."""
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    DetectionCheckpointer(model, save_dir=str(folder)).save("model_final", iteration=1)
+    exported = str(folder / "exported.pkl")
+    export_to_detectron2(str(folder / "model_final.pth"), exported)
+    return exported
+
+
 @pytest.fixture(scope="module")
 def initialisations(tmp_path_factory):
     """What a user fine-tunes from: a VADeR export (ResNet + FPN), a global MoCo export (ResNet only, its
     FPN is never trained) and the random initialisation."""
-    folder = tmp_path_factory.mktemp("frozen_inits")
-    vader, _ = write_vader_checkpoint(demo_cfg("MODEL.VADER.QUEUE_SIZE", "256"), tmp_path_factory.mktemp("vader"), seed=11)
     moco_cfg = demo_cfg("MODEL.VADER.LOSS", "global", "MODEL.VADER.QUEUE_SIZE", "64")
-    moco, _ = write_vader_checkpoint(moco_cfg, tmp_path_factory.mktemp("moco"), seed=12)
-    export_to_detectron2(vader, str(folder / "vader.pkl"))
-    export_to_detectron2(moco, str(folder / "moco.pkl"))
-    return {"vader": str(folder / "vader.pkl"), "moco": str(folder / "moco.pkl"), "random": ""}
+    return {
+        "vader": export_initialised_model(demo_cfg("MODEL.VADER.QUEUE_SIZE", "256"), tmp_path_factory.mktemp("vader"), seed=11),
+        "moco": export_initialised_model(moco_cfg, tmp_path_factory.mktemp("moco"), seed=12),
+        "random": "",
+    }
 
 
 @pytest.mark.parametrize("init", ["vader", "moco", "random"])
@@ -55,6 +69,7 @@ def test_frozen_backbone_trains_only_the_head(init, initialisations, tmp_path):
     with EventStorage():
         for _ in range(STEPS):
             losses = model(next(loader))
+            assert all(torch.isfinite(v) for v in losses.values()), losses
             optimizer.zero_grad()
             sum(losses.values()).backward()
             optimizer.step()
@@ -84,3 +99,28 @@ def test_frozen_backbone_loads_the_same_tensors_as_fine_tuning(initialisations):
 def test_frozen_backbone_is_refused_for_pretraining():
     with pytest.raises(UserError, match="MODEL.FROZEN_BACKBONE is a downstream protocol"):
         VADeRTrainer.build_model(demo_cfg("MODEL.FROZEN_BACKBONE", "True"))
+
+
+def test_train_net_keeps_the_loaded_backbone(initialisations, tmp_path):
+    """Through tools/train_net.py as a user runs it: the final checkpoint holds the exported ResNet and
+    FPN tensors unchanged."""
+    import pickle
+
+    from .test_config_errors import run_train_net
+
+    output_dir = str(tmp_path / "run")
+    result = run_train_net(
+        "--config-file", FROZEN_CONFIG, *TINY, "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()",
+        "MODEL.WEIGHTS", initialisations["vader"], "OUTPUT_DIR", output_dir,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "MODEL.FROZEN_BACKBONE: the backbone's" in result.stdout + result.stderr
+    with open(initialisations["vader"], "rb") as f:
+        exported = pickle.load(f)["model"]
+    final = torch.load(os.path.join(output_dir, "model_final.pth"), map_location="cpu")["model"]
+    backbone = {k: v for k, v in final.items() if k.startswith("backbone.")}
+    assert len(backbone) > 100
+    for key, value in backbone.items():
+        name = key[len("backbone."):].replace("bottom_up.", "")
+        assert name in exported, key
+        assert torch.equal(value, torch.as_tensor(exported[name]).to(value.dtype)), key
