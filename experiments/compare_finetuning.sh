@@ -1,49 +1,55 @@
 #!/usr/bin/env bash
-# Mask R-CNN fine-tuned on the cut-paste set (configs/downstream/cutpaste_mask_rcnn_R_18_FPN.yaml) from
-# random init, from the global MoCo v2 baseline and from VADeR: the equal-time pretrainings of
-# experiments/compare_pretraining.sh (run it first with the same ITERS and OUT). Prints one markdown table of
-# COCO box and mask AP on the val split.
+# Downstream training on the cut-paste set from random init, from the global MoCo v2 baseline and from
+# VADeR (the equal-time pretrainings of experiments/compare_pretraining.sh: run it first with the same
+# ITERS, OUT and SEEDS), for each seed: Mask R-CNN fine-tuned end to end
+# (configs/downstream/cutpaste_mask_rcnn_R_18_FPN.yaml) and semantic FPN on the frozen backbone
+# (configs/downstream/cutpaste_semantic_R_18_FPN_frozen.yaml: only the head trains). Prints mean ± std
+# over the seeds of the first and last logged loss and the final evaluation.
 #
-#   experiments/compare_finetuning.sh [ITERS] [OUT]     (defaults: 600 output/compare)
+#   experiments/compare_finetuning.sh [ITERS] [OUT] [SEEDS]     (defaults: 600 output/compare 3)
 #
-# Re-running skips fine-tunes whose model_final.pth exists. docs/results.md reports its output.
+# Seed s trains with SEED s from seed s's pretrainings. Re-running skips runs whose model_final.pth
+# exists. Tables: OUT/finetune/table_ITERS.md (Mask R-CNN) and OUT/finetune/frozen_semantic_ITERS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source experiments/common.sh
 ITERS=${1:-600}
 OUT=${2:-output/compare}
-CONFIG=configs/downstream/cutpaste_mask_rcnn_R_18_FPN.yaml
+SEEDS=${3:-3}
 GLOBAL_RUN=moco_global_$((ITERS * 3))  # the global run given VADeR's wall time
+MODELS=(random_init "$GLOBAL_RUN" "vader_$ITERS")
+declare -A CONFIGS=(
+    [mask_rcnn]=configs/downstream/cutpaste_mask_rcnn_R_18_FPN.yaml
+    [frozen_semantic]=configs/downstream/cutpaste_semantic_R_18_FPN_frozen.yaml
+)
 
-for run in "vader_$ITERS" "$GLOBAL_RUN"; do
-    if [ ! -f "$OUT/$run/model_final.pth" ]; then
-        echo "missing $OUT/$run/model_final.pth: run experiments/compare_pretraining.sh $ITERS $OUT first" >&2
-        exit 1
-    fi
-    "$PY" tools/convert_vader_to_d2.py --input "$OUT/$run/model_final.pth" --output "$OUT/$run/d2.pkl"
+for seed in $(seq 1 "$SEEDS"); do
+    run=$OUT/seed$seed
+    for pretrained in "vader_$ITERS" "$GLOBAL_RUN"; do
+        if [ ! -f "$run/$pretrained/model_final.pth" ]; then
+            echo "missing $run/$pretrained/model_final.pth: run experiments/compare_pretraining.sh $ITERS $OUT $SEEDS first" >&2
+            exit 1
+        fi
+        [ -f "$run/$pretrained/d2.pkl" ] || "$PY" tools/convert_vader_to_d2.py --input "$run/$pretrained/model_final.pth" --output "$run/$pretrained/d2.pkl"
+    done
+    for task in "${!CONFIGS[@]}"; do
+        for model in "${MODELS[@]}"; do
+            weights=""
+            [ "$model" = random_init ] || weights=$run/$model/d2.pkl
+            train_unless_done "$run/$task/$model" "${CONFIGS[$task]}" MODEL.WEIGHTS "$weights" SEED "$seed"
+            "$PY" experiments/summarise_seeds.py finetune-result --name "$model" --seed "$seed" \
+                --output "$run/$task/$model.json" "$run/$task/$model"
+        done
+    done
 done
 
-finetune() {  # name, weights
-    train_unless_done "$OUT/finetune/$1" "$CONFIG" MODEL.WEIGHTS "$2"
+results() {  # task: every seed's results file of every model
+    for seed in $(seq 1 "$SEEDS"); do
+        for model in "${MODELS[@]}"; do echo "$OUT/seed$seed/$1/$model.json"; done
+    done
 }
-
-finetune random_init ""
-finetune "$GLOBAL_RUN" "$OUT/$GLOBAL_RUN/d2.pkl"
-finetune "vader_$ITERS" "$OUT/vader_$ITERS/d2.pkl"
-
-"$PY" - "$OUT/finetune" random_init "$GLOBAL_RUN" "vader_$ITERS" <<'EOF' | tee "$OUT/finetune/table_$ITERS.md"
-import os, sys
-
-from vader_d2.training_metrics import read_metrics
-
-root, runs = sys.argv[1], sys.argv[2:]
-columns = ["bbox/AP", "bbox/AP50", "segm/AP", "segm/AP50"]
-print("| initialisation | loss, first 20 it | loss, last 20 it | " + " | ".join(columns) + " |")
-print("|---|---:|---:|" + "---:|" * len(columns))
-for run in runs:
-    metrics = read_metrics(os.path.join(root, run, "metrics.json"))
-    losses = [m["total_loss"] for m in metrics if "total_loss" in m]
-    final = [m for m in metrics if "bbox/AP" in m][-1]
-    row = [run, f"{losses[0]:.3f}", f"{losses[-1]:.3f}", *(f"{final[c]:.2f}" for c in columns)]
-    print("| " + " | ".join(row) + " |")
-EOF
+mkdir -p "$OUT/finetune"
+# shellcheck disable=SC2046  # one argument per file name; the names hold no spaces
+"$PY" experiments/summarise_seeds.py table $(results mask_rcnn) | tee "$OUT/finetune/table_$ITERS.md"
+# shellcheck disable=SC2046
+"$PY" experiments/summarise_seeds.py table $(results frozen_semantic) | tee "$OUT/finetune/frozen_semantic_$ITERS.md"

@@ -32,6 +32,10 @@ MISTAKES = {
         ["tools/weight_change.py", "--config-file", DEMO_CONFIG, "{tmp}/model_final.pth"],
         "checkpoint '{tmp}/model_final.pth' does not exist",
     ),
+    "propagate_labels-missing-davis": (
+        ["tools/propagate_labels.py", "--config-file", DEMO_CONFIG, "--davis-root", "{tmp}/nowhere", "MODEL.DEVICE", "cpu"],
+        "DAVIS folder '{tmp}/nowhere' does not exist",
+    ),
     "benchmark-unwritable-output": (
         ["-m", "benchmarks.vader_overhead", "--output", "{tmp}/a_file/benchmark.json"],
         "cannot create the folder of --output '{tmp}/a_file': ",

@@ -16,9 +16,10 @@ RESNET_STAGE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
 def add_vader_config(cfg):
     """
-    Add the ``MODEL.VADER``, ``MODEL.DENSECL``, ``MODEL.PIXPRO``, ``INPUT.VIEWS`` and optimizer sections
-    to a Detectron2 config.
+    Add the ``MODEL.VADER``, ``MODEL.DENSECL``, ``MODEL.PIXPRO``, ``MODEL.FROZEN_BACKBONE``,
+    ``INPUT.VIEWS`` and optimizer sections to a Detectron2 config.
     """
+    add_frozen_backbone_config(cfg)
     cfg.MODEL.VADER = CN()
     # "dense": VADeR's pixel-level InfoNCE. "global": the MoCo v2 baseline (pooled res5 + MLP head,
     # image-level InfoNCE, image-level queue) with the same backbone, views and trainer.
@@ -132,6 +133,13 @@ def add_vader_config(cfg):
     # Sources larger than this (longest side, pixels) are downscaled once at decode time.
     cfg.INPUT.VIEWS.MAX_SOURCE_SIZE = 1024
 
+
+def add_frozen_backbone_config(cfg):
+    """Downstream keys of the frozen-backbone protocol (vader_d2/frozen_backbone.py)."""
+    # True: the ResNet and the FPN of a downstream model keep their loaded weights and batch-norm
+    # statistics (frozen batch norm) and only the task head trains. Detectron2's
+    # MODEL.BACKBONE.FREEZE_AT cannot freeze the FPN.
+    cfg.MODEL.FROZEN_BACKBONE = False
 
 
 # Norms whose statistics are shared across processes (Detectron2's names).

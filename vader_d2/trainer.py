@@ -14,6 +14,7 @@ from .config import PRETRAINING_ARCHITECTURES, check_solver_config, check_vader_
 from .data import VADeRViewMapper
 from .data.decoding import UnreadableImageError, read_source_image
 from .errors import UserError
+from .frozen_backbone import freeze_backbone
 from .hooks import NegativesWatch
 from .output_dir import select_resume_checkpoint
 from .solver import build_optimizer
@@ -194,6 +195,16 @@ class VADeRTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg):
+        """Detectron2's model; with MODEL.FROZEN_BACKBONE, its ResNet and FPN frozen before weights load."""
+        if cfg.MODEL.FROZEN_BACKBONE and is_pretraining(cfg):
+            raise UserError("MODEL.FROZEN_BACKBONE is a downstream protocol; pretraining trains the backbone, set it False")
+        model = super().build_model(cfg)
+        if cfg.MODEL.FROZEN_BACKBONE:
+            freeze_backbone(model)
+        return model
 
     @classmethod
     def build_train_loader(cls, cfg):

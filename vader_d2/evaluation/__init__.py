@@ -1,12 +1,14 @@
-"""Evaluation of frozen dense features: correspondence benchmark, linear probe, pictures.
+"""Evaluation of frozen dense features: correspondence benchmark, linear probe, video label propagation
+(DAVIS measures), pictures.
 
-``tools/evaluate_dense.py`` and ``tools/visualize.py`` are thin command lines over this package.
+``tools/evaluate_dense.py``, ``tools/propagate_labels.py`` and ``tools/visualize.py`` are thin command
+lines over this package.
 """
 
 from .correspondence import CorrespondenceProtocol, evaluate_correspondence, make_view_pair, make_view_pairs, match_nearest
 from .features import FEATURE_SOURCES, DenseFeatureExtractor, build_feature_extractor
 from .linear_probe import LinearProbeProtocol, evaluate_linear_probe
-from .report import format_results_table
+from .report import format_propagation_table, format_results_table
 
 __all__ = [
     "CorrespondenceProtocol",
@@ -20,4 +22,5 @@ __all__ = [
     "LinearProbeProtocol",
     "evaluate_linear_probe",
     "format_results_table",
+    "format_propagation_table",
 ]

@@ -1,8 +1,8 @@
-"""One markdown table for the results of one or several ``tools/evaluate_dense.py`` runs."""
+"""Markdown tables for the results of one or several ``tools/evaluate_dense.py`` / ``tools/propagate_labels.py`` runs."""
 
 from typing import Dict, Sequence
 
-__all__ = ["format_results_table"]
+__all__ = ["format_results_table", "format_propagation_table"]
 
 
 def _cell(value, percent=True):
@@ -52,4 +52,26 @@ def format_results_table(results: Sequence[Dict]) -> str:
     rows.append(["(majority class)", "-", *("-" for _ in thresholds), "-", "-", "-", _cell(chance.get("mIoU"))])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def format_propagation_table(results: Sequence[Dict]) -> str:
+    """
+    A row per (model, feature source): DAVIS J&F, J and F (%) over every object, and the numbers of
+    objects and videos; then the protocol's ceiling (the true masks propagated) when it was measured.
+    """
+    header = ["model", "features", "J&F", "J", "F", "objects", "videos"]
+    rows = []
+
+    def row(name, source, scores):
+        return [name, source, *(_cell(scores[k]) for k in ("J&F", "J", "F")), str(scores["objects"]), str(scores["videos"])]
+
+    for result in results:
+        for source, scores in result["label_propagation"].items():
+            rows.append(row(result["name"], source, scores))
+    ceiling = results[0].get("label_propagation_ceiling")
+    if ceiling:
+        rows.append(row("(true masks propagated)", "-", ceiling))
+    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""experiments/summarise_seeds.py: mean and standard deviation over seeds of every reported number."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from .conftest import REPO
+
+
+def load_summariser():
+    spec = importlib.util.spec_from_file_location("summarise_seeds", os.path.join(REPO, "experiments", "summarise_seeds.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table_gives_mean_and_sample_std_per_name_and_skips_bookkeeping():
+    summarise = load_summariser()
+    results = [
+        {"name": "vader", "seed": s, "seconds": {"x": 9.0 * s}, "label_propagation_protocol": {"topk": 10},
+         "label_propagation": {"head": {"J&F": jf, "objects": 22, "per_video": {"v": {"1": {"J": jf}}}}}}
+        for s, jf in ((0, 0.5), (1, 0.6), (2, 0.7))
+    ] + [{"name": "random_init", "seed": 0, "label_propagation": {"head": {"J&F": 0.2}}}]
+
+    table = summarise.seed_table(results).splitlines()
+
+    assert table[0] == "| measurement | vader | random_init |"
+    assert table[2:] == ["| label_propagation.head.J&F | 0.6 ± 0.1 (n=3) | 0.2 (n=1) |"]
+
+
+def test_finetune_result_reads_the_last_evaluation_and_leaves_out_classes(tmp_path):
+    summarise = load_summariser()
+    records = [
+        {"iteration": 19, "total_loss": 2.5, "fast_rcnn/cls_accuracy": 0.9},
+        {"iteration": 39, "total_loss": 2.0, "bbox/AP": 1.5, "bbox/AP-bird": 3.0, "segm/AP": 1.0},
+    ]
+    (tmp_path / "metrics.json").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    result = summarise.finetune_result("vader_600", 2, str(tmp_path))
+
+    assert result["finetune"] == {"loss_first_record": 2.5, "loss_last_record": 2.0, "bbox/AP": 1.5, "segm/AP": 1.0}
+    assert result["name"] == "vader_600" and result["seed"] == 2
+    (tmp_path / "metrics.json").write_text(json.dumps(records[0]) + "\n")
+    with pytest.raises(SystemExit, match="no training loss or no evaluation"):
+        summarise.finetune_result("vader_600", 2, str(tmp_path))
