@@ -21,6 +21,7 @@ $(SETUP_DONE): Makefile setup.py tools/install_detectron2.py
 data: setup
 	$(PY) datasets/prepare_demo_photos.py
 	$(PY) datasets/prepare_cutpaste.py
+	$(PY) datasets/prepare_videos.py
 
 # Pretrain on the demo photos -> pictures and dense evaluation on held-out photos (beside random init's)
 # -> export to a Detectron2 .pkl -> a short Mask R-CNN fine-tune and COCO evaluation on the cut-paste set.

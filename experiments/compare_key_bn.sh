@@ -15,7 +15,7 @@ source experiments/common.sh
 ITERS=${1:-600}
 OUT=${2:-output/compare_key_bn}
 shift $(($# < 2 ? $# : 2))
-CONFIG=configs/vader_pretrain_demo.yaml
+CONFIG=configs/vader_pretrain_demo_long.yaml  # 128 px views unless overridden
 COMMON=(MODEL.DEVICE cpu SOLVER.MAX_ITER "$ITERS" SOLVER.CHECKPOINT_PERIOD 100000 "$@")
 # One process: naiveSyncBN is plain BN over the whole batch of 8, the former default.
 SYNC=(MODEL.VADER.KEY_BN sync MODEL.RESNETS.NORM naiveSyncBN MODEL.FPN.NORM naiveSyncBN)

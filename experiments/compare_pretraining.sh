@@ -21,7 +21,8 @@ VIDEOS=${VIDEOS:-${DETECTRON2_DATASETS:-datasets}/vader_videos/DAVIS}
 # The global step costs about a third of the dense one on a CPU (no FPN, no dense head, one key per
 # image instead of 256; see docs/results.md).
 GLOBAL_EQUAL_TIME_ITERS=$((ITERS * 3))
-COMMON=(MODEL.DEVICE cpu SOLVER.CHECKPOINT_PERIOD 100000)
+# 128 px views, the long demo's (configs/vader_pretrain_demo_long.yaml) and docs/results.md's, for both recipes.
+COMMON=(MODEL.DEVICE cpu SOLVER.CHECKPOINT_PERIOD 100000 INPUT.VIEWS.CROP_SIZE 128)
 MODELS=(random_init "moco_global_$ITERS" "moco_global_$GLOBAL_EQUAL_TIME_ITERS" "vader_$ITERS")
 
 evaluate() {  # seed, name, config, weights
