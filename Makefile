@@ -35,19 +35,25 @@ DEMO_TRAIN_FLAGS ?= --resume
 
 demo: data
 	$(MAKE) --no-print-directory pretrain-and-transfer DEMO_CONFIG=configs/vader_pretrain_demo.yaml \
-		DEMO_OUT=output/vader_pretrain_demo FINETUNE_OPTS="SOLVER.MAX_ITER 40 SOLVER.STEPS (30,) SOLVER.WARMUP_ITERS 10 TEST.PRECISE_BN.NUM_ITER 5"
+		DEMO_OUT=output/vader_pretrain_demo FINETUNE_OPTS='SOLVER.MAX_ITER 20 SOLVER.STEPS "(15,)" SOLVER.WARMUP_ITERS 5 TEST.PRECISE_BN.NUM_ITER 5' \
+		EVALUATE_OPTS="--tasks correspondence"
 
 demo-long: data
 	$(MAKE) --no-print-directory pretrain-and-transfer DEMO_CONFIG=configs/vader_pretrain_demo_long.yaml \
-		DEMO_OUT=output/vader_pretrain_demo_long FINETUNE_OPTS=
+		DEMO_OUT=output/vader_pretrain_demo_long FINETUNE_OPTS= EVALUATE_OPTS=
+
+VIDEOS := datasets/vader_videos/DAVIS
 
 .PHONY: pretrain-and-transfer
 pretrain-and-transfer:
 	$(PY) tools/train_net.py $(DEMO_TRAIN_FLAGS) --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_OUT)
 	$(PY) tools/visualize.py --config-file $(DEMO_CONFIG) --output-dir $(DEMO_OUT)/pictures MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
-	$(PY) tools/evaluate_dense.py --config-file $(DEMO_CONFIG) --name vader_demo --output $(DEMO_OUT)/dense_eval.json MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
-	$(PY) tools/evaluate_dense.py --config-file $(DEMO_CONFIG) --name random_init --output $(DEMO_OUT)/dense_eval_random_init.json MODEL.WEIGHTS ""
+	$(PY) tools/evaluate_dense.py $(EVALUATE_OPTS) --config-file $(DEMO_CONFIG) --name vader_demo --output $(DEMO_OUT)/dense_eval.json MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
+	$(PY) tools/evaluate_dense.py $(EVALUATE_OPTS) --config-file $(DEMO_CONFIG) --name random_init --output $(DEMO_OUT)/dense_eval_random_init.json MODEL.WEIGHTS ""
 	$(PY) tools/evaluate_dense.py --table $(DEMO_OUT)/dense_eval_random_init.json $(DEMO_OUT)/dense_eval.json
+	$(PY) tools/propagate_labels.py --config-file $(DEMO_CONFIG) --davis-root $(VIDEOS) --name vader_demo --output $(DEMO_OUT)/propagation.json MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
+	$(PY) tools/propagate_labels.py --config-file $(DEMO_CONFIG) --davis-root $(VIDEOS) --name random_init --output $(DEMO_OUT)/propagation_random_init.json MODEL.WEIGHTS ""
+	$(PY) tools/propagate_labels.py --table $(DEMO_OUT)/propagation_random_init.json $(DEMO_OUT)/propagation.json
 	$(PY) tools/convert_vader_to_d2.py --input $(DEMO_OUT)/model_final.pth --output $(DEMO_OUT)/vader_r18.pkl
 	$(PY) tools/train_net.py $(DEMO_TRAIN_FLAGS) --config-file configs/downstream/cutpaste_mask_rcnn_R_18_FPN.yaml \
 		MODEL.WEIGHTS $(DEMO_OUT)/vader_r18.pkl OUTPUT_DIR $(DEMO_OUT)/mask_rcnn_cutpaste $(FINETUNE_OPTS)
