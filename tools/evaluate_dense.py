@@ -44,6 +44,7 @@ from vader_d2.evaluation import (
     evaluate_linear_probe,
     format_results_table,
     make_view_pairs,
+    read_results_files,
 )
 
 TASKS = ("correspondence", "probe")
@@ -137,20 +138,9 @@ def evaluate(cfg, args):
     return result
 
 
-def load_results(paths):
-    results = []
-    for path in paths:
-        try:
-            with open(path) as f:
-                results.append(json.load(f))
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"cannot read results file {path!r}: {e}") from None
-    return results
-
-
 def main(args):
     if args.table:
-        print(format_results_table(load_results(args.table)))
+        print(format_results_table(read_results_files(args.table)))
         return
     if not args.config_file:
         raise UserError("--config-file is required (the config the checkpoint was trained with)")

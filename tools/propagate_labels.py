@@ -40,7 +40,7 @@ from vader_d2.checkpoint import atomic_write
 from vader_d2.cli import build_config, check_input_file, check_output_dir, check_output_file, run_cli
 from vader_d2.dense_grid import OUTPUT_STRIDE
 from vader_d2.errors import UserError
-from vader_d2.evaluation import FEATURE_SOURCES, build_feature_extractor, format_propagation_table
+from vader_d2.evaluation import FEATURE_SOURCES, build_feature_extractor, format_propagation_table, read_results_files
 from vader_d2.evaluation.davis import davis_root, davis_video_files, list_davis_videos, read_davis_video
 from vader_d2.evaluation.label_propagation import PropagationProtocol, evaluate_label_propagation, oracle_features
 
@@ -132,14 +132,9 @@ def evaluate(cfg, args):
 
 
 def load_results(paths):
-    results = []
-    for path in paths:
-        try:
-            with open(path) as f:
-                results.append(json.load(f))
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"cannot read results file {path!r}: {e}") from None
-        if "label_propagation" not in results[-1]:
+    results = read_results_files(paths)
+    for path, result in zip(paths, results):
+        if "label_propagation" not in result:
             raise UserError(f"results file {path!r} holds no label propagation results (written by another tool?)")
     return results
 

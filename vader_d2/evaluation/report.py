@@ -1,8 +1,11 @@
 """Markdown tables for the results of one or several ``tools/evaluate_dense.py`` / ``tools/propagate_labels.py`` runs."""
 
-from typing import Dict, Sequence
+import json
+from typing import Dict, List, Sequence
 
-__all__ = ["format_results_table", "format_propagation_table"]
+from ..errors import UserError
+
+__all__ = ["format_results_table", "format_propagation_table", "read_results_files"]
 
 
 def _cell(value, percent=True):
@@ -75,3 +78,15 @@ def format_propagation_table(results: Sequence[Dict]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def read_results_files(paths: Sequence[str]) -> List[Dict]:
+    """The results JSON files an evaluation tool wrote with --output, for its --table; one line if one cannot be read."""
+    results = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                results.append(json.load(f))
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"cannot read results file {path!r}: {e}") from None
+    return results
