@@ -74,6 +74,16 @@ def test_more_mistakes_of_the_tools_are_user_errors(tmp_path):
     evaluate = load_tool("evaluate_dense")
     with pytest.raises(UserError, match=r"^cannot create the folder of --output '.*a_file': "):
         evaluate.setup(evaluate.parse_args(["--config-file", DEMO_CONFIG, "--output", str(tmp_path / "a_file" / "r.json")]))
+    # Results to print beside this run's are read first: a mistake there ends the command before the evaluation.
+    (tmp_path / "propagation.json").write_text('{"name": "x", "label_propagation": {}}')
+    with pytest.raises(UserError, match=r"^cannot read results file '.*nowhere.json': "):
+        evaluate.main(evaluate.parse_args(["--config-file", DEMO_CONFIG, "--beside", str(tmp_path / "nowhere.json")]))
+    with pytest.raises(UserError, match=r"^results file '.*propagation.json' holds no dense evaluation results"):
+        evaluate.main(evaluate.parse_args(["--config-file", DEMO_CONFIG, "--beside", str(tmp_path / "propagation.json")]))
+    (tmp_path / "dense.json").write_text('{"name": "x", "correspondence_protocol": {}}')
+    propagate = load_tool("propagate_labels")
+    with pytest.raises(UserError, match=r"^results file '.*dense.json' holds no label propagation results"):
+        propagate.main(propagate.parse_args(["--config-file", DEMO_CONFIG, "--beside", str(tmp_path / "dense.json")]))
 
 
 def test_auto_device_is_the_gpu_where_one_is_visible_else_the_cpu(capsys):

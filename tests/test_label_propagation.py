@@ -384,6 +384,13 @@ def test_tool_scores_every_feature_source_and_the_ceiling(tmp_path, capsys):
     tool.main(tool.parse_args(["--table", output]))
     assert "| random_init | head |" in capsys.readouterr().out
 
+    # A second run printed beside the first in one table; the ceiling row comes from the run that measured it.
+    tool.main(tool.parse_args(["--config-file", "configs/vader_pretrain_demo.yaml", "--davis-root", root, "--no-oracle",
+                               "--name", "second", "--beside", output, "MODEL.DEVICE", "cpu"]))
+    table = capsys.readouterr().out.splitlines()
+    rows = [line.split(" | ")[0] for line in table if line.startswith("| ") and not line.startswith("| model")]
+    assert rows == ["| random_init", "| random_init", "| second", "| second", "| (true masks propagated)"], table
+
 
 @pytest.mark.slow
 def test_vader_pretraining_beats_random_init_on_the_offline_videos(pretrained_demo, offline_videos, tmp_path):

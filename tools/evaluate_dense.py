@@ -15,6 +15,7 @@ seeded random initialisation; a .pkl exported by tools/convert_vader_to_d2.py wo
     python tools/evaluate_dense.py --config-file configs/moco_global_demo.yaml --name moco \\
         MODEL.DEVICE cpu MODEL.WEIGHTS output/moco_global_demo/model_final.pth
     python tools/evaluate_dense.py --table vader.json moco.json     # one table for several runs
+    python tools/evaluate_dense.py ... --beside moco.json ...       # evaluate, print one table with moco.json
 
 Features: "head" (VADeR's dense head, dense checkpoints only) and "p2" (FPN p2, L2-normalised, every
 model); by default every source the model has. Prints a markdown table; --output writes JSON.
@@ -67,6 +68,8 @@ def parse_args(argv=None):
     parser.add_argument("--probe-train-images", type=int, help="use only the first N training images (default: all)")
     parser.add_argument("--probe-val-images", type=int, help="use only the first N validation images (default: all)")
     parser.add_argument("--table", nargs="+", metavar="JSON", help="print one table of earlier --output files and exit")
+    parser.add_argument("--beside", action="append", default=[], metavar="JSON",
+                        help="an earlier --output file (e.g. the random init's) to print above this run in one table; repeatable")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, e.g. MODEL.WEIGHTS path")
     return parser.parse_args(argv)
 
@@ -138,14 +141,23 @@ def evaluate(cfg, args):
     return result
 
 
+def load_results(paths):
+    results = read_results_files(paths)
+    for path, result in zip(paths, results):
+        if "correspondence_protocol" not in result:
+            raise UserError(f"results file {path!r} holds no dense evaluation results (written by another tool?)")
+    return results
+
+
 def main(args):
     if args.table:
-        print(format_results_table(read_results_files(args.table)))
+        print(format_results_table(load_results(args.table)))
         return
     if not args.config_file:
         raise UserError("--config-file is required (the config the checkpoint was trained with)")
+    earlier = load_results(args.beside)  # read before the minutes of work, to fail first
     result = evaluate(setup(args), args)
-    print(format_results_table([result]))
+    print(format_results_table([*earlier, result]))
     if args.output:
         atomic_write(args.output, lambda f: f.write(json.dumps(result, indent=1).encode()), what="the results")
         print(f"wrote {args.output}")

@@ -18,6 +18,7 @@ videos of `python datasets/prepare_videos.py` (--davis-root datasets/vader_video
     python tools/propagate_labels.py --config-file configs/vader_pretrain_demo.yaml \\
         --davis-root datasets/vader_videos/DAVIS --output random.json MODEL.DEVICE cpu   # seeded random init
     python tools/propagate_labels.py --table vader.json random.json
+    python tools/propagate_labels.py ... --beside random.json ...    # evaluate, print one table with random.json
 
 Any checkpoint of a D2 ResNet-FPN is read as tools/evaluate_dense.py reads it: give the config it was
 trained with and MODEL.WEIGHTS (empty: the random initialisation seeded with --seed; a .pkl export works
@@ -66,6 +67,8 @@ def parse_args(argv=None):
     parser.add_argument("--no-oracle", action="store_true", help="skip the reference row that propagates the true masks")
     parser.add_argument("--save-masks", metavar="DIR", help="write the predicted masks as palette PNGs to DIR/<features>/<video>/")
     parser.add_argument("--table", nargs="+", metavar="JSON", help="print one table of earlier --output files and exit")
+    parser.add_argument("--beside", action="append", default=[], metavar="JSON",
+                        help="an earlier --output file (e.g. the random init's) to print above this run in one table; repeatable")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, e.g. MODEL.WEIGHTS path")
     return parser.parse_args(argv)
 
@@ -145,8 +148,9 @@ def main(args):
         return
     if not args.config_file:
         raise UserError("--config-file is required (the config the checkpoint was trained with)")
+    earlier = load_results(args.beside)  # read before the minutes of work, to fail first
     result = evaluate(setup(args), args)
-    print(format_propagation_table([result]))
+    print(format_propagation_table([*earlier, result]))
     if args.output:
         atomic_write(args.output, lambda f: f.write(json.dumps(result, indent=1).encode()), what="the results")
         print(f"wrote {args.output}")

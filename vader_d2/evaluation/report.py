@@ -72,7 +72,8 @@ def format_propagation_table(results: Sequence[Dict]) -> str:
     for result in results:
         for source, scores in result["label_propagation"].items():
             rows.append(row(result["name"], source, scores))
-    ceiling = results[0].get("label_propagation_ceiling")
+    # The ceiling depends on the videos alone: any run that measured it (not every run does: --no-oracle).
+    ceiling = next((r["label_propagation_ceiling"] for r in results if r.get("label_propagation_ceiling")), None)
     if ceiling:
         rows.append(row("(true masks propagated)", "-", ceiling))
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
