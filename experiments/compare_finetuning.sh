@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Downstream training on the cut-paste set from random init, from the global MoCo v2 baseline and from
-# VADeR (the equal-time pretrainings of experiments/compare_pretraining.sh: run it first with the same
-# ITERS, OUT and SEEDS), for each seed: Mask R-CNN fine-tuned end to end
+# Downstream training on the cut-paste set from random init and from each pretraining of
+# experiments/compare_pretraining.sh (run it first with the same ITERS, OUT, SEEDS and GLOBAL_EQUAL_TIME):
+# the global MoCo v2 baseline (given VADeR's wall time where GLOBAL_EQUAL_TIME=1, the default), DenseCL,
+# PixPro and VADeR. For each seed: Mask R-CNN fine-tuned end to end
 # (configs/downstream/cutpaste_mask_rcnn_R_18_FPN.yaml) and semantic FPN on the frozen backbone
 # (configs/downstream/cutpaste_semantic_R_18_FPN_frozen.yaml: only the head trains). Prints mean ± std
 # over the seeds of the first and last logged loss and the final evaluation.
 #
-#   experiments/compare_finetuning.sh [ITERS] [OUT] [SEEDS]     (defaults: 600 output/compare 3)
+#   [GLOBAL_EQUAL_TIME=1] experiments/compare_finetuning.sh [ITERS] [OUT] [SEEDS]     (defaults: 600 output/compare 3)
 #
 # Seed s trains with SEED s from seed s's pretrainings. Re-running skips runs whose model_final.pth
 # exists. Tables: OUT/finetune/table_ITERS.md (Mask R-CNN) and OUT/finetune/frozen_semantic_ITERS.md.
@@ -16,8 +17,10 @@ source experiments/common.sh
 ITERS=${1:-600}
 OUT=${2:-output/compare}
 SEEDS=${3:-3}
-GLOBAL_RUN=moco_global_$((ITERS * 3))  # the global run given VADeR's wall time
-MODELS=(random_init "$GLOBAL_RUN" "vader_$ITERS")
+GLOBAL_RUN=moco_global_$ITERS
+[ "${GLOBAL_EQUAL_TIME:-1}" = 1 ] && GLOBAL_RUN=moco_global_$((ITERS * 3))  # the global run given VADeR's wall time
+PRETRAINED=("$GLOBAL_RUN" "densecl_$ITERS" "pixpro_$ITERS" "vader_$ITERS")
+MODELS=(random_init "${PRETRAINED[@]}")
 declare -A CONFIGS=(
     [mask_rcnn]=configs/downstream/cutpaste_mask_rcnn_R_18_FPN.yaml
     [frozen_semantic]=configs/downstream/cutpaste_semantic_R_18_FPN_frozen.yaml
@@ -25,7 +28,7 @@ declare -A CONFIGS=(
 
 for seed in $(seq 1 "$SEEDS"); do
     run=$OUT/seed$seed
-    for pretrained in "vader_$ITERS" "$GLOBAL_RUN"; do
+    for pretrained in "${PRETRAINED[@]}"; do
         if [ ! -f "$run/$pretrained/model_final.pth" ]; then
             echo "missing $run/$pretrained/model_final.pth: run experiments/compare_pretraining.sh $ITERS $OUT $SEEDS first" >&2
             exit 1
