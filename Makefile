@@ -23,10 +23,12 @@ data: setup
 	$(PY) datasets/prepare_cutpaste.py
 	$(PY) datasets/prepare_videos.py
 
-# Pretrain on the demo photos -> pictures and dense evaluation on held-out photos (beside random init's)
-# -> export to a Detectron2 .pkl -> a short Mask R-CNN fine-tune and COCO evaluation on the cut-paste set.
-# `make demo` is the short recipe (minutes on 2 cores); `make demo-long` the longer one whose numbers
-# and pictures the README shows.
+# Pretrain on the demo photos -> pictures, held-out correspondence and label propagation, each beside random
+# init's -> export to a Detectron2 .pkl -> a Mask R-CNN fine-tune on the cut-paste set. `make demo` is the
+# short recipe (under 10 minutes on 2 cores: 2 view pairs per held-out photo, 4 of the 8 videos, and a
+# 10-iteration fine-tune that shows the export trains in stock Detectron2, without an evaluation);
+# `make demo-long` the longer one whose numbers and pictures the README shows, with every pair and video,
+# the linear probe, a 300-iteration fine-tune and its COCO evaluation.
 #
 # A second `make demo` resumes both runs: an interrupted one continues, a finished one is not trained
 # again (pictures, evaluations and export are made anew). `make demo DEMO_TRAIN_FLAGS=--start-over`
@@ -35,12 +37,13 @@ DEMO_TRAIN_FLAGS ?= --resume
 
 demo: data
 	$(MAKE) --no-print-directory pretrain-and-transfer DEMO_CONFIG=configs/vader_pretrain_demo.yaml \
-		DEMO_OUT=output/vader_pretrain_demo FINETUNE_OPTS='SOLVER.MAX_ITER 20 SOLVER.STEPS "(15,)" SOLVER.WARMUP_ITERS 5 TEST.PRECISE_BN.NUM_ITER 5' \
-		EVALUATE_OPTS="--tasks correspondence"
+		DEMO_OUT=output/vader_pretrain_demo EVALUATE_OPTS="--tasks correspondence --pairs-per-image 2" \
+		PROPAGATE_OPTS="--videos 00_flower-bird-mammal 01_vegetable-insect-flower 02_bird-fish-mammal 03_fruit-mammal-fish" \
+		FINETUNE_OPTS='SOLVER.MAX_ITER 10 SOLVER.STEPS "(8,)" SOLVER.WARMUP_ITERS 3 DATALOADER.NUM_WORKERS 0 DATASETS.TEST "()" TEST.PRECISE_BN.ENABLED False'
 
 demo-long: data
 	$(MAKE) --no-print-directory pretrain-and-transfer DEMO_CONFIG=configs/vader_pretrain_demo_long.yaml \
-		DEMO_OUT=output/vader_pretrain_demo_long FINETUNE_OPTS= EVALUATE_OPTS=
+		DEMO_OUT=output/vader_pretrain_demo_long FINETUNE_OPTS= EVALUATE_OPTS= PROPAGATE_OPTS=
 
 VIDEOS := datasets/vader_videos/DAVIS
 
@@ -48,12 +51,13 @@ VIDEOS := datasets/vader_videos/DAVIS
 pretrain-and-transfer:
 	$(PY) tools/train_net.py $(DEMO_TRAIN_FLAGS) --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_OUT)
 	$(PY) tools/visualize.py --config-file $(DEMO_CONFIG) --output-dir $(DEMO_OUT)/pictures MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
-	$(PY) tools/evaluate_dense.py $(EVALUATE_OPTS) --config-file $(DEMO_CONFIG) --name vader_demo --output $(DEMO_OUT)/dense_eval.json MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
 	$(PY) tools/evaluate_dense.py $(EVALUATE_OPTS) --config-file $(DEMO_CONFIG) --name random_init --output $(DEMO_OUT)/dense_eval_random_init.json MODEL.WEIGHTS ""
-	$(PY) tools/evaluate_dense.py --table $(DEMO_OUT)/dense_eval_random_init.json $(DEMO_OUT)/dense_eval.json
-	$(PY) tools/propagate_labels.py --config-file $(DEMO_CONFIG) --davis-root $(VIDEOS) --name vader_demo --output $(DEMO_OUT)/propagation.json MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
-	$(PY) tools/propagate_labels.py --config-file $(DEMO_CONFIG) --davis-root $(VIDEOS) --name random_init --output $(DEMO_OUT)/propagation_random_init.json MODEL.WEIGHTS ""
-	$(PY) tools/propagate_labels.py --table $(DEMO_OUT)/propagation_random_init.json $(DEMO_OUT)/propagation.json
+	$(PY) tools/evaluate_dense.py $(EVALUATE_OPTS) --config-file $(DEMO_CONFIG) --name vader_demo --output $(DEMO_OUT)/dense_eval.json \
+		--beside $(DEMO_OUT)/dense_eval_random_init.json MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
+	$(PY) tools/propagate_labels.py $(PROPAGATE_OPTS) --config-file $(DEMO_CONFIG) --davis-root $(VIDEOS) --no-oracle --name random_init \
+		--output $(DEMO_OUT)/propagation_random_init.json MODEL.WEIGHTS ""
+	$(PY) tools/propagate_labels.py $(PROPAGATE_OPTS) --config-file $(DEMO_CONFIG) --davis-root $(VIDEOS) --name vader_demo --output $(DEMO_OUT)/propagation.json \
+		--beside $(DEMO_OUT)/propagation_random_init.json MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
 	$(PY) tools/convert_vader_to_d2.py --input $(DEMO_OUT)/model_final.pth --output $(DEMO_OUT)/vader_r18.pkl
 	$(PY) tools/train_net.py $(DEMO_TRAIN_FLAGS) --config-file configs/downstream/cutpaste_mask_rcnn_R_18_FPN.yaml \
 		MODEL.WEIGHTS $(DEMO_OUT)/vader_r18.pkl OUTPUT_DIR $(DEMO_OUT)/mask_rcnn_cutpaste $(FINETUNE_OPTS)
