@@ -30,6 +30,7 @@ from vader_d2.data import VADeRViewMapper
 from vader_d2.data.decoding import read_source_image
 from vader_d2.data.transforms import ProjectiveTransform
 from vader_d2.errors import UserError
+from vader_d2.evaluation import build_feature_extractor
 from vader_d2.modeling.cell_geometry import nearest_cells_in_other_view, pixpro_positive_mask, source_cells
 from vader_d2.modeling.densecl import dense_contrastive_loss, dense_positive_cells
 from vader_d2.modeling.pixpro import PixelPropagation, pixpro_loss, pixpro_momentum
@@ -580,6 +581,25 @@ def test_inference_embeds_each_res5_cell_of_any_image_size(method):
     # BN) must not change its embedding.
     alone = model([{"image": images[0]}])[0]["embedding"]
     assert torch.allclose(outputs[0]["embedding"], alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_frozen_feature_tools_read_the_trained_resnet_through_p2(method, tmp_path):
+    """tools/evaluate_dense.py and propagate_labels.py on a method's checkpoint: its query ResNet, seen via p2."""
+    torch.manual_seed(5)  # another initialisation than the extractor's seeded one (0)
+    state = build_model(method_cfg(method)).state_dict()
+    path = str(tmp_path / "model_final.pth")
+    torch.save({"model": state, "iteration": 1}, path)
+    cfg = method_cfg(method, "MODEL.WEIGHTS", path)
+    extractor = build_feature_extractor(cfg, seed=0)
+    assert extractor.sources == ("p2",)
+    resnet = {k: v for k, v in extractor.backbone.state_dict().items() if k.startswith("bottom_up.")}
+    assert resnet and all(torch.equal(v, state[f"query_encoder.backbone.{k}"]) for k, v in resnet.items())
+    features = extractor(torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8))["p2"]
+    assert features.shape == (cfg.MODEL.FPN.OUT_CHANNELS, 13, 18)
+    assert torch.allclose(features.norm(dim=0), torch.ones(()), atol=1e-5)
+    with pytest.raises(UserError, match="feature source 'head' needs a dense VADeR model"):
+        build_feature_extractor(cfg, ["head"])
 
 
 def test_densecl_weights_start_a_run_with_other_queue_sizes(tmp_path):
