@@ -51,26 +51,35 @@ def test_region_similarity_is_the_iou_and_one_for_two_empty_masks():
     assert region_similarity(a, empty) == 0.0 and region_similarity(empty, a) == 0.0
 
 
-def test_boundary_is_the_inner_contour_and_not_the_image_edge():
-    mask = square((6, 6), 1, 1, 3)
-    expected = mask.copy()
-    expected[2, 2] = False  # the one pixel whose 4 neighbours are all inside
-    assert np.array_equal(mask_boundary(mask), expected)
-    full = np.ones((5, 5), bool)
-    assert not mask_boundary(full).any()
+def test_boundary_is_davis_half_pixel_shifted_contour_and_not_the_image_edge():
+    # A 3 x 3 square at rows and columns 1..3: the pixels whose right, lower or lower-right neighbour is
+    # on the other side of its edge form the ring of rows / columns 0..3 — the pixels just outside its
+    # top and left sides, and its own bottom row and right column.
+    expected = np.zeros((6, 6), bool)
+    expected[0:4, 0:4] = True
+    expected[1:3, 1:3] = False
+    assert np.array_equal(mask_boundary(square((6, 6), 1, 1, 3)), expected)
+    assert not mask_boundary(np.ones((5, 5), bool)).any()
+    # A mask reaching the right border: its left edge (the column before it) is the only boundary.
+    right_half = np.zeros((4, 5), bool)
+    right_half[:, 3:] = True
+    expected = np.zeros((4, 5), bool)
+    expected[:, 2] = True
+    assert np.array_equal(mask_boundary(right_half), expected)
 
 
 def test_boundary_f_measure_by_hand():
-    # 100 x 100: the tolerance is ceil(0.008 * 141.4) = 2 px. Truth: a 20 x 20 square (76 boundary
-    # pixels); prediction: the same square 3 px to the right. Of the prediction's boundary, within 2 px of
-    # the truth's: its top and bottom rows except their last pixel (19 + 19; the last is 3 px from the
-    # truth's corner), 2 pixels at each end of its left side (1 and 2 px from the truth's top and bottom
-    # rows), nothing of its right side (3 px from the truth's right side): 42 of 76. The same holds the
-    # other way round by symmetry, so precision = recall = F = 42 / 76.
+    # 100 x 100: the tolerance is ceil(0.008 * 141.4) = 2 px. Truth: a 20 x 20 square at rows and
+    # columns 20..39, whose boundary is the 21 x 21 ring of rows / columns 19..39 (80 pixels); prediction:
+    # the same square 3 px to the right (ring columns 22..42). Of the prediction's ring, within 2 px of
+    # the truth's: of its top and bottom rows the columns 22..41 (20 each; column 42 is 3 px from the
+    # truth's corner), of its left side (column 22, rows 20..38) the 2 pixels next to each end (1 and
+    # 2 px from the truth's top and bottom rows), of its right side (3 px from the truth's) nothing:
+    # 44 of 80. The same holds the other way round by symmetry, so precision = recall = F = 44 / 80.
     truth, predicted = square((100, 100), 20, 20, 20), square((100, 100), 20, 23, 20)
     assert boundary_tolerance_px(truth.shape) == 2
-    assert mask_boundary(truth).sum() == 76
-    assert boundary_f_measure(predicted, truth) == pytest.approx(42 / 76)
+    assert mask_boundary(truth).sum() == 80
+    assert boundary_f_measure(predicted, truth) == pytest.approx(44 / 80)
     assert boundary_f_measure(truth, truth) == 1.0
     # 2 px to the right: every boundary pixel is within the tolerance.
     assert boundary_f_measure(square((100, 100), 20, 22, 20), truth) == 1.0
@@ -104,11 +113,11 @@ def test_score_video_per_object_skips_the_first_and_last_frames():
     scores = score_video(predicted, truth, num_objects=2)
 
     assert scores[1]["J_per_frame"] == pytest.approx([340 / 460, 1.0])  # 20 x 17 shared, 400 + 400 - 340
-    assert scores[1]["F_per_frame"] == pytest.approx([42 / 76, 1.0])
+    assert scores[1]["F_per_frame"] == pytest.approx([44 / 80, 1.0])  # as in test_boundary_f_measure_by_hand
     assert scores[2]["J_per_frame"] == [0.0, 1.0] and scores[2]["F_per_frame"] == [0.0, 1.0]
     summary = summarise_scores({"video": scores})
     j = ((340 / 460 + 1) / 2 + 0.5) / 2
-    f = ((42 / 76 + 1) / 2 + 0.5) / 2
+    f = ((44 / 80 + 1) / 2 + 0.5) / 2
     assert summary["J"] == pytest.approx(j) and summary["F"] == pytest.approx(f)
     assert summary["J&F"] == pytest.approx((j + f) / 2) and summary["objects"] == 2
 

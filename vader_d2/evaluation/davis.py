@@ -9,10 +9,11 @@ Measures (Perazzi et al., CVPR 2016; Pont-Tuset et al., arXiv 1704.00675), per o
   pixels (Euclidean). Both boundaries empty: precision = recall = 1; only one empty: the empty side's
   precision (or recall) is 1 and the other 0, so F = 0.
 
-A mask's boundary here is its inner contour: the mask pixels with a 4-neighbour outside the mask (the
-image border is not a boundary). DAVIS's own code marks, for each pixel, whether its right, lower or
-lower-right neighbour differs, i.e. a contour half a pixel off ours; with a tolerance of at least 1 px
-(2 px at 160 x 120, 8 px at DAVIS's 854 x 480) the two agree to within that half pixel.
+A mask's boundary is DAVIS's boundary map: a pixel is on it when the mask differs between it and its
+right, lower or lower-right neighbour — the contour lies half a pixel up and left of the mask's edge, so
+pixels just outside the mask's top and left sides belong to it, as do the mask's own bottom and right
+edge pixels. The image border is no boundary: along the last row only the right neighbour is compared,
+along the last column only the lower one, and the bottom-right pixel never counts.
 
 Over a video, the first frame (whose masks are given) and the last frame are not scored, as in the DAVIS
 2017 evaluation; an object's J and F are the means over the scored frames, and the set's J, F and J&F are
@@ -72,12 +73,17 @@ def region_similarity(predicted: np.ndarray, truth: np.ndarray) -> float:
 
 
 def mask_boundary(mask: np.ndarray) -> np.ndarray:
-    """The pixels of ``mask`` that have a 4-neighbour outside it; the image border is not a boundary."""
-    mask = mask.astype(np.uint8)
-    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
-    # Border pixels are padded with their own value, so the image edge never erodes a mask.
-    eroded = cv2.erode(mask, cross, borderType=cv2.BORDER_REPLICATE)
-    return (mask > 0) & (eroded == 0)
+    """DAVIS's one-pixel boundary map of a mask (see the module docstring); boolean, the mask's shape."""
+    mask = np.asarray(mask, dtype=bool)
+    boundary = np.zeros_like(mask)
+    differs_right = mask[:, :-1] != mask[:, 1:]
+    differs_below = mask[:-1, :] != mask[1:, :]
+    boundary[:, :-1] |= differs_right
+    boundary[:-1, :] |= differs_below
+    boundary[:-1, :-1] |= mask[:-1, :-1] != mask[1:, 1:]
+    # Nothing is compared across the image border: the last column gets only its lower neighbour's
+    # difference, the last row only its right neighbour's, the bottom-right pixel none.
+    return boundary
 
 
 def boundary_tolerance_px(shape, tolerance: float = BOUNDARY_TOLERANCE) -> int:
