@@ -403,10 +403,11 @@ def test_tool_scores_every_feature_source_and_the_ceiling(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_vader_pretraining_beats_random_init_on_the_offline_videos(pretrained_demo, offline_videos, tmp_path):
-    # Margin measured first: the shared demo pretraining (`tools/train_net.py --config-file
-    # configs/vader_pretrain_demo.yaml`, 200 iterations at 96 px views, SEED 1, run as output/shared_demo)
-    # scored J&F 36.2 (head) / 42.7 (p2) on these videos with `tools/propagate_labels.py`, against 22.1 /
-    # 26.5 for the seeded random initialisation: 14.1 / 16.2 points. The test asks for half of each.
+    # Margin measured first, with the former inner-contour F: a 200-iteration run of the short demo recipe
+    # (96 px views, SEED 1) scored J&F 36.2 (head) / 42.7 (p2) on these videos with
+    # `tools/propagate_labels.py`, against 22.1 / 26.5 for the seeded random initialisation: 14.1 / 16.2
+    # points. The test asks the longer shared fixture for half of each. With DAVIS's boundary map the
+    # short recipe's 160 iterations score 33.1 / 42.3 against 22.7 / 27.1 (docs/results.md, seed 1).
     from .test_cli_errors import load_tool
 
     root, _ = offline_videos
