@@ -142,11 +142,7 @@ def evaluate(cfg, args):
 
 
 def load_results(paths):
-    results = read_results_files(paths)
-    for path, result in zip(paths, results):
-        if "correspondence_protocol" not in result:
-            raise UserError(f"results file {path!r} holds no dense evaluation results (written by another tool?)")
-    return results
+    return read_results_files(paths, holding="correspondence_protocol", kind="dense evaluation")
 
 
 def main(args):

@@ -135,11 +135,7 @@ def evaluate(cfg, args):
 
 
 def load_results(paths):
-    results = read_results_files(paths)
-    for path, result in zip(paths, results):
-        if "label_propagation" not in result:
-            raise UserError(f"results file {path!r} holds no label propagation results (written by another tool?)")
-    return results
+    return read_results_files(paths, holding="label_propagation", kind="label propagation")
 
 
 def main(args):

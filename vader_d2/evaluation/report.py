@@ -81,13 +81,20 @@ def format_propagation_table(results: Sequence[Dict]) -> str:
     return "\n".join(lines)
 
 
-def read_results_files(paths: Sequence[str]) -> List[Dict]:
-    """The results JSON files an evaluation tool wrote with --output, for its --table; one line if one cannot be read."""
+def read_results_files(paths: Sequence[str], holding: str, kind: str) -> List[Dict]:
+    """
+    The results JSON files an evaluation tool wrote with --output (for its --table and --beside), each of
+    which must hold the key ``holding`` (its ``kind`` of results); one line for a file that cannot be read
+    or that another tool wrote.
+    """
     results = []
     for path in paths:
         try:
             with open(path) as f:
-                results.append(json.load(f))
+                result = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"cannot read results file {path!r}: {e}") from None
+        if holding not in result:
+            raise UserError(f"results file {path!r} holds no {kind} results (written by another tool?)")
+        results.append(result)
     return results
