@@ -45,7 +45,8 @@ RECORD = os.path.join(sys.prefix, "detectron2-source.txt")
 
 
 def pip(*args):
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *args])
+    # No byte-compiling here: `make setup` compiles the whole venv afterwards on every core at once.
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-compile", *args])
 
 
 def github_reachable(timeout=3.0):
