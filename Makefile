@@ -23,10 +23,16 @@ $(SETUP_DONE): Makefile setup.py tools/install_detectron2.py
 	$(PY) -m vader_d2.collect_env
 	@touch $@
 
+# The three data sets build from the same archive cache, independently, two at a time (half a minute less
+# on 2 cores than one after another). Each script rebuilds only what its manifest says is out of date.
+DATASETS := demo_photos cutpaste videos
+
 data: setup
-	$(PY) datasets/prepare_demo_photos.py
-	$(PY) datasets/prepare_cutpaste.py
-	$(PY) datasets/prepare_videos.py
+	@$(MAKE) --no-print-directory -j 2 $(addprefix prepare-,$(DATASETS))
+
+.PHONY: $(addprefix prepare-,$(DATASETS))
+$(addprefix prepare-,$(DATASETS)): prepare-%:
+	$(PY) datasets/prepare_$*.py
 
 # Pretrain on the demo photos -> pictures, held-out correspondence and label propagation, each beside random
 # init's -> export to a Detectron2 .pkl -> a Mask R-CNN fine-tune on the cut-paste set. `make demo` is the

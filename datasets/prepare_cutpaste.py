@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -156,20 +157,32 @@ def fetch_debian_package(package, cache_dir):
 
 
 def extract_stamps(deb_path, cache_dir):
-    """Unpack the .deb once into the cache; returns its stamps folder."""
+    """
+    Unpack the .deb once into the cache; returns its stamps folder. `make data` runs this script and
+    prepare_videos.py at once: each unpacks into its own temporary folder and renames it into place, so
+    neither reads or deletes a half-unpacked folder; a rename that finds the other's folder keeps that one.
+    """
     target = Path(cache_dir) / Path(deb_path).name.removesuffix(".deb")
-    if not (target / ".complete").exists():
-        if target.exists():
-            shutil.rmtree(target)
+    if (target / ".complete").exists():
+        return target / STAMPS_IN_PACKAGE
+    if target.exists():  # left half-unpacked by an interrupted run of an earlier version
+        shutil.rmtree(target)
+    unpack_dir = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".unpacking-"))
+    try:
         try:
-            result = subprocess.run(
-                ["dpkg-deb", "-x", str(deb_path), str(target)], capture_output=True, text=True
-            )
+            result = subprocess.run(["dpkg-deb", "-x", str(deb_path), str(unpack_dir)], capture_output=True, text=True)
         except FileNotFoundError:
             raise PrepareError(f"dpkg-deb not found: it unpacks {deb_path} (install dpkg)") from None
         if result.returncode != 0:
             raise PrepareError(f"dpkg-deb could not unpack {deb_path}: {result.stderr.strip()}")
-        (target / ".complete").touch()
+        (unpack_dir / ".complete").touch()
+        try:
+            unpack_dir.rename(target)
+        except OSError:
+            if not (target / ".complete").exists():
+                raise
+    finally:
+        shutil.rmtree(unpack_dir, ignore_errors=True)  # already gone when the rename succeeded
     return target / STAMPS_IN_PACKAGE
 
 
