@@ -74,11 +74,12 @@ pretrain-and-transfer:
 		MODEL.WEIGHTS $(DEMO_OUT)/vader_r18.pkl OUTPUT_DIR $(DEMO_OUT)/mask_rcnn_cutpaste $(FINETUNE_OPTS)
 
 # The fast tests, two at a time (pytest-xdist), one thread each: most of their time is spent importing
-# torch and Detectron2 in the tools they start, which a second core halves. The end-to-end learning
+# torch and Detectron2 in the tools they start, which a second core halves. Work stealing: a worker that
+# runs out of tests takes the other's queued ones, so neither idles at the end beside a long test. The end-to-end learning
 # checks (marked slow: a shared demo pretraining and fine-tunes, about 40 minutes on 2 cores) run in
 # `make test-slow`; CI (.ci/run) runs both.
 test: data
-	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" -n 2 $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" -n 2 --dist worksteal $(PYTEST_ARGS)
 
 test-slow: data
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
