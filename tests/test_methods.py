@@ -496,24 +496,29 @@ def write_random_checkpoint(cfg, folder, seed):
 
 
 @pytest.fixture(scope="module")
-def method_exports(tmp_path_factory):
-    """Per (method, depth): the query encoder's state of a random checkpoint and its exported .pkl."""
+def method_export(tmp_path_factory):
+    """(method, depth) -> the query encoder's state of a random checkpoint and its exported .pkl, made on
+    first use: each test worker makes only the ones its tests ask for (the tests run method by method)."""
     exports = {}
-    for method, depth in itertools.product(CONFIGS, (18, 50)):
-        folder = tmp_path_factory.mktemp(f"{method}_r{depth}")
-        wider = ["MODEL.RESNETS.RES2_OUT_CHANNELS", "256"] if depth == 50 else []
-        cfg = method_cfg(method, "MODEL.RESNETS.DEPTH", str(depth), *wider)
-        path, state = write_random_checkpoint(cfg, folder, seed=depth)
-        export_to_detectron2(path, str(folder / "exported.pkl"))
-        exports[method, depth] = (state, str(folder / "exported.pkl"))
-    return exports
+
+    def export(method, depth):
+        if (method, depth) not in exports:
+            folder = tmp_path_factory.mktemp(f"{method}_r{depth}")
+            wider = ["MODEL.RESNETS.RES2_OUT_CHANNELS", "256"] if depth == 50 else []
+            cfg = method_cfg(method, "MODEL.RESNETS.DEPTH", str(depth), *wider)
+            path, state = write_random_checkpoint(cfg, folder, seed=depth)
+            export_to_detectron2(path, str(folder / "exported.pkl"))
+            exports[method, depth] = (state, str(folder / "exported.pkl"))
+        return exports[method, depth]
+
+    return export
 
 
-@pytest.mark.parametrize("method", list(CONFIGS))
 @pytest.mark.parametrize("config", DOWNSTREAM)
-def test_export_loads_into_every_downstream_config(method, config, method_exports):
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_export_loads_into_every_downstream_config(method, config, method_export):
     cfg = load_cfg(config)
-    state, exported = method_exports[method, cfg.MODEL.RESNETS.DEPTH]
+    state, exported = method_export(method, cfg.MODEL.RESNETS.DEPTH)
     with open(exported, "rb") as f:
         assert not any(name.startswith("fpn_") for name in pickle.load(f)["model"])
     model = build_model(cfg)
