@@ -7,7 +7,8 @@
 # (configs/downstream/cutpaste_semantic_R_18_FPN_frozen.yaml: only the head trains). Prints mean ± std
 # over the seeds of the first and last logged loss and the final evaluation.
 #
-#   [GLOBAL_EQUAL_TIME=1] experiments/compare_finetuning.sh [ITERS] [OUT] [SEEDS]     (defaults: 600 output/compare 3)
+#   [GLOBAL_EQUAL_TIME=1] [TASKS="mask_rcnn frozen_semantic"] experiments/compare_finetuning.sh [ITERS] [OUT] [SEEDS]
+#       (defaults: 600 output/compare 3; TASKS=mask_rcnn runs only the Mask R-CNN fine-tunes)
 #
 # Seed s trains with SEED s from seed s's pretrainings. Re-running skips runs whose model_final.pth
 # exists. Tables: OUT/finetune/table_ITERS.md (Mask R-CNN) and OUT/finetune/frozen_semantic_ITERS.md.
@@ -25,6 +26,10 @@ declare -A CONFIGS=(
     [mask_rcnn]=configs/downstream/cutpaste_mask_rcnn_R_18_FPN.yaml
     [frozen_semantic]=configs/downstream/cutpaste_semantic_R_18_FPN_frozen.yaml
 )
+read -r -a TASK_LIST <<< "${TASKS:-mask_rcnn frozen_semantic}"
+for task in "${TASK_LIST[@]}"; do
+    [ -n "${CONFIGS[$task]:-}" ] || { echo "TASKS: unknown task '$task' (known: ${!CONFIGS[*]})" >&2; exit 2; }
+done
 
 for seed in $(seq 1 "$SEEDS"); do
     run=$OUT/seed$seed
@@ -35,7 +40,7 @@ for seed in $(seq 1 "$SEEDS"); do
         fi
         [ -f "$run/$pretrained/d2.pkl" ] || "$PY" tools/convert_vader_to_d2.py --input "$run/$pretrained/model_final.pth" --output "$run/$pretrained/d2.pkl"
     done
-    for task in "${!CONFIGS[@]}"; do
+    for task in "${TASK_LIST[@]}"; do
         for model in "${MODELS[@]}"; do
             weights=""
             [ "$model" = random_init ] || weights=$run/$model/d2.pkl
@@ -52,7 +57,8 @@ results() {  # task: every seed's results file of every model
     done
 }
 mkdir -p "$OUT/finetune"
-# shellcheck disable=SC2046  # one argument per file name; the names hold no spaces
-"$PY" experiments/summarise_seeds.py table $(results mask_rcnn) | tee "$OUT/finetune/table_$ITERS.md"
-# shellcheck disable=SC2046
-"$PY" experiments/summarise_seeds.py table $(results frozen_semantic) | tee "$OUT/finetune/frozen_semantic_$ITERS.md"
+declare -A TABLE=([mask_rcnn]=table_$ITERS.md [frozen_semantic]=frozen_semantic_$ITERS.md)
+for task in "${TASK_LIST[@]}"; do
+    # shellcheck disable=SC2046  # one argument per file name; the names hold no spaces
+    "$PY" experiments/summarise_seeds.py table $(results "$task") | tee "$OUT/finetune/${TABLE[$task]}"
+done
