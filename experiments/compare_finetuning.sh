@@ -7,8 +7,11 @@
 # (configs/downstream/cutpaste_semantic_R_18_FPN_frozen.yaml: only the head trains). Prints mean ± std
 # over the seeds of the first and last logged loss and the final evaluation.
 #
-#   [GLOBAL_EQUAL_TIME=1] [TASKS="mask_rcnn frozen_semantic"] experiments/compare_finetuning.sh [ITERS] [OUT] [SEEDS]
-#       (defaults: 600 output/compare 3; TASKS=mask_rcnn runs only the Mask R-CNN fine-tunes)
+#   [GLOBAL_EQUAL_TIME=1] [TASKS="mask_rcnn frozen_semantic"] [FINETUNE_ITERS=N] \
+#       experiments/compare_finetuning.sh [ITERS] [OUT] [SEEDS]
+#       (defaults: 600 output/compare 3; TASKS=mask_rcnn runs only the Mask R-CNN fine-tunes;
+#       FINETUNE_ITERS shortens the downstream schedules, 300 iterations in the configs, to N with the
+#       same shape, into folders and tables named TASK_Nit)
 #
 # Seed s trains with SEED s from seed s's pretrainings. Re-running skips runs whose model_final.pth
 # exists. Tables: OUT/finetune/table_ITERS.md (Mask R-CNN) and OUT/finetune/frozen_semantic_ITERS.md.
@@ -27,6 +30,16 @@ declare -A CONFIGS=(
     [frozen_semantic]=configs/downstream/cutpaste_semantic_R_18_FPN_frozen.yaml
 )
 read -r -a TASK_LIST <<< "${TASKS:-mask_rcnn frozen_semantic}"
+SCHEDULE=()
+SUFFIX=""
+if [ -n "${FINETUNE_ITERS:-}" ]; then
+    [[ "$FINETUNE_ITERS" =~ ^[1-9][0-9]*$ ]] && [ "$FINETUNE_ITERS" -ge 10 ] \
+        || { echo "FINETUNE_ITERS must be a whole number of at least 10, not '$FINETUNE_ITERS'" >&2; exit 2; }
+    n=$FINETUNE_ITERS
+    # The configs' 300-iteration shape: warm-up for the first sixth, learning-rate drops at 2/3 and 9/10.
+    SCHEDULE=(SOLVER.MAX_ITER "$n" SOLVER.WARMUP_ITERS $((n / 6)) SOLVER.STEPS "($((n * 2 / 3)),$((n * 9 / 10)))")
+    SUFFIX=_${n}it
+fi
 for task in "${TASK_LIST[@]}"; do
     [ -n "${CONFIGS[$task]:-}" ] || { echo "TASKS: unknown task '$task' (known: ${!CONFIGS[*]})" >&2; exit 2; }
 done
@@ -44,20 +57,20 @@ for seed in $(seq 1 "$SEEDS"); do
         for model in "${MODELS[@]}"; do
             weights=""
             [ "$model" = random_init ] || weights=$run/$model/d2.pkl
-            train_unless_done "$run/$task/$model" "${CONFIGS[$task]}" MODEL.WEIGHTS "$weights" SEED "$seed"
+            train_unless_done "$run/$task$SUFFIX/$model" "${CONFIGS[$task]}" MODEL.WEIGHTS "$weights" SEED "$seed" "${SCHEDULE[@]}"
             "$PY" experiments/summarise_seeds.py finetune-result --name "$model" --seed "$seed" \
-                --output "$run/$task/$model.json" "$run/$task/$model"
+                --output "$run/$task$SUFFIX/$model.json" "$run/$task$SUFFIX/$model"
         done
     done
 done
 
 results() {  # task: every seed's results file of every model
     for seed in $(seq 1 "$SEEDS"); do
-        for model in "${MODELS[@]}"; do echo "$OUT/seed$seed/$1/$model.json"; done
+        for model in "${MODELS[@]}"; do echo "$OUT/seed$seed/$1$SUFFIX/$model.json"; done
     done
 }
 mkdir -p "$OUT/finetune"
-declare -A TABLE=([mask_rcnn]=table_$ITERS.md [frozen_semantic]=frozen_semantic_$ITERS.md)
+declare -A TABLE=([mask_rcnn]=table_$ITERS$SUFFIX.md [frozen_semantic]=frozen_semantic_$ITERS$SUFFIX.md)
 for task in "${TASK_LIST[@]}"; do
     # shellcheck disable=SC2046  # one argument per file name; the names hold no spaces
     "$PY" experiments/summarise_seeds.py table $(results "$task") | tee "$OUT/finetune/${TABLE[$task]}"
