@@ -11,8 +11,8 @@ setup: $(SETUP_DONE)
 
 # Re-runs only when the recipe or the package metadata changes: a second `make setup` is instant.
 # pip installs without byte-compiling (--no-compile, also in install_detectron2.py); one compile_dir over
-# the venv then compiles everything on every core: about half a minute less than pip compiling torch's
-# CUDA build file by file on one. Like pip, it skips what does not compile on this Python (torch ships
+# the venv then compiles everything on every core: 15-20 s less than pip compiling torch's CUDA build
+# file by file on one (back-to-back fresh venvs here). Like pip, it skips what does not compile on this Python (torch ships
 # Python-3.12-only test helpers), so its result is not checked.
 $(SETUP_DONE): Makefile setup.py tools/install_detectron2.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,8 @@ $(SETUP_DONE): Makefile setup.py tools/install_detectron2.py
 	$(PY) -m vader_d2.collect_env
 	@touch $@
 
-# The three data sets build from the same archive cache, independently, two at a time (half a minute less
-# on 2 cores than one after another). Each script rebuilds only what its manifest says is out of date.
+# The three data sets build from the same archive cache, independently, two at a time (about 20 s less
+# on 2 cores than one after another: 31 s against 52 s from a warm archive cache). Each script rebuilds only what its manifest says is out of date.
 DATASETS := demo_photos cutpaste videos
 
 data: setup
@@ -75,9 +75,9 @@ pretrain-and-transfer:
 
 # The fast tests, two at a time (pytest-xdist), one thread each: most of their time is spent importing
 # torch and Detectron2 in the tools they start, which a second core halves. Work stealing: a worker that
-# runs out of tests takes the other's queued ones, so neither idles at the end beside a long test. The end-to-end learning
-# checks (marked slow: a shared demo pretraining and fine-tunes, about 40 minutes on 2 cores) run in
-# `make test-slow`; CI (.ci/run) runs both.
+# runs out of tests takes the other's queued ones, so neither idles at the end beside a long test. The
+# end-to-end learning checks (marked slow: a shared demo pretraining and fine-tunes, about 40 minutes on
+# 2 cores) run in `make test-slow`; CI (.ci/run) runs both.
 test: data
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" -n 2 --dist worksteal $(PYTEST_ARGS)
 

@@ -165,8 +165,6 @@ def extract_stamps(deb_path, cache_dir):
     target = Path(cache_dir) / Path(deb_path).name.removesuffix(".deb")
     if (target / ".complete").exists():
         return target / STAMPS_IN_PACKAGE
-    if target.exists():  # left half-unpacked by an interrupted run of an earlier version
-        shutil.rmtree(target)
     unpack_dir = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".unpacking-"))
     try:
         try:
@@ -179,8 +177,12 @@ def extract_stamps(deb_path, cache_dir):
         try:
             unpack_dir.rename(target)
         except OSError:
+            # The other script's folder is complete: keep it. Only an earlier version, which unpacked in
+            # place, can have left an incomplete one (interrupted): replace that. Removing it only here,
+            # not before unpacking, never deletes a folder the other script has just renamed into place.
             if not (target / ".complete").exists():
-                raise
+                shutil.rmtree(target)
+                unpack_dir.rename(target)
     finally:
         shutil.rmtree(unpack_dir, ignore_errors=True)  # already gone when the rename succeeded
     return target / STAMPS_IN_PACKAGE
