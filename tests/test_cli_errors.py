@@ -84,6 +84,9 @@ def test_more_mistakes_of_the_tools_are_user_errors(tmp_path):
     propagate = load_tool("propagate_labels")
     with pytest.raises(UserError, match=r"^results file '.*dense.json' holds no label propagation results"):
         propagate.main(propagate.parse_args(["--config-file", DEMO_CONFIG, "--beside", str(tmp_path / "dense.json")]))
+    (tmp_path / "a_number.json").write_text("5")  # valid JSON, not a results object
+    with pytest.raises(UserError, match=r"^results file '.*a_number.json' holds no label propagation results"):
+        propagate.main(propagate.parse_args(["--config-file", DEMO_CONFIG, "--beside", str(tmp_path / "a_number.json")]))
 
 
 def test_auto_device_is_the_gpu_where_one_is_visible_else_the_cpu(capsys):

@@ -94,7 +94,7 @@ def read_results_files(paths: Sequence[str], holding: str, kind: str) -> List[Di
                 result = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"cannot read results file {path!r}: {e}") from None
-        if holding not in result:
+        if not isinstance(result, dict) or holding not in result:
             raise UserError(f"results file {path!r} holds no {kind} results (written by another tool?)")
         results.append(result)
     return results
