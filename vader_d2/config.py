@@ -102,6 +102,10 @@ def add_vader_config(cfg):
     # applies SOLVER.WEIGHT_DECAY to weight tensors only and leaves biases and norms undecayed and
     # unadapted, as PixPro's recipe; SOLVER.WEIGHT_DECAY_NORM, WEIGHT_DECAY_BIAS and BIAS_LR_FACTOR are SGD's.
     cfg.SOLVER.OPTIMIZER = "SGD"
+    # Checkpoint retention: after each checkpoint, rank 0 keeps the newest CHECKPOINT_KEEP periodic
+    # checkpoints (model_<iteration>.pth) and deletes older ones; model_final.pth and the file
+    # last_checkpoint names always stay (vader_d2/output_dir.py: prune_checkpoints). 0 keeps them all.
+    cfg.SOLVER.CHECKPOINT_KEEP = 0
     cfg.SOLVER.LARS = CN()
     # eta of LARS's trust ratio eta ||w|| / ||g + wd w|| (PixPro: 0.001).
     cfg.SOLVER.LARS.TRUST_COEFFICIENT = 0.001
@@ -323,6 +327,8 @@ def check_solver_config(cfg):
     else:
         _require(solver.GAMMA > 0, "SOLVER.GAMMA", solver.GAMMA, "positive")
     _require(solver.OPTIMIZER in ("SGD", "LARS"), "SOLVER.OPTIMIZER", solver.OPTIMIZER, "'SGD' or 'LARS'")
+    keep = solver.CHECKPOINT_KEEP
+    _require(type(keep) is int and keep >= 0, "SOLVER.CHECKPOINT_KEEP", keep, "a whole number of checkpoints >= 0 (0 keeps them all)")
     trust = solver.LARS.TRUST_COEFFICIENT
     _require(0 < trust <= 1, "SOLVER.LARS.TRUST_COEFFICIENT", trust, "in (0, 1]")
     _at_least(cfg.DATALOADER, "DATALOADER", "NUM_WORKERS", 0)

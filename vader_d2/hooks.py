@@ -3,12 +3,14 @@
 import logging
 import math
 
-from detectron2.engine import HookBase
+from detectron2.engine import HookBase, hooks
+from detectron2.utils import comm
 
 from .config import keys_enqueued_per_step
+from .output_dir import prune_checkpoints
 from .training_metrics import QUERIES_WITHOUT_NEGATIVE
 
-__all__ = ["NegativesWatch"]
+__all__ = ["NegativesWatch", "RetainingPeriodicCheckpointer"]
 
 logger = logging.getLogger("vader_d2")
 
@@ -65,3 +67,27 @@ class NegativesWatch(HookBase):
                 "and they learn nothing. Train on more distinct images, or raise SOLVER.IMS_PER_BATCH or "
                 "MODEL.VADER.QUEUE_SIZE"
             )
+
+
+class RetainingPeriodicCheckpointer(hooks.PeriodicCheckpointer):
+    """
+    Detectron2's PeriodicCheckpointer hook that, after each checkpoint it writes, applies
+    ``SOLVER.CHECKPOINT_KEEP`` (``keep``; 0 keeps everything) with ``prune_checkpoints``.
+
+    fvcore's own ``max_to_keep`` is not used: it deletes only the checkpoints this process wrote, so a run
+    resumed after a pre-emption would keep every checkpoint of its earlier parts forever, and it does not
+    look at ``last_checkpoint``. Here the folder is pruned as it is, after ``save`` has returned, i.e.
+    after the new checkpoint and then ``last_checkpoint`` were written completely (atomic writes); a
+    failed write raises before anything is deleted.
+    """
+
+    def __init__(self, checkpointer, period, keep):
+        super().__init__(checkpointer, period)
+        self.keep = keep
+
+    def step(self, iteration, **kwargs):
+        super().step(iteration, **kwargs)
+        saved = (iteration + 1) % self.period == 0 or (self.max_iter is not None and iteration >= self.max_iter - 1)
+        # Only the process that writes checkpoints deletes them (Detectron2 builds this hook on rank 0 only).
+        if saved and self.keep and comm.is_main_process() and self.checkpointer.save_to_disk:
+            prune_checkpoints(self.checkpointer.save_dir, self.keep, self.period)

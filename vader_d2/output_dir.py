@@ -10,6 +10,7 @@ One run per OUTPUT_DIR, and no run that destroys another's checkpoints.
   interrupted checkpoint writes.
 - ``select_resume_checkpoint``: the checkpoint ``--resume`` continues from: the one ``last_checkpoint``
   names, else the newest complete ``model_*.pth``; unreadable ones are skipped with a warning.
+- ``prune_checkpoints``: ``SOLVER.CHECKPOINT_KEEP``'s retention, after each checkpoint.
 """
 
 import contextlib
@@ -38,6 +39,7 @@ __all__ = [
     "claim_output_dir",
     "list_checkpoints",
     "select_resume_checkpoint",
+    "prune_checkpoints",
     "PREVIOUS_RUNS",
 ]
 
@@ -170,6 +172,61 @@ def list_checkpoints(folder):
     return sorted(found, key=order)
 
 
+def prune_checkpoints(folder, keep, period):
+    """
+    Checkpoint retention (``SOLVER.CHECKPOINT_KEEP``), to be run by the one process that writes checkpoints
+    right after a checkpoint and the ``last_checkpoint`` naming it are completely written. Deletes:
+
+    - periodic checkpoints (``model_<i>.pth`` with ``i + 1`` a multiple of ``period``) beyond the newest ``keep``;
+    - any other ``model_<i>.pth`` (a pre-emption checkpoint, written off the schedule) older than the file
+      ``last_checkpoint`` names: that newer checkpoint is complete, so the older one is no longer needed to resume.
+
+    Never deleted: ``model_final.pth``; the file ``last_checkpoint`` names; files of later iterations than
+    it (left by a run abandoned by pointing ``last_checkpoint`` back to an earlier checkpoint: the resumed
+    run overwrites them when it gets there); anything when ``keep`` is 0 or ``last_checkpoint`` names no
+    ``model_*.pth``. A file that is already gone is fine; one that cannot be deleted stays, with a warning.
+    Returns the names deleted.
+    """
+    if not keep:
+        return []
+    tagged = _read_last_checkpoint(folder)
+    tagged_match = _CHECKPOINT.match(tagged or "")
+    if not tagged_match:
+        return []
+    newest = float("inf") if tagged_match.group(1) == "final" else int(tagged_match.group(1))
+    numbered = []
+    for name in list_checkpoints(folder):
+        number = _CHECKPOINT.match(name).group(1)
+        if number != "final" and int(number) <= newest:
+            numbered.append((int(number), name))
+    periodic = [name for iteration, name in numbered if (iteration + 1) % period == 0]
+    kept = set(periodic[-keep:]) | {tagged}
+    deleted = []
+    for _, name in numbered:
+        if name in kept:
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            logger.warning(f"SOLVER.CHECKPOINT_KEEP: cannot delete {os.path.join(folder, name)} ({e.strerror or e}); it stays")
+            continue
+        deleted.append(name)
+    if deleted:
+        logger.info(f"SOLVER.CHECKPOINT_KEEP {keep}: deleted {', '.join(deleted)}; kept {', '.join(sorted(kept))}")
+    return deleted
+
+
+def _read_last_checkpoint(folder):
+    """The base name ``folder/last_checkpoint`` holds, or None when there is no such file or it is empty."""
+    path = os.path.join(folder, LAST_CHECKPOINT)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return os.path.basename(f.read().strip()) or None
+
+
 @dataclass
 class OutputDirClaim:
     """What ``claim_output_dir`` did: the lock it holds and the lines to log once logging is set up."""
@@ -264,11 +321,8 @@ def select_resume_checkpoint(folder):
     iteration 0 would overwrite them.
     """
     checkpoints = list_checkpoints(folder)
-    tagged = None
     tag_path = os.path.join(folder, LAST_CHECKPOINT)
-    if os.path.isfile(tag_path):
-        with open(tag_path) as f:
-            tagged = os.path.basename(f.read().strip()) or None
+    tagged = _read_last_checkpoint(folder)
     damaged = []
     if tagged:
         path = os.path.join(folder, tagged)

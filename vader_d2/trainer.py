@@ -6,6 +6,7 @@ import weakref
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine.hooks import PeriodicCheckpointer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.utils import comm
 
@@ -15,7 +16,7 @@ from .data import VADeRViewMapper
 from .data.decoding import UnreadableImageError, read_source_image
 from .errors import UserError
 from .frozen_backbone import freeze_backbone
-from .hooks import NegativesWatch
+from .hooks import NegativesWatch, RetainingPeriodicCheckpointer
 from .output_dir import select_resume_checkpoint
 from .solver import build_optimizer
 from .training_metrics import SIMILARITY_STATS
@@ -225,7 +226,12 @@ class VADeRTrainer(DefaultTrainer):
         return build_optimizer(cfg, model)
 
     def build_hooks(self):
-        hooks = super().build_hooks()
+        # DefaultTrainer's checkpointer hook (rank 0 only), with SOLVER.CHECKPOINT_KEEP's retention.
+        hooks = [
+            RetainingPeriodicCheckpointer(hook.checkpointer, hook.period, self.cfg.SOLVER.CHECKPOINT_KEEP)
+            if isinstance(hook, PeriodicCheckpointer) else hook
+            for hook in super().build_hooks()
+        ]
         # PixPro has no queue, hence no negatives to watch.
         if is_pretraining(self.cfg) and self.cfg.MODEL.META_ARCHITECTURE != "PixPro":
             hooks.append(NegativesWatch.from_config(self.cfg))
