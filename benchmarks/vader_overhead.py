@@ -26,6 +26,7 @@ from detectron2.data import get_detection_dataset_dicts
 
 from vader_d2.cli import check_output_file, run_cli
 from vader_d2.data import VADeRViewMapper
+from vader_d2.data.datasets import register_named_folders
 
 from .data_pipeline import build_loader, time_loader, time_mapper
 from .measure import environment, load_average, peak_resident_mb
@@ -70,7 +71,8 @@ def build_parser():
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (one step of every path per round)")
     parser.add_argument("--steps", type=int, default=5, help="timed rounds; each path's median step time is reported")
     parser.add_argument("--dataset", default="vader_demo_photos_train",
-                        help="registered dataset the views are cut from (the batch, the mapper and the loader)")
+                        help="registered dataset (or folder:/path/to/photos) the views are cut from (the batch, the "
+                             "mapper and the loader)")
     parser.add_argument("--mapper-images", type=int, default=30, help="view pairs the mapper is timed on")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="data loader worker processes (DATALOADER.NUM_WORKERS)")
@@ -139,6 +141,7 @@ def run_benchmark(args, log=print):
         "load_average_start": load_average(),
     }
     started = time.perf_counter()
+    register_named_folders(cfg.DATASETS.TRAIN)
     records = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
     dataset = [dict(d, image_id=i) for i, d in enumerate(records)]
     mapper = VADeRViewMapper(cfg, is_train=True)

@@ -115,6 +115,8 @@ print(json.dumps(errors))
 """
     expected_hint = {
         "imagenet_train": "DETECTRON2_DATASETS",
+        "coco_2017_train_images": "coco/train2017/*.jpg",
+        "coco_2017_unlabeled_images": "coco/unlabeled2017/*.jpg",
         "vader_demo_photos_train": "prepare_demo_photos.py",
         "vader_demo_photos_val": "prepare_demo_photos.py",
         "vader_cutpaste_train": "prepare_cutpaste.py",

@@ -34,7 +34,7 @@ from detectron2.data.detection_utils import read_image
 
 from vader_d2.checkpoint import atomic_write
 from vader_d2.cli import build_config, check_input_file, check_output_file, run_cli
-from vader_d2.data.datasets import load_image_folder
+from vader_d2.data.datasets import load_image_folder, register_named_folders
 from vader_d2.errors import UserError
 from vader_d2.evaluation import (
     FEATURE_SOURCES,
@@ -59,7 +59,8 @@ def parse_args(argv=None):
     parser.add_argument("--features", nargs="+", choices=FEATURE_SOURCES, help="default: every source the model has")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--seed", type=int, default=0, help="view pairs, probe and random initialisation")
-    parser.add_argument("--correspondence-dataset", default="vader_demo_photos_val")
+    parser.add_argument("--correspondence-dataset", default="vader_demo_photos_val",
+                        help="a registered dataset, or folder:/path/to/photos")
     parser.add_argument("--correspondence-folder", metavar="DIR", help="photos under DIR instead of --correspondence-dataset")
     parser.add_argument("--pairs-per-image", type=int, default=CorrespondenceProtocol.pairs_per_image)
     parser.add_argument("--view-size", type=int, default=CorrespondenceProtocol.view_size)
@@ -85,6 +86,7 @@ def setup(args):
 
 
 def dataset_dicts(name):
+    register_named_folders([name])
     if name not in DatasetCatalog.list():
         raise UserError(f"dataset {name!r} is not registered; registered: {', '.join(sorted(DatasetCatalog.list()))}")
     return DatasetCatalog.get(name)

@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 from detectron2.data import DatasetCatalog
 
 from vader_d2.cli import build_config, check_input_file, check_output_dir, run_cli
+from vader_d2.data.datasets import register_named_folders
 from vader_d2.data.decoding import UnreadableImageError, read_source_image
 from vader_d2.errors import UserError
 from vader_d2.evaluation import FEATURE_SOURCES, CorrespondenceProtocol, build_feature_extractor, make_view_pair
@@ -45,7 +46,7 @@ def parse_args(argv=None):
     parser.add_argument("--output-dir", required=True, help="where the PNGs go")
     parser.add_argument("--features", choices=FEATURE_SOURCES, help="default: 'head' where the model has one, else 'p2'")
     parser.add_argument("--image", help="a photo to use instead of the dataset's")
-    parser.add_argument("--dataset", default="vader_demo_photos_val")
+    parser.add_argument("--dataset", default="vader_demo_photos_val", help="a registered dataset, or folder:/path/to/photos")
     parser.add_argument("--image-index", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="the view pair and the random initialisation")
     parser.add_argument("--title", help="model name in the pictures' titles (default: MODEL.WEIGHTS)")
@@ -58,6 +59,7 @@ def parse_args(argv=None):
 def pick_image(args):
     if args.image:
         return args.image
+    register_named_folders([args.dataset])
     if args.dataset not in DatasetCatalog.list():
         raise UserError(f"dataset {args.dataset!r} is not registered")
     dicts = DatasetCatalog.get(args.dataset)

@@ -13,6 +13,7 @@ from detectron2.utils import comm
 from .checkpoint import EXPECTED_CHECKPOINT, VADeRCheckpointer, check_backbone_loaded, checkpoint_problem, short_error
 from .config import PRETRAINING_ARCHITECTURES, check_solver_config, check_vader_config
 from .data import VADeRViewMapper
+from .data.datasets import FOLDER_DATASET_PREFIX, register_named_folders
 from .data.decoding import UnreadableImageError, read_source_image
 from .errors import UserError
 from .frozen_backbone import freeze_backbone
@@ -33,14 +34,26 @@ class TrainingDivergedError(UserError, FloatingPointError):
 
 
 def check_datasets_registered(cfg):
-    """Unknown names in DATASETS.TRAIN / DATASETS.TEST fail before any process starts, in one line."""
+    """
+    Unknown names in DATASETS.TRAIN / DATASETS.TEST fail before any process starts, in one line; a
+    ``folder:PATH`` name in DATASETS.TRAIN is registered on the way. One in DATASETS.TEST would fail only
+    at the first evaluation, hours later: unlabeled images have nothing to evaluate.
+    """
+    for name in cfg.DATASETS.TEST:
+        if name.startswith(FOLDER_DATASET_PREFIX):
+            raise UserError(
+                f"DATASETS.TEST: {name!r} is a folder of unlabeled images, which has nothing to evaluate; "
+                "name a dataset with annotations there, or leave DATASETS.TEST empty"
+            )
+    register_named_folders(cfg.DATASETS.TRAIN)
     registered = set(DatasetCatalog.list())
     for key in ("TRAIN", "TEST"):
         for name in cfg.DATASETS[key]:
             if name not in registered:
                 raise UserError(
-                    f"DATASETS.{key}: no dataset named {name!r} is registered; check the spelling, or register "
-                    "your images first with vader_d2.register_unlabeled_folder(name, folder)"
+                    f"DATASETS.{key}: no dataset named {name!r} is registered; check the spelling, name your folder "
+                    "of images as folder:/path/to/images, or register it first with "
+                    "vader_d2.register_unlabeled_folder(name, folder)"
                 )
 
 
@@ -209,6 +222,8 @@ class VADeRTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
+        # Here, not only before the launch: each launched process starts with the builtin datasets only.
+        register_named_folders(cfg.DATASETS.TRAIN)
         if not is_pretraining(cfg):
             return super().build_train_loader(cfg)
         dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)

@@ -4,10 +4,19 @@ Builtin datasets live under ``$DETECTRON2_DATASETS`` (default ``./datasets``), a
 registered when this module is imported:
 
 - ``imagenet_train``: ``imagenet/train/**`` (ImageNet's train split, which you provide; labels unused).
+- ``coco_2017_train_images`` / ``coco_2017_unlabeled_images``: ``coco/train2017/*`` and
+  ``coco/unlabeled2017/*``, COCO's train and unlabeled images (which you provide) without annotations, as
+  DenseCL pretrains on COCO. Not ``coco_2017_train``: Detectron2 registers that name for the annotated
+  instances, which need ``coco/annotations/instances_train2017.json``; ``_images`` says the same
+  images as a plain list. (Detectron2 has no ``coco_2017_unlabeled``; the suffix keeps the two alike.)
 - ``vader_demo_photos_train`` / ``_val``: unlabeled real photos, from ``datasets/prepare_demo_photos.py``.
 - ``vader_cutpaste_train`` / ``_val``: COCO-format instances (masks, boxes, 4 keypoints each) and
   ``vader_cutpaste_sem_seg_train`` / ``_val``: semantic masks of the same images, both from
   ``datasets/prepare_cutpaste.py``.
+
+Your own folder needs no registration: the dataset name ``folder:/data/photos`` is the unlabeled images
+under ``/data/photos`` (``register_named_folders`` registers such names where names are resolved). From
+Python, ``register_unlabeled_folder(name, folder)`` gives a folder a name of your choice.
 
 Registration never touches the disk: a dataset that is not there yet raises a one-line
 :class:`~vader_d2.errors.UserError` when it is first loaded, naming the script that prepares it.
@@ -27,8 +36,10 @@ __all__ = [
     "CUTPASTE_KEYPOINT_NAMES",
     "CUTPASTE_KEYPOINT_FLIP_MAP",
     "CUTPASTE_KEYPOINT_OKS_SIGMAS",
+    "FOLDER_DATASET_PREFIX",
     "load_image_folder",
     "register_unlabeled_folder",
+    "register_named_folders",
     "register_all_builtin",
 ]
 
@@ -50,6 +61,7 @@ CUTPASTE_KEYPOINT_OKS_SIGMAS = (0.05, 0.05, 0.05, 0.05)
 _PREPARE_DEMO_PHOTOS = "run `python datasets/prepare_demo_photos.py` (it writes under $DETECTRON2_DATASETS)"
 _PREPARE_CUTPASTE = "run `python datasets/prepare_cutpaste.py` (it writes under $DETECTRON2_DATASETS)"
 _IMAGENET_HINT = "set DETECTRON2_DATASETS to the folder that holds imagenet/train/<class>/*.JPEG"
+_COCO_HINT = "set DETECTRON2_DATASETS to the folder that holds coco/{}/*.jpg (COCO 2017 images, cocodataset.org)"
 _BUILTIN_CONFLICT_HINT = "set DETECTRON2_DATASETS before importing vader_d2 to move the builtin datasets"
 
 
@@ -103,6 +115,32 @@ def register_unlabeled_folder(name, root):
     )
 
 
+# A dataset name that carries its folder: "folder:/data/photos".
+FOLDER_DATASET_PREFIX = "folder:"
+
+
+def register_named_folders(names):
+    """Register each ``folder:PATH`` among the dataset names ``names`` as the unlabeled images under PATH
+    (recursively; relative to the current folder unless absolute); other names are left alone.
+
+    Called wherever dataset names are resolved, in every process: Detectron2's launch starts fresh
+    processes, which know only the datasets registered at import. Lazy like every registration here:
+    a missing or empty folder is the one-line error of ``load_image_folder`` when the dataset is loaded.
+    """
+    for name in names:
+        if not name.startswith(FOLDER_DATASET_PREFIX):
+            continue
+        path = name[len(FOLDER_DATASET_PREFIX):]
+        if not path.strip():
+            raise UserError(f"the dataset name {name!r} names no folder; write folder:/path/to/images")
+        _register_image_folder(
+            name,
+            os.path.abspath(os.path.expanduser(path)),
+            missing_hint=f"check the path in the dataset name {name!r}",
+            conflict_hint="a relative folder: name means another folder after a change of the current folder; use an absolute path",
+        )
+
+
 def register_all_builtin(root):
     """Register the builtin datasets (table in the module docstring) under the datasets root ``root``."""
     _register_image_folder(
@@ -111,6 +149,13 @@ def register_all_builtin(root):
         missing_hint=_IMAGENET_HINT,
         conflict_hint=_BUILTIN_CONFLICT_HINT,
     )
+    for name, folder in (("coco_2017_train_images", "train2017"), ("coco_2017_unlabeled_images", "unlabeled2017")):
+        _register_image_folder(
+            name,
+            os.path.join(root, "coco", folder),
+            missing_hint=_COCO_HINT.format(folder),
+            conflict_hint=_BUILTIN_CONFLICT_HINT,
+        )
     for split in ("train", "val"):
         _register_image_folder(
             f"vader_demo_photos_{split}",
