@@ -6,12 +6,14 @@ complete; nothing is deleted before the newer checkpoint and last_checkpoint are
 
 import errno
 import os
+from glob import glob
 
 import pytest
 import torch
 
 import vader_d2.output_dir as output_dir
 from vader_d2.checkpoint import VADeRCheckpointer
+from vader_d2.cli import build_config
 from vader_d2.config import check_solver_config
 from vader_d2.errors import UserError
 from vader_d2.hooks import RetainingPeriodicCheckpointer
@@ -179,3 +181,12 @@ def test_keep_values_set_in_python_are_checked_too():
             check_solver_config(cfg)
     cfg.SOLVER.CHECKPOINT_KEEP = 0
     check_solver_config(cfg)
+
+
+def test_paper_configs_keep_fallbacks_and_demo_configs_keep_everything():
+    for config in ("configs/vader_pretrain.yaml", "configs/densecl_pretrain.yaml", "configs/pixpro_pretrain.yaml"):
+        assert build_config(config).SOLVER.CHECKPOINT_KEEP == 3, config
+    demos = glob("configs/*_demo*.yaml")
+    assert len(demos) >= 5
+    for config in demos:
+        assert build_config(config, ["MODEL.DEVICE", "cpu"]).SOLVER.CHECKPOINT_KEEP == 0, config
