@@ -2,7 +2,8 @@
 """
 Evaluate the frozen dense features of a checkpoint (library: vader_d2/evaluation):
 
-- correspondence on held-out photos (vader_demo_photos_val, or any --correspondence-folder): random homography + photometric view pairs,
+- correspondence on held-out photos (vader_demo_photos_val, or your own: --correspondence-dataset folder:/path/to/photos,
+  or --correspondence-folder /path/to/photos): random homography + photometric view pairs,
   nearest-neighbour matching of dense embeddings, PCK at 2/4/8 pixels and mean / median error;
 - linear probe: mIoU of a 1x1 classifier trained on frozen features of vader_cutpaste_sem_seg_train,
   scored on vader_cutpaste_sem_seg_val.
