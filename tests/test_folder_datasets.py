@@ -23,20 +23,25 @@ from .test_cli_errors import load_tool
 from .test_config_errors import DEMO_CONFIG, REPO, TINY_OPTS, run_train_net, single_error_line, train_net, train_net_env
 
 
+@pytest.fixture(autouse=True)
+def unregister_folders(tmp_path):
+    """The folder: datasets a test registers under its tmp_path are unregistered after it."""
+    yield
+    for name in DatasetCatalog.list():
+        if name.startswith("folder:") and MetadataCatalog.get(name).get("image_root", "").startswith(str(tmp_path)):
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
 @pytest.fixture
 def photo_folder(tmp_path):
-    """A fresh folder (so a fresh folder: name) of two photos, one in a sub-folder, plus a text file;
-    its dataset is unregistered again after the test."""
+    """A fresh folder (so a fresh folder: name) of two photos, one in a sub-folder, plus a text file."""
     folder = tmp_path / f"photos_{uuid.uuid4().hex[:8]}"
     (folder / "sub").mkdir(parents=True)
     photo(64, 80, 1).save(folder / "a.jpg")
     photo(64, 80, 2).save(folder / "sub" / "b.png")
     (folder / "notes.txt").write_text("not an image")
-    yield folder
-    for name in list(DatasetCatalog.list()):
-        if str(tmp_path) in name:
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
+    return folder
 
 
 def file_names(dicts):
@@ -55,11 +60,11 @@ def test_the_trainer_registers_a_folder_name_itself(photo_folder):
     """What a process started by Detectron2's launch does: it has not run the launcher's checks."""
     relative = os.path.relpath(photo_folder)
     name = f"folder:{relative}"
-    cfg = demo_cfg(*TINY_OPTS, "DATASETS.TRAIN", f"('{name}', 'vader_demo_photos_train')")
-    loader = VADeRTrainer.build_train_loader(cfg)
-    assert loader is not None
+    assert name not in DatasetCatalog.list()
+    VADeRTrainer.build_train_loader(demo_cfg(*TINY_OPTS, "DATASETS.TRAIN", f"('{name}',)"))
     assert file_names(DatasetCatalog.get(name)) == [str(photo_folder / "a.jpg"), str(photo_folder / "sub" / "b.png")]
-    register_named_folders([name, "vader_demo_photos_train"])  # again: a no-op, other names left alone
+    assert MetadataCatalog.get(name).image_root == str(photo_folder)
+    register_named_folders([name, "vader_demo_photos_train"])  # again: a no-op; other names are left alone
 
 
 def test_folder_names_fail_with_the_folder_errors(tmp_path):
