@@ -185,6 +185,7 @@ PRETRAIN_VALUES = [
     (["MODEL.VADER.EMBED_DIM", "-128"], "MODEL.VADER.EMBED_DIM must be at least 1, got -128"),
     (["MODEL.VADER.QUEUE_SIZE", "0"], "MODEL.VADER.QUEUE_SIZE must be at least 1, got 0"),
     (["MODEL.VADER.METRICS_PERIOD", "0"], "MODEL.VADER.METRICS_PERIOD must be at least 1"),
+    (["MODEL.VADER.ENQUEUE", "after"], "MODEL.VADER.ENQUEUE must be 'before_loss' or 'after_loss', got 'after'"),
     (["MODEL.VADER.HEAD.IN_FEATURES", "['p3', 'p4']"], "MODEL.VADER.HEAD.IN_FEATURES must be FPN outputs"),
     (["MODEL.VADER.HEAD.NORM", "GroupNorm"], "MODEL.VADER.HEAD.NORM='GroupNorm' cannot normalise"),
     (["INPUT.VIEWS.MAX_REDRAWS", "-1"], "INPUT.VIEWS.MAX_REDRAWS must be at least 1, got -1"),
@@ -224,6 +225,11 @@ def test_queries_have_negatives_from_the_second_step_of_a_one_image_batch():
     # Two images per batch, one step in the queue: the other image's keys are negatives.
     train_net.check_before_launch(train_net.parse_args(
         ["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH", "2", "MODEL.VADER.BN_GROUP_SIZE", "1", "MODEL.VADER.QUEUE_SIZE", "512"]
+    ))
+    # MoCo's order: one step in the queue holds the previous step's image, another image.
+    train_net.check_before_launch(train_net.parse_args(
+        ["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH", "1", "MODEL.VADER.BN_GROUP_SIZE", "1", "MODEL.VADER.QUEUE_SIZE", "256",
+         "MODEL.VADER.ENQUEUE", "after_loss"]
     ))
 
 

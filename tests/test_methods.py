@@ -171,33 +171,46 @@ def test_densecl_geometric_positives_equal_the_views_transforms():
     assert valid.any()
 
 
-def test_densecl_model_loss_is_the_weighted_sum_of_the_papers_two_losses():
-    """The model's two loss terms, recomputed in float64 from its own encoders' outputs (gradient too)."""
-    cfg = method_cfg("DenseCL", "MODEL.VADER.KEY_BN", "sync")
+@pytest.mark.parametrize("enqueue", ["before_loss", "after_loss"])
+def test_densecl_model_loss_is_the_weighted_sum_of_the_papers_two_losses(enqueue):
+    """The model's two loss terms, recomputed in float64 from its own encoders' outputs (gradient too).
+    With ENQUEUE after_loss (DenseCL's order) the negatives are both queues as an earlier step left them."""
+    cfg = method_cfg("DenseCL", "MODEL.VADER.KEY_BN", "sync", "MODEL.VADER.ENQUEUE", enqueue)
     torch.manual_seed(0)
     model = build_model(cfg).train()
     model.momentum = 1.0  # the key encoder stays what it is, so the recomputation sees the same weights
-    batch = mapped_batches(cfg, 1)[0]
+    earlier, batch = mapped_batches(cfg, 2)
     with EventStorage(0):
+        if enqueue == "after_loss":
+            with torch.no_grad():
+                model(earlier)
+            negatives = [model.queue.clone(), model.queue_image_ids.clone(), model.dense_queue.clone(), model.dense_queue_image_ids.clone()]
         losses = model(batch)
     sum(losses.values()).backward()
     grad = model.query_encoder.dense_head[2].weight.grad.clone()
     model.zero_grad()
 
-    # The queue now holds the batch's keys; recompute everything from the encoders.
+    if enqueue == "before_loss":
+        # The queues now hold the batch's keys, as the loss saw them.
+        negatives = [model.queue, model.queue_image_ids, model.dense_queue, model.dense_queue_image_ids]
+    else:
+        # The batch's keys were enqueued after its loss, behind the earlier step's.
+        assert torch.equal(model.queue_image_ids[4:8], torch.tensor([x["image_id"] for x in batch]))
+        assert torch.equal(model.queue_image_ids[:4], negatives[1][:4])
+    # Recompute everything from the encoders.
     view1 = model.normalize(torch.stack([x["view1"] for x in batch]))
     view2 = model.normalize(torch.stack([x["view2"] for x in batch]))
     q_global, q_dense, _, q_features = model.query_encoder(view1)
     with torch.no_grad():
         k_global, k_dense, _, k_features = model.key_encoder(view2)
     t, lam = 0.2, 0.5
-    queue, queue_ids = model.queue.double(), model.queue_image_ids
-    dense_queue = model.dense_queue.double()
+    queue, queue_ids, dense_queue, dense_queue_ids = negatives
+    queue, dense_queue = queue.double(), dense_queue.double()
     global_terms, dense_terms = [], []
     for n, x in enumerate(batch):
         usable = (queue_ids != x["image_id"]) & (queue_ids >= 0)
         global_terms.append(info_nce_float64(q_global[n].double() / t, k_global[n].double(), queue[usable]))
-        usable_dense = (model.dense_queue_image_ids != x["image_id"]) & (model.dense_queue_image_ids >= 0)
+        usable_dense = (dense_queue_ids != x["image_id"]) & (dense_queue_ids >= 0)
         for i in range(CELLS * CELLS):
             similarity = [float(q_features.detach()[n, :, i // CELLS, i % CELLS] @ k_features[n, :, j // CELLS, j % CELLS]) for j in range(CELLS * CELLS)]
             j = int(np.argmax(similarity))

@@ -205,3 +205,43 @@ def test_reset_queue_empties_every_slot_and_the_skip_count(model):
     model.reset_queue()
     assert (model.queue_image_ids == -1).all() and int(model.queue_ptr) == 0
     assert not model.queue.any() and int(model.skipped_images) == 0
+
+
+def moco_step_recomputed(model, batch):
+    """The MoCo baseline's queries and keys for ``batch``, recomputed from its encoders (one BN group)."""
+    view1 = model.normalize(torch.stack([x["view1"] for x in batch]))
+    view2 = model.normalize(torch.stack([x["view2"] for x in batch]))
+    with torch.no_grad():
+        return model.query_encoder(view1).double(), model.key_encoder(view2).double()
+
+
+@pytest.mark.parametrize("enqueue", ["after_loss", "before_loss"])
+def test_moco_negatives_are_earlier_steps_keys_after_loss_and_the_batchs_too_before(enqueue):
+    """ENQUEUE after_loss is MoCo's order: a step's negatives are the queue as the step found it (empty
+    at the first step: loss 0), and the step's keys enter it afterwards; before_loss adds the batch's
+    other images. Both checked against the float64 formula on the model's own queries and keys."""
+    cfg = demo_cfg(
+        "MODEL.VADER.LOSS", "global", "MODEL.VADER.ENQUEUE", enqueue, "MODEL.VADER.KEY_BN", "sync",
+        "MODEL.VADER.QUEUE_SIZE", "8", "MODEL.VADER.TEMPERATURE", "0.2", "MODEL.VADER.GLOBAL_HEAD.HIDDEN_DIM", "64",
+    )
+    torch.manual_seed(0)
+    moco = build_model(cfg).train()
+    moco.momentum = 1.0  # the key encoder stays put, so the recomputation sees the step's weights
+    first, second = fake_batch(4, crop=64), fake_batch(4, crop=64, first_image_id=4)
+    ids = torch.arange(8)
+    with EventStorage(0):
+        first_loss = moco(first)["loss_moco"].item()
+        queue_before = moco.queue.double().clone()
+        second_loss = moco(second)["loss_moco"].item()
+    q1, k1 = moco_step_recomputed(moco, first)
+    q2, k2 = moco_step_recomputed(moco, second)
+    if enqueue == "after_loss":
+        assert first_loss == 0.0  # nothing queued yet, nothing to contrast
+        expected = direct_info_nce(q2, k2, queue_before[:4], ids[4:], ids[:4], 0.2)
+    else:
+        assert first_loss == pytest.approx(direct_info_nce(q1, k1, k1, ids[:4], ids[:4], 0.2), rel=1e-5)
+        expected = direct_info_nce(q2, k2, torch.cat([k1, k2]), ids[4:], ids, 0.2)
+    assert second_loss == pytest.approx(expected, rel=1e-5)
+    # Either way both steps' keys end up queued, in step order.
+    torch.testing.assert_close(moco.queue.double(), torch.cat([k1, k2]), rtol=0, atol=1e-6)
+    assert torch.equal(moco.queue_image_ids, ids)

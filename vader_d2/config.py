@@ -28,6 +28,11 @@ def add_vader_config(cfg):
     cfg.MODEL.VADER.TEMPERATURE = 0.07
     # Number of key embeddings (pixels for "dense", images for "global") kept as negatives.
     cfg.MODEL.VADER.QUEUE_SIZE = 65536
+    # When a step's keys enter the queue (VADeR, the MoCo baseline, both DenseCL queues): "before_loss",
+    # this project's, so that the batch's other images are negatives too (the freshest keys there are,
+    # and negatives from the first step on); "after_loss", MoCo's and DenseCL's official order, so that
+    # negatives are the keys of earlier steps only. Keys of the query's own image are masked either way.
+    cfg.MODEL.VADER.ENQUEUE = "before_loss"
     cfg.MODEL.VADER.MOMENTUM = 0.999
     # Matched pixel pairs per image the loss is applied to (paper: 32).
     cfg.MODEL.VADER.PAIRS_PER_IMAGE = 32
@@ -201,6 +206,8 @@ def check_vader_config(cfg, world_size=1):
     v = cfg.MODEL.VADER
     if v.LOSS not in ("dense", "global"):
         raise UserError(f"MODEL.VADER.LOSS must be 'dense' or 'global', got {v.LOSS!r}")
+    if v.ENQUEUE not in ("before_loss", "after_loss"):
+        raise UserError(f"MODEL.VADER.ENQUEUE must be 'before_loss' or 'after_loss', got {v.ENQUEUE!r}")
     if v.KEY_SAMPLING not in ("bilinear", "nearest"):
         raise UserError(f"MODEL.VADER.KEY_SAMPLING must be 'bilinear' or 'nearest', got {v.KEY_SAMPLING!r}")
     if not 0.0 <= v.MOMENTUM < 1.0:
@@ -265,8 +272,12 @@ def check_queries_have_negatives(cfg):
     with one image per global batch and a queue of one step's keys it only ever holds the query's own
     image, every negative is masked, the loss is 0 and nothing is learned. Any larger queue or batch
     gives negatives from the second step on (the first step of a one-image batch has none).
+    With ENQUEUE after_loss the queue holds earlier steps' keys only, of other images from the second
+    step on, whatever its size.
     """
     v = cfg.MODEL.VADER
+    if v.ENQUEUE == "after_loss":
+        return
     keys_per_step = keys_enqueued_per_step(cfg)
     images_in_queue = (v.QUEUE_SIZE // keys_per_step) * cfg.SOLVER.IMS_PER_BATCH
     if images_in_queue < 2:

@@ -18,9 +18,10 @@ One training step, for a batch of images each given as two views:
 5. loss = (1 - lambda) global + lambda dense (lambda 0.5, temperature 0.2 for both).
 
 The FPN is not part of DenseCL's computation: it stays frozen and is not exported (as for the MoCo
-baseline). Queue semantics are this project's (VADeR's, the MoCo baseline's): keys of the batch are
-enqueued before the loss and carry their image id, keys of the query's own image and empty slots are
-masked, so the first step needs no random initial queue.
+baseline). Queue semantics are this project's (VADeR's, the MoCo baseline's): keys carry their image id,
+keys of the query's own image and empty slots are masked, so no random initial queue is needed; the
+batch's keys are enqueued before the loss (``MODEL.VADER.ENQUEUE before_loss``) or, as DenseCL's code
+does, after it (``after_loss``).
 """
 
 from typing import Dict, List
@@ -136,6 +137,7 @@ class DenseCL(nn.Module):
         dense_loss_weight: float,
         positive: str,
         key_bn: str,
+        enqueue: str = "before_loss",
         bn_group_size: int,
         metrics_period: int,
         channels_last: bool = False,
@@ -150,6 +152,7 @@ class DenseCL(nn.Module):
         self.dense_loss_weight = dense_loss_weight
         self.positive = positive
         self.key_bn = key_bn
+        self.enqueue_after_loss = enqueue == "after_loss"
         self.bn_group_size = bn_group_size
         self.metrics_period = metrics_period
         self.channels_last = channels_last
@@ -175,6 +178,7 @@ class DenseCL(nn.Module):
             "dense_loss_weight": d.LOSS_WEIGHT,
             "positive": d.POSITIVE,
             "key_bn": v.KEY_BN,
+            "enqueue": v.ENQUEUE,
             "bn_group_size": v.BN_GROUP_SIZE,
             "metrics_period": v.METRICS_PERIOD,
             "channels_last": v.CHANNELS_LAST,
@@ -229,20 +233,28 @@ class DenseCL(nn.Module):
         )
 
         all_ids = concat_all_gather(image_ids)
-        enqueue_(self, "queue", key_global, all_ids)
-        enqueue_(self, "dense_queue", key_pooled, all_ids)
+        if self.enqueue_after_loss:
+            # Copies: the losses keep their negatives for the backward pass, and the enqueue writes in place.
+            negatives, dense_negatives = self.queue.clone(), self.dense_queue.clone()
+        else:
+            enqueue_(self, "queue", key_global, all_ids)
+            enqueue_(self, "dense_queue", key_pooled, all_ids)
+            negatives, dense_negatives = self.queue, self.dense_queue
         rank, batch = comm.get_rank(), len(batched_inputs)
         mine = slice(rank * batch, (rank + 1) * batch)
 
         global_loss, global_positive, global_hardest, _ = info_nce_loss(
-            query_global, key_global[mine], self.queue, image_ids, self.queue_image_ids, self.temperature
+            query_global, key_global[mine], negatives, image_ids, self.queue_image_ids, self.temperature
         )
         key_features = None if key_features is None else key_features[mine]
         cells, matched = self.positive_cells(batched_inputs, query_features, key_features, query_dense.shape[-2:])
         dense_loss, dense_positive, dense_hardest = dense_contrastive_loss(
-            query_dense, key_dense[mine], cells, matched, self.dense_queue, self.dense_queue_image_ids, image_ids, self.temperature
+            query_dense, key_dense[mine], cells, matched, dense_negatives, self.dense_queue_image_ids, image_ids, self.temperature
         )
         self.log_metrics(global_positive, global_hardest, dense_positive, dense_hardest, matched)
+        if self.enqueue_after_loss:
+            enqueue_(self, "queue", key_global, all_ids)
+            enqueue_(self, "dense_queue", key_pooled, all_ids)
         return {
             "loss_densecl_global": (1.0 - self.dense_loss_weight) * global_loss,
             "loss_densecl_dense": self.dense_loss_weight * dense_loss,

@@ -9,11 +9,12 @@ One training step, for a batch of images each given as two views plus the corres
    query is the cell's view-1 embedding, its positive key the view-2 embedding at the matched location;
 4. negatives are the keys in the queue that come from *other images* (a key from the query's own image,
    whether from this batch or an earlier epoch, is masked out);
-5. InfoNCE with temperature-scaled cosine similarity; then the batch's keys (the keys of every
-   process's images) are written to the queue, oldest first out.
+5. InfoNCE with temperature-scaled cosine similarity; the batch's keys (the keys of every process's
+   images) are written to the queue, oldest first out.
 
-The current batch's keys are enqueued *before* the loss is computed, so the other images of the batch
-serve as negatives too (the freshest ones available), and the first step already has negatives.
+By default (``MODEL.VADER.ENQUEUE before_loss``) the current batch's keys are enqueued *before* the loss
+is computed, so the other images of the batch serve as negatives too (the freshest ones available), and
+the first step already has negatives; ``after_loss`` is MoCo's order, negatives from earlier steps only.
 
 Batch norm (``MODEL.VADER.KEY_BN``): ``shuffle`` (MoCo's shuffle-BN, ``shuffle_bn.py``) normalises the
 query encoder over contiguous groups of ``BN_GROUP_SIZE`` images of each process and the key encoder over
@@ -202,6 +203,7 @@ class VADeR(nn.Module):
         symmetric: bool,
         key_sampling: str,
         key_bn: str = "shuffle",
+        enqueue: str = "before_loss",
         bn_group_size: int,
         metrics_period: int,
         channels_last: bool = False,
@@ -218,6 +220,7 @@ class VADeR(nn.Module):
         self.symmetric = symmetric
         self.key_sampling = key_sampling
         self.key_bn = key_bn
+        self.enqueue_after_loss = enqueue == "after_loss"
         self.bn_group_size = bn_group_size
         self.metrics_period = metrics_period
         self.channels_last = channels_last
@@ -241,6 +244,7 @@ class VADeR(nn.Module):
             "symmetric": v.SYMMETRIC,
             "key_sampling": v.KEY_SAMPLING,
             "key_bn": v.KEY_BN,
+            "enqueue": v.ENQUEUE,
             "bn_group_size": v.BN_GROUP_SIZE,
             "metrics_period": v.METRICS_PERIOD,
             "channels_last": v.CHANNELS_LAST,
@@ -329,15 +333,22 @@ class VADeR(nn.Module):
         directions = len(keys)
         all_image_ids = concat_all_gather(image_ids).repeat_interleave(per_image).repeat(directions)
         keys_of_all = torch.cat([k.reshape(-1, k.shape[-1]) for k in keys])
-        self.enqueue(keys_of_all, all_image_ids)
+        if self.enqueue_after_loss:
+            # A copy: the loss keeps its negatives for the backward pass, and the enqueue below writes in place.
+            negatives = self.queue.clone()
+        else:
+            self.enqueue(keys_of_all, all_image_ids)
+            negatives = self.queue
         rank, batch = comm.get_rank(), len(batched_inputs)
         mine = torch.cat([k[rank * batch : (rank + 1) * batch].reshape(-1, k.shape[-1]) for k in keys])
         queries = torch.cat([q.reshape(-1, q.shape[-1]) for q in queries])
         query_ids = image_ids.repeat_interleave(per_image).repeat(directions)
         loss, positive, hardest, excluded = info_nce_loss(
-            queries, mine, self.queue, query_ids, self.queue_image_ids, self.temperature
+            queries, mine, negatives, query_ids, self.queue_image_ids, self.temperature
         )
         self.log_metrics(batched_inputs, queries, positive, hardest, excluded)
+        if self.enqueue_after_loss:
+            self.enqueue(keys_of_all, all_image_ids)
         return {"loss_vader" if self.loss_type == "dense" else "loss_moco": loss}
 
     def sample_cells(self, valid, matches):
