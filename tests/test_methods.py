@@ -738,3 +738,36 @@ def test_two_gloo_processes_match_one_process(tmp_path):
             assert torch.allclose(rank0["state"][name], value, rtol=1e-6, atol=1e-9), (method, name)
             compared += 1
         assert compared > 50, method
+
+
+# ---------------------------------------------------------------------------------------------------
+# Initialisation as the official code does it
+
+
+def test_densecl_global_head_is_he_normal_and_dense_head_pytorch_default():
+    """DenseCL's neck: linear layers He-normal over their fan in with zero bias; its 1x1 convs PyTorch's default."""
+    torch.manual_seed(0)
+    model = build_model(method_cfg("DenseCL", "MODEL.DENSECL.HIDDEN_DIM", "256"))
+    for layer in (model.query_encoder.global_head[0], model.query_encoder.global_head[2]):
+        fan_in = layer.weight.shape[1]
+        assert layer.bias.abs().max().item() == 0.0
+        # 65536 / 32768 draws: the std is within 2% of He's sqrt(2 / fan in) (PyTorch's default: 0.41 x that).
+        assert layer.weight.std().item() == pytest.approx(math.sqrt(2.0 / fan_in), rel=0.02)
+    for conv in (model.query_encoder.dense_head[0], model.query_encoder.dense_head[2]):
+        fan_in = conv.weight[0].numel()
+        assert conv.weight.abs().max().item() <= 1.0 / math.sqrt(fan_in)  # PyTorch's uniform bound
+    torch.testing.assert_close(model.key_encoder.global_head[0].weight, model.query_encoder.global_head[0].weight)
+
+
+def test_pixpro_resnet_starts_each_residual_branch_at_zero_like_pixpros():
+    """The last norm of every residual block scales by 0 (PixPro's zero gamma), every other norm by 1; the other methods keep 1."""
+    torch.manual_seed(0)
+    resnet = build_model(method_cfg("PixPro")).query_encoder.backbone.bottom_up
+    blocks = [m for m in resnet.modules() if type(m).__name__ == "BasicBlock"]
+    assert len(blocks) == 8  # ResNet-18
+    for block in blocks:
+        assert block.conv2.norm.weight.abs().max().item() == 0.0
+        assert torch.equal(block.conv1.norm.weight, torch.ones_like(block.conv1.norm.weight))
+    assert torch.equal(resnet.stem.conv1.norm.weight, torch.ones_like(resnet.stem.conv1.norm.weight))
+    densecl_resnet = build_model(method_cfg("DenseCL")).query_encoder.backbone.bottom_up
+    assert all(m.conv2.norm.weight.min().item() == 1.0 for m in densecl_resnet.modules() if type(m).__name__ == "BasicBlock")

@@ -74,6 +74,12 @@ class DenseCLEncoder(nn.Module):
         # Input pixels per cell of the dense grid (32 for res5): where the geometric positives are looked up.
         self.stride = backbone.bottom_up.output_shape()[in_feature].stride
         self.global_head = nn.Sequential(nn.Linear(channels, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, embed_dim))
+        # DenseCL initialises its neck's linear layers He-normal (fan in, zero bias), about 2.4 times
+        # PyTorch's default scale; its 1x1 convs keep PyTorch's default, as here.
+        for layer in self.global_head:
+            if isinstance(layer, nn.Linear):
+                nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
         self.dense_head = nn.Sequential(
             nn.Conv2d(channels, hidden_dim, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden_dim, embed_dim, 1)
         )

@@ -34,6 +34,7 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.layers import get_norm
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 from detectron2.utils.events import get_event_storage
 
 from .cell_geometry import pixpro_positive_mask
@@ -64,6 +65,19 @@ def _projection(in_channels, hidden_dim, out_channels, norm):
     )
 
 
+@torch.no_grad()
+def zero_init_residual_branches_(resnet: nn.Module):
+    """
+    Scale 0 for the last norm of every residual branch (PixPro's ResNet, after Goyal et al. 2017 sec. 5.1):
+    each block starts as its shortcut. Detectron2's ResNet leaves it at 1, as MoCo's and DenseCL's do.
+    """
+    for block in resnet.modules():
+        last = {BottleneckBlock: "conv3", BasicBlock: "conv2"}.get(type(block))
+        norm = getattr(block, last).norm if last else None
+        if getattr(norm, "weight", None) is not None:  # no norm, or a frozen one: nothing to initialise
+            nn.init.zeros_(norm.weight)
+
+
 class PixProEncoder(nn.Module):
     """images -> (B, D, S, S) projections of the backbone's ``in_feature`` cells (not normalised)."""
 
@@ -79,6 +93,7 @@ class PixProEncoder(nn.Module):
         for name, p in backbone.named_parameters():
             if not name.startswith("bottom_up."):
                 p.requires_grad_(False)
+        zero_init_residual_branches_(backbone.bottom_up)
 
     def forward(self, images):
         return self.projection(self.backbone.bottom_up(images)[self.in_feature])
