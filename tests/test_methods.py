@@ -771,3 +771,34 @@ def test_pixpro_resnet_starts_each_residual_branch_at_zero_like_pixpros():
     assert torch.equal(resnet.stem.conv1.norm.weight, torch.ones_like(resnet.stem.conv1.norm.weight))
     densecl_resnet = build_model(method_cfg("DenseCL")).query_encoder.backbone.bottom_up
     assert all(m.conv2.norm.weight.min().item() == 1.0 for m in densecl_resnet.modules() if type(m).__name__ == "BasicBlock")
+
+
+@pytest.mark.parametrize("config", ["configs/densecl_pretrain.yaml", "configs/pixpro_pretrain.yaml"])
+def test_paper_configs_draw_their_crops_without_an_overlap_constraint(config):
+    """MIN_SHARED_CELLS 0, as DenseCL's and PixPro's crops: the mapper keeps the first pair it draws, even
+    one that shares nothing (crops of 1-2% of the photo, almost never overlapping, make sure there are some)."""
+    cfg = build_config(config, ["MODEL.DEVICE", "cpu", "INPUT.VIEWS.CROP_SCALE", "(0.01, 0.02)"])
+    check_vader_config(cfg, world_size=8)
+    mapper = VADeRViewMapper(cfg, is_train=True)
+    record = DatasetCatalog.get("vader_demo_photos_train")[0]
+    image = read_source_image(record["file_name"], cfg.INPUT.VIEWS.MAX_SOURCE_SIZE)
+    disjoint = 0
+    for seed in range(5):
+        np.random.seed(seed)
+        pair = mapper.sample_geometry(image)
+        np.random.seed(seed)
+        first, second = mapper.view_geometry.get_transform(image), mapper.view_geometry.get_transform(image)
+        assert np.array_equal(pair.view1_transform.matrix, first.matrix)
+        assert np.array_equal(pair.view2_transform.matrix, second.matrix)
+        disjoint += int(pair.valid.sum() == 0)
+    assert disjoint > 0
+
+
+def test_unconstrained_views_only_where_no_matched_pairs_are_drawn():
+    cfg = method_cfg("DenseCL", "MODEL.VADER.MIN_SHARED_CELLS", "0")
+    check_vader_config(cfg)
+    check_vader_config(build_config("configs/moco_global_demo.yaml", ["MODEL.VADER.MIN_SHARED_CELLS", "0"]))
+    with pytest.raises(UserError, match=r"^MODEL.VADER.MIN_SHARED_CELLS must be at least 1, got 0$"):
+        check_vader_config(build_config("configs/vader_pretrain_demo.yaml", ["MODEL.VADER.MIN_SHARED_CELLS", "0"]))
+    with pytest.raises(UserError, match=r"^MODEL.VADER.MIN_SHARED_CELLS=577 must lie between 0 and the 576 cells of a view$"):
+        check_vader_config(method_cfg("PixPro", "MODEL.VADER.MIN_SHARED_CELLS", "577"))

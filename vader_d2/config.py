@@ -36,7 +36,8 @@ def add_vader_config(cfg):
     cfg.MODEL.VADER.MOMENTUM = 0.999
     # Matched pixel pairs per image the loss is applied to (paper: 32).
     cfg.MODEL.VADER.PAIRS_PER_IMAGE = 32
-    # The two views must share at least this many output cells (paper: 32), else they are re-drawn.
+    # The two views must share at least this many output cells (paper: 32), else they are re-drawn. 0
+    # (the MoCo baseline, DenseCL, PixPro only) draws them unconstrained, as those methods' own code.
     cfg.MODEL.VADER.MIN_SHARED_CELLS = 32
     # Also use view 2 as query and view 1 as key (off in the paper's recipe).
     cfg.MODEL.VADER.SYMMETRIC = False
@@ -240,16 +241,26 @@ def check_vader_config(cfg, world_size=1):
                 f"{method.IN_FEATURE} whose cells {cfg.MODEL.META_ARCHITECTURE} compares"
             )
     cells = (views.CROP_SIZE // OUTPUT_STRIDE) ** 2
-    if not v.PAIRS_PER_IMAGE <= v.MIN_SHARED_CELLS <= cells:
-        raise UserError(
-            f"MODEL.VADER.MIN_SHARED_CELLS={v.MIN_SHARED_CELLS} must lie between "
-            f"MODEL.VADER.PAIRS_PER_IMAGE={v.PAIRS_PER_IMAGE} and the {cells} cells of a view"
-        )
+    if samples_matched_pairs(cfg):
+        if not v.PAIRS_PER_IMAGE <= v.MIN_SHARED_CELLS <= cells:
+            raise UserError(
+                f"MODEL.VADER.MIN_SHARED_CELLS={v.MIN_SHARED_CELLS} must lie between "
+                f"MODEL.VADER.PAIRS_PER_IMAGE={v.PAIRS_PER_IMAGE} and the {cells} cells of a view"
+            )
+    elif not v.MIN_SHARED_CELLS <= cells:
+        # 0, the official recipes' unconstrained crops, is allowed: nothing here needs a match.
+        raise UserError(f"MODEL.VADER.MIN_SHARED_CELLS={v.MIN_SHARED_CELLS} must lie between 0 and the {cells} cells of a view")
     lo, hi = views.CROP_SCALE
     if not 0 < lo <= hi <= 1:
         raise UserError(f"INPUT.VIEWS.CROP_SCALE must satisfy 0 < min <= max <= 1, got {tuple(views.CROP_SCALE)}")
     if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
         raise UserError(f"INPUT.FORMAT must be RGB or BGR for VADeR views, got {cfg.INPUT.FORMAT!r}")
+
+
+def samples_matched_pairs(cfg):
+    """Whether the method draws PAIRS_PER_IMAGE matched cells per image (VADeR's dense loss); the MoCo
+    baseline, DenseCL and PixPro find their positives without the views' stride-4 matches."""
+    return cfg.MODEL.META_ARCHITECTURE == "VADeR" and cfg.MODEL.VADER.LOSS == "dense"
 
 
 def check_queue_size(cfg):
@@ -349,8 +360,9 @@ def check_solver_config(cfg):
 def check_value_ranges(cfg):
     """Every MODEL.VADER.* and INPUT.VIEWS.* value within the range the model and the views can use."""
     v = cfg.MODEL.VADER
-    for key in ("EMBED_DIM", "QUEUE_SIZE", "PAIRS_PER_IMAGE", "MIN_SHARED_CELLS", "METRICS_PERIOD"):
+    for key in ("EMBED_DIM", "QUEUE_SIZE", "PAIRS_PER_IMAGE", "METRICS_PERIOD"):
         _at_least(v, "MODEL.VADER", key, 1)
+    _at_least(v, "MODEL.VADER", "MIN_SHARED_CELLS", 1 if samples_matched_pairs(cfg) else 0)
     _at_least(v.HEAD, "MODEL.VADER.HEAD", "CONV_DIM", 1)
     _at_least(v.HEAD, "MODEL.VADER.HEAD", "NUM_CONVS", 0)
     _at_least(v.GLOBAL_HEAD, "MODEL.VADER.GLOBAL_HEAD", "HIDDEN_DIM", 1)
