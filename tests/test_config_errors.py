@@ -203,6 +203,8 @@ PRETRAIN_VALUES = [
     (["INPUT.VIEWS.HOMOGRAPHY_STRENGTH", "0.3"], "INPUT.VIEWS.HOMOGRAPHY_STRENGTH must be in [0, 0.25)"),
     (["INPUT.VIEWS.COLOR_JITTER", "(0.4, 0.4, 0.4, 0.7)"], "INPUT.VIEWS.COLOR_JITTER must be (brightness"),
     (["INPUT.VIEWS.NOISE_STD", "-0.1"], "INPUT.VIEWS.NOISE_STD must be at least 0"),
+    (["INPUT.VIEWS.SOLARIZE_PROB", "(0.2,)"], "INPUT.VIEWS.SOLARIZE_PROB must be two probabilities in [0, 1] (view 1, view 2), got (0.2,)"),
+    (["INPUT.VIEWS.BLUR_PROB_PER_VIEW", "(1.5, 0.1)"], "INPUT.VIEWS.BLUR_PROB_PER_VIEW must be () or two probabilities in [0, 1]"),
     # One image per global batch and a queue of one step's keys: every negative is the query's own image.
     (["SOLVER.IMS_PER_BATCH", "1", "MODEL.VADER.BN_GROUP_SIZE", "1", "MODEL.VADER.QUEUE_SIZE", "256"], "with SOLVER.IMS_PER_BATCH=1 and MODEL.VADER.QUEUE_SIZE=256 (the keys of one step) the queue only ever holds keys of the query's own image"),
 ]

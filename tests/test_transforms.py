@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 from detectron2.data.transforms import HFlipTransform, NoOpTransform
+from PIL import Image, ImageOps
 
 from vader_d2.data.transforms import (
     ColorJitterTransform,
@@ -18,6 +19,8 @@ from vader_d2.data.transforms import (
     RandomGrayscale,
     RandomHomography,
     RandomResizedCrop,
+    RandomSolarize,
+    SolarizeTransform,
 )
 
 # cv2's warps place samples on a 1/32-pixel grid (INTER_BITS = 5) and its INTER_AREA reduction of
@@ -301,3 +304,11 @@ def test_photometric_augmentations_respect_probability():
     assert all(0.5 <= t.sigma <= 1.0 for t in blurs)
     noise = RandomGaussianNoise(std=0.1, prob=1.0).get_transform(image)
     assert noise.std == pytest.approx(25.5)
+
+
+def test_solarize_is_pils_at_every_grey_level():
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)  # 1 x 256 x 3
+    expected = np.asarray(ImageOps.solarize(Image.fromarray(levels)))
+    assert np.array_equal(SolarizeTransform().apply_image(levels), expected)
+    assert isinstance(RandomSolarize(prob=0.0).get_transform(levels), NoOpTransform)
+    assert isinstance(RandomSolarize(prob=1.0).get_transform(levels), SolarizeTransform)

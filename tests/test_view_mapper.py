@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data.transforms import Augmentation
+from detectron2.data import DatasetCatalog
+from detectron2.data.transforms import Augmentation, AugmentationList
 from PIL import Image, ImageFile
 from PIL.JpegImagePlugin import JpegImageFile
 
+from vader_d2.cli import build_config
 from vader_d2.config import add_vader_config
 from vader_d2.dense_grid import OUTPUT_STRIDE
 from vader_d2.data.decoding import read_source_image
@@ -19,14 +21,18 @@ from vader_d2.data.transforms import (
     RandomAffine,
     RandomColorJitter,
     RandomFlip,
+    RandomGaussianBlur,
     RandomGaussianNoise,
     RandomHomography,
     RandomResizedCrop,
+    RandomSolarize,
+    SolarizeTransform,
 )
 from vader_d2.data.view_mapper import (
     INVALID_CORRESPONDENCE,
     VADeRViewMapper,
     compute_correspondence,
+    render_view,
 )
 
 S = 64  # view size of most tests: 16 x 16 output cells
@@ -468,3 +474,35 @@ def test_invalid_arguments():
         make_mapper(crop, image_format="YUV")
     with pytest.raises(ValueError, match="expected 64x64"):
         make_mapper([RandomResizedCrop(S + 4)]).sample_geometry(np.zeros((50, 50, 3), np.uint8))
+
+
+def test_views_get_their_own_blur_and_solarize_like_byols():
+    """BLUR_PROB_PER_VIEW and SOLARIZE_PROB act on their view only: each view is exactly its geometry's
+    plain warp, solarized or blurred as asked; without them both views share one recipe and no solarize."""
+    plain_views = ["INPUT.VIEWS.CROP_SIZE", "64", "INPUT.VIEWS.COLOR_JITTER_PROB", "0.0", "INPUT.VIEWS.GRAYSCALE_PROB", "0.0"]
+    record = DatasetCatalog.get("vader_demo_photos_train")[0]
+
+    def views_and_plain_warps(*opts):
+        cfg = build_config("configs/pixpro_pretrain.yaml", ["MODEL.DEVICE", "cpu", *plain_views, *opts])
+        np.random.seed(0)
+        sample = VADeRViewMapper(cfg, is_train=True)(dict(record, image_id=0))
+        image = read_source_image(record["file_name"], cfg.INPUT.VIEWS.MAX_SOURCE_SIZE)
+        plain = [
+            render_view(image, ProjectiveTransform(sample[f"view{v}_matrix"].numpy(), image.shape[:2], (64, 64)), AugmentationList([]))
+            for v in (1, 2)
+        ]
+        return [sample["view1"], sample["view2"]], plain
+
+    views, plain = views_and_plain_warps("INPUT.VIEWS.BLUR_PROB_PER_VIEW", "(0.0, 0.0)", "INPUT.VIEWS.SOLARIZE_PROB", "(0.0, 1.0)")
+    assert torch.equal(views[0], plain[0])
+    solarized = SolarizeTransform().apply_image(plain[1].permute(1, 2, 0).numpy())
+    assert torch.equal(views[1], torch.from_numpy(solarized).permute(2, 0, 1))
+    views, plain = views_and_plain_warps("INPUT.VIEWS.BLUR_PROB_PER_VIEW", "(1.0, 0.0)", "INPUT.VIEWS.SOLARIZE_PROB", "(0.0, 0.0)")
+    assert not torch.equal(views[0], plain[0])  # blurred
+    assert torch.equal(views[1], plain[1])
+
+    # The demo's recipe: one list for both views, blur at BLUR_PROB, no solarize draw at all.
+    demo = VADeRViewMapper(build_config("configs/vader_pretrain_demo.yaml", ["MODEL.DEVICE", "cpu"]), is_train=True)
+    for photometric in (demo.photometric, demo.view2_photometric):
+        assert not any(isinstance(a, RandomSolarize) for a in photometric.augs)
+        assert [a.prob for a in photometric.augs if isinstance(a, RandomGaussianBlur)] == [0.5]

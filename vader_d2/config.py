@@ -112,6 +112,9 @@ def add_vader_config(cfg):
     # checkpoints (model_<iteration>.pth) and deletes older ones; model_final.pth and the file
     # last_checkpoint names always stay (vader_d2/output_dir.py: prune_checkpoints). 0 keeps them all.
     cfg.SOLVER.CHECKPOINT_KEEP = 0
+    # Signals that pre-empt a run (vader_d2/preemption.py): every process finishes its iteration, rank 0
+    # writes its checkpoint, all exit with status 75; [] leaves the signals' default action (death).
+    cfg.SOLVER.PREEMPTION_SIGNALS = ["SIGTERM", "SIGUSR1"]
     cfg.SOLVER.LARS = CN()
     # eta of LARS's trust ratio eta ||w|| / ||g + wd w|| (PixPro: 0.001).
     cfg.SOLVER.LARS.TRUST_COEFFICIENT = 0.001
@@ -134,6 +137,11 @@ def add_vader_config(cfg):
     cfg.INPUT.VIEWS.GRAYSCALE_PROB = 0.2
     cfg.INPUT.VIEWS.BLUR_SIGMA = (0.1, 2.0)
     cfg.INPUT.VIEWS.BLUR_PROB = 0.5
+    # (view 1, view 2) blur probabilities where the views differ (BYOL's and PixPro's: (1.0, 0.1)); ()
+    # gives both views BLUR_PROB.
+    cfg.INPUT.VIEWS.BLUR_PROB_PER_VIEW = ()
+    # (view 1, view 2) probabilities of solarizing a view (PIL's threshold 128; BYOL's and PixPro's: (0.0, 0.2)).
+    cfg.INPUT.VIEWS.SOLARIZE_PROB = (0.0, 0.0)
     # Additive Gaussian pixel noise, std as a fraction of the 0..255 range.
     cfg.INPUT.VIEWS.NOISE_STD = 0.03
     cfg.INPUT.VIEWS.NOISE_PROB = 0.2
@@ -351,6 +359,9 @@ def check_solver_config(cfg):
     _require(solver.OPTIMIZER in ("SGD", "LARS"), "SOLVER.OPTIMIZER", solver.OPTIMIZER, "'SGD' or 'LARS'")
     keep = solver.CHECKPOINT_KEEP
     _require(type(keep) is int and keep >= 0, "SOLVER.CHECKPOINT_KEEP", keep, "a whole number of checkpoints >= 0 (0 keeps them all)")
+    from .preemption import parse_signal_names  # it imports cli, which imports this module
+
+    parse_signal_names(solver.PREEMPTION_SIGNALS)
     trust = solver.LARS.TRUST_COEFFICIENT
     _require(0 < trust <= 1, "SOLVER.LARS.TRUST_COEFFICIENT", trust, "in (0, 1]")
     _at_least(cfg.DATALOADER, "DATALOADER", "NUM_WORKERS", 0)
@@ -394,6 +405,12 @@ def check_value_ranges(cfg):
     _ordered_pair(views, p, "BLUR_SIGMA", 0, strict_minimum=False)
     for key in ("FLIP_PROB", "AFFINE_PROB", "HOMOGRAPHY_PROB", "COLOR_JITTER_PROB", "GRAYSCALE_PROB", "BLUR_PROB", "NOISE_PROB"):
         _probability(views, p, key)
+    for key, allowed_empty in (("BLUR_PROB_PER_VIEW", True), ("SOLARIZE_PROB", False)):
+        value = tuple(views[key])
+        _require(
+            (allowed_empty and not value) or (len(value) == 2 and all(0.0 <= x <= 1.0 for x in value)), f"{p}.{key}", value,
+            f"{'() or ' if allowed_empty else ''}two probabilities in [0, 1] (view 1, view 2)",
+        )
     _require(0 <= views.AFFINE_ROTATION <= 180, f"{p}.AFFINE_ROTATION", views.AFFINE_ROTATION, "in [0, 180] degrees")
     _require(0 <= views.AFFINE_SHEAR < 90, f"{p}.AFFINE_SHEAR", views.AFFINE_SHEAR, "in [0, 90) degrees")
     _require(0 <= views.HOMOGRAPHY_STRENGTH < 0.25, f"{p}.HOMOGRAPHY_STRENGTH", views.HOMOGRAPHY_STRENGTH, "in [0, 0.25)")

@@ -32,10 +32,12 @@ __all__ = [
     "GrayscaleTransform",
     "GaussianBlurTransform",
     "GaussianNoiseTransform",
+    "SolarizeTransform",
     "RandomColorJitter",
     "RandomGrayscale",
     "RandomGaussianBlur",
     "RandomGaussianNoise",
+    "RandomSolarize",
 ]
 
 # Bilinear sampling reads a 2x2 neighbourhood, so up to 2x minification every input pixel still
@@ -413,6 +415,15 @@ class GaussianBlurTransform(_PhotometricTransform):
         return cv2.GaussianBlur(img, (ksize, ksize), sigmaX=self.sigma, sigmaY=self.sigma)
 
 
+class SolarizeTransform(_PhotometricTransform):
+    """PIL's ``ImageOps.solarize`` at its default threshold: grey levels of 128 and above become 255 - v."""
+
+    THRESHOLD = 128
+
+    def apply_image(self, img):
+        return np.where(img >= self.THRESHOLD, 255 - img, img).astype(np.uint8)
+
+
 class GaussianNoiseTransform(_PhotometricTransform):
     """Additive Gaussian noise of standard deviation ``std`` grey levels, drawn from a generator
     seeded with ``seed`` so that the transform replays the same noise."""
@@ -482,3 +493,14 @@ class RandomGaussianNoise(Augmentation):
         if np.random.rand() >= self.prob:
             return NoOpTransform()
         return GaussianNoiseTransform(self.std * 255.0, seed=np.random.randint(2**31))
+
+
+class RandomSolarize(Augmentation):
+    """With probability ``prob``, solarize (BYOL's second view; PixPro's ``--aug BYOL``)."""
+
+    def __init__(self, prob=0.2):
+        super().__init__()
+        self._init(locals())
+
+    def get_transform(self, image):
+        return SolarizeTransform() if np.random.rand() < self.prob else NoOpTransform()

@@ -1,7 +1,7 @@
 """The view mapper: one source image in, two augmented views and their dense correspondence out."""
 
 import logging
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from .transforms import (
     RandomGrayscale,
     RandomHomography,
     RandomResizedCrop,
+    RandomSolarize,
 )
 
 __all__ = [
@@ -128,14 +129,22 @@ def build_geometric_augmentations(cfg) -> List[Augmentation]:
     ]
 
 
-def build_photometric_augmentations(cfg) -> List[Augmentation]:
-    """Colour jitter, grayscale, blur, noise, in this order, from ``cfg.INPUT.VIEWS``."""
+def build_photometric_augmentations(cfg, view=1) -> List[Augmentation]:
+    """
+    Colour jitter, grayscale, blur, solarize, noise, in this order, from ``cfg.INPUT.VIEWS``, for view 1
+    or 2: BLUR_PROB_PER_VIEW and SOLARIZE_PROB may differ between the views (BYOL's asymmetric views).
+    Solarize is left out where its probability is 0, so that the views' random draws stay those of a
+    recipe without it.
+    """
     views = cfg.INPUT.VIEWS
     brightness, contrast, saturation, hue = views.COLOR_JITTER
+    blur_prob = views.BLUR_PROB_PER_VIEW[view - 1] if len(views.BLUR_PROB_PER_VIEW) else views.BLUR_PROB
+    solarize_prob = views.SOLARIZE_PROB[view - 1]
     return [
         RandomColorJitter(brightness, contrast, saturation, hue, prob=views.COLOR_JITTER_PROB),
         RandomGrayscale(prob=views.GRAYSCALE_PROB),
-        RandomGaussianBlur(sigma_range=tuple(views.BLUR_SIGMA), prob=views.BLUR_PROB),
+        RandomGaussianBlur(sigma_range=tuple(views.BLUR_SIGMA), prob=blur_prob),
+        *([RandomSolarize(prob=solarize_prob)] if solarize_prob > 0 else []),
         RandomGaussianNoise(std=views.NOISE_STD, prob=views.NOISE_PROB),
     ]
 
@@ -172,6 +181,7 @@ class VADeRViewMapper:
         max_redraws: int,
         max_source_size: int,
         image_format: str = "RGB",
+        view2_photometric_augmentations: Optional[List[Augmentation]] = None,
     ):
         """
         Args:
@@ -183,6 +193,8 @@ class VADeRViewMapper:
             max_redraws: view pairs drawn before falling back to identical geometry for both views.
             max_source_size: longest side of the source after decoding.
             image_format: "RGB" or "BGR", channel order of the views.
+            view2_photometric_augmentations: view 2's, where they differ from view 1's
+                ``photometric_augmentations`` (None: the same).
         """
         if crop_size % OUTPUT_STRIDE != 0:
             raise ValueError(f"crop_size={crop_size} must be a multiple of the output stride {OUTPUT_STRIDE}")
@@ -196,6 +208,9 @@ class VADeRViewMapper:
         self.view_geometry = FusedProjectiveAugmentation(geometric_augmentations)
         self.resize_geometry = ProjectiveResize(crop_size)
         self.photometric = AugmentationList(photometric_augmentations)
+        self.view2_photometric = (
+            self.photometric if view2_photometric_augmentations is None else AugmentationList(view2_photometric_augmentations)
+        )
         self.crop_size = crop_size
         self.min_shared_cells = min_shared_cells
         self.max_redraws = max_redraws
@@ -212,14 +227,16 @@ class VADeRViewMapper:
         views = cfg.INPUT.VIEWS
         if is_train:
             geometric = build_geometric_augmentations(cfg)
-            photometric = build_photometric_augmentations(cfg)
+            photometric = build_photometric_augmentations(cfg, view=1)
+            view2_photometric = build_photometric_augmentations(cfg, view=2)
         else:
             # Deterministic: both views are the whole image resized, unaugmented.
             geometric = [ProjectiveResize(views.CROP_SIZE)]
-            photometric = []
+            photometric = view2_photometric = []
         return {
             "geometric_augmentations": geometric,
             "photometric_augmentations": photometric,
+            "view2_photometric_augmentations": view2_photometric,
             "crop_size": views.CROP_SIZE,
             "min_shared_cells": cfg.MODEL.VADER.MIN_SHARED_CELLS,
             "max_redraws": views.MAX_REDRAWS,
@@ -279,7 +296,7 @@ class VADeRViewMapper:
         sample = dict(dataset_dict)
         sample.update(
             view1=render_view(image, geometry.view1_transform, self.photometric, self.image_format),
-            view2=render_view(image, geometry.view2_transform, self.photometric, self.image_format),
+            view2=render_view(image, geometry.view2_transform, self.view2_photometric, self.image_format),
             correspondence=torch.from_numpy(geometry.correspondence),
             valid=torch.from_numpy(geometry.valid),
             view1_matrix=torch.from_numpy(geometry.view1_transform.matrix.copy()),
