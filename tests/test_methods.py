@@ -429,6 +429,29 @@ def test_solver_optimizer_lars_is_built_for_any_method():
     assert isinstance(build_optimizer(sgd_cfg, build_model(sgd_cfg)), torch.optim.SGD)
 
 
+def test_warmup_then_cosine_is_pixpros_schedule_and_reaches_the_trainer():
+    """WarmupThenCosineLR against PixPro's GradualWarmupScheduler + CosineAnnealingLR written out in
+    float64: lr(t) = base / m (1 + (m - 1) t / W) up to W, then eta + (base - eta)(1 + cos(pi (t - W) / (T - W))) / 2."""
+    base, eta, total, warmup, multiplier = 4.0, 1e-6, 40, 8, 100
+    cfg = method_cfg(
+        "PixPro", "SOLVER.LR_SCHEDULER_NAME", "WarmupThenCosineLR", "SOLVER.BASE_LR", str(base), "SOLVER.BASE_LR_END", str(eta),
+        "SOLVER.MAX_ITER", str(total), "SOLVER.WARMUP_ITERS", str(warmup), "SOLVER.WARMUP_FACTOR", str(1 / multiplier),
+    )
+    check_vader_config(cfg)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    scheduler = VADeRTrainer.build_lr_scheduler(cfg, optimizer)
+    for t in range(total):
+        if t <= warmup:
+            expected = base / multiplier * (1 + (multiplier - 1) * t / warmup)
+        else:
+            expected = eta + (base - eta) * (1 + math.cos(math.pi * (t - warmup) / (total - warmup))) / 2
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-9, abs=1e-12), t
+        optimizer.step()
+        scheduler.step()
+    with pytest.raises(UserError, match=r"^SOLVER.WARMUP_ITERS must be below SOLVER.MAX_ITER=40 with WarmupThenCosineLR"):
+        check_vader_config(method_cfg("PixPro", "SOLVER.LR_SCHEDULER_NAME", "WarmupThenCosineLR", "SOLVER.MAX_ITER", "40", "SOLVER.WARMUP_ITERS", "40"))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Through the trainer
 

@@ -337,7 +337,8 @@ def _ordered_pair(cfg_node, prefix, key, minimum, strict_minimum):
     )
 
 
-SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR")
+# Detectron2's, and vader_d2/solver.py's WarmupThenCosineLR (PixPro's: the cosine starts after the warm-up).
+SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR", "WarmupThenCosineLR")
 
 
 def check_solver_config(cfg):
@@ -352,8 +353,13 @@ def check_solver_config(cfg):
     _at_least(solver, "SOLVER", "WEIGHT_DECAY", 0)
     _require(0.0 < solver.WARMUP_FACTOR <= 1.0, "SOLVER.WARMUP_FACTOR", solver.WARMUP_FACTOR, "in (0, 1]")
     _require(solver.LR_SCHEDULER_NAME in SCHEDULERS, "SOLVER.LR_SCHEDULER_NAME", solver.LR_SCHEDULER_NAME, f"one of {SCHEDULERS}")
-    if solver.LR_SCHEDULER_NAME == "WarmupCosineLR":
+    if solver.LR_SCHEDULER_NAME in ("WarmupCosineLR", "WarmupThenCosineLR"):
         _require(0.0 <= solver.BASE_LR_END <= lr, "SOLVER.BASE_LR_END", solver.BASE_LR_END, f"in [0, SOLVER.BASE_LR={lr}]")
+    if solver.LR_SCHEDULER_NAME == "WarmupThenCosineLR":
+        _require(
+            solver.WARMUP_ITERS < solver.MAX_ITER, "SOLVER.WARMUP_ITERS", solver.WARMUP_ITERS,
+            f"below SOLVER.MAX_ITER={solver.MAX_ITER} with WarmupThenCosineLR (its cosine follows the warm-up)",
+        )
     else:
         _require(solver.GAMMA > 0, "SOLVER.GAMMA", solver.GAMMA, "positive")
     _require(solver.OPTIMIZER in ("SGD", "LARS"), "SOLVER.OPTIMIZER", solver.OPTIMIZER, "'SGD' or 'LARS'")

@@ -10,10 +10,13 @@ decay: their norms say nothing about a layer's scale.
 """
 
 import torch
+from detectron2.solver import LRMultiplier
+from detectron2.solver import build_lr_scheduler as build_detectron2_lr_scheduler
 from detectron2.solver import build_optimizer as build_detectron2_optimizer
 from detectron2.solver.build import maybe_add_gradient_clipping
+from fvcore.common.param_scheduler import CompositeParamScheduler, CosineParamScheduler, LinearParamScheduler
 
-__all__ = ["LARS", "build_optimizer", "lars_parameter_groups"]
+__all__ = ["LARS", "build_optimizer", "lars_parameter_groups", "build_lr_scheduler"]
 
 
 class LARS(torch.optim.Optimizer):
@@ -80,3 +83,24 @@ def build_optimizer(cfg, model):
         momentum=cfg.SOLVER.MOMENTUM,
         trust_coefficient=cfg.SOLVER.LARS.TRUST_COEFFICIENT,
     )
+
+
+def build_lr_scheduler(cfg, optimizer):
+    """
+    Detectron2's schedulers, plus ``SOLVER.LR_SCHEDULER_NAME: WarmupThenCosineLR``, PixPro's (and
+    MoCo v3's): a linear ramp from WARMUP_FACTOR x BASE_LR to BASE_LR over WARMUP_ITERS, then a cosine
+    from BASE_LR to BASE_LR_END over the iterations left. Detectron2's WarmupCosineLR instead spans its
+    cosine over all of MAX_ITER and scales its start by the ramp, so it stays lower after the warm-up
+    (with PixPro's 5 of 100 epochs, 0.50 against 0.54 of the peak at mid-run).
+    """
+    solver = cfg.SOLVER
+    if solver.LR_SCHEDULER_NAME != "WarmupThenCosineLR":
+        return build_detectron2_lr_scheduler(cfg, optimizer)
+    cosine = CosineParamScheduler(1.0, solver.BASE_LR_END / solver.BASE_LR)
+    warmup = solver.WARMUP_ITERS / solver.MAX_ITER
+    if warmup > 0:
+        ramp = LinearParamScheduler(solver.WARMUP_FACTOR, 1.0)
+        cosine = CompositeParamScheduler(
+            [ramp, cosine], lengths=[warmup, 1.0 - warmup], interval_scaling=["rescaled", "rescaled"]
+        )
+    return LRMultiplier(optimizer, multiplier=cosine, max_iter=solver.MAX_ITER)
