@@ -512,7 +512,7 @@ def test_short_pretraining_lowers_the_loss_and_exports_the_resnet(method, tmp_pa
         assert "ResNet" not in missing and missing["FPN"], config
 
 
-@pytest.mark.parametrize("pretrain", ["configs/densecl_pretrain.yaml", "configs/pixpro_pretrain.yaml", *CONFIGS.values()])
+@pytest.mark.parametrize("pretrain", ["configs/moco_v2_pretrain.yaml", "configs/densecl_pretrain.yaml", "configs/pixpro_pretrain.yaml", *CONFIGS.values()])
 def test_downstream_configs_match_the_methods_pretraining(pretrain):
     """RGB, torchvision mean/std, STRIDE_IN_1X1, depth, norm family: what loads silently when it differs."""
     pretrain_cfg = load_cfg(pretrain)
@@ -796,9 +796,9 @@ def test_pixpro_resnet_starts_each_residual_branch_at_zero_like_pixpros():
     assert all(m.conv2.norm.weight.min().item() == 1.0 for m in densecl_resnet.modules() if type(m).__name__ == "BasicBlock")
 
 
-@pytest.mark.parametrize("config", ["configs/densecl_pretrain.yaml", "configs/pixpro_pretrain.yaml"])
+@pytest.mark.parametrize("config", ["configs/moco_v2_pretrain.yaml", "configs/densecl_pretrain.yaml", "configs/pixpro_pretrain.yaml"])
 def test_paper_configs_draw_their_crops_without_an_overlap_constraint(config):
-    """MIN_SHARED_CELLS 0, as DenseCL's and PixPro's crops: the mapper keeps the first pair it draws, even
+    """MIN_SHARED_CELLS 0, as MoCo's, DenseCL's and PixPro's crops: the mapper keeps the first pair it draws, even
     one that shares nothing (crops of 1-2% of the photo, almost never overlapping, make sure there are some)."""
     cfg = build_config(config, ["MODEL.DEVICE", "cpu", "INPUT.VIEWS.CROP_SCALE", "(0.01, 0.02)"])
     check_vader_config(cfg, world_size=8)
