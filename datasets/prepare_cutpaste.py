@@ -349,16 +349,29 @@ def coco_categories():
     ]
 
 
-def generate_split(split, count, backgrounds, stamps, build_dir):
-    """Write ``count`` images with their semantic PNGs; returns the COCO dict and each image's background."""
+def generate_image(rng, backgrounds, stamps):
+    """One image on a random one of ``backgrounds`` ((name, photo) pairs): its background's name, the
+    image and its visible instances."""
+    background_name, photo = backgrounds[rng.integers(len(backgrounds))]
+    image, instances = compose_image(random_background(photo, rng), stamps, rng)
+    return background_name, image, instances
+
+
+def image_rng(seed_key, index):
+    """One generator per image: an image does not change when the number of images does."""
+    return np.random.default_rng([*seed_key, index])
+
+
+def generate_split(split, count, backgrounds, stamps, build_dir, seed_key):
+    """
+    Write ``count`` images with their semantic PNGs; returns the COCO dict and each image's background.
+    ``seed_key`` (integers) names the split's images: image i is drawn by ``image_rng(seed_key, i)``.
+    """
     for folder in (build_dir / split, build_dir / "sem_seg" / split):
         folder.mkdir(parents=True)
     images, annotations, background_of = [], [], {}
     for index in range(count):
-        # One generator per image: an image does not change when the number of images does.
-        rng = np.random.default_rng([SEED, SPLITS.index(split), index])
-        background_name, photo = backgrounds[rng.integers(len(backgrounds))]
-        image, instances = compose_image(random_background(photo, rng), stamps, rng)
+        background_name, image, instances = generate_image(image_rng(seed_key, index), backgrounds, stamps)
         stem = f"{split}_{index:05d}"
         image_id = index + 1
         write_jpeg(build_dir / split / f"{stem}.jpg", image)
@@ -386,6 +399,13 @@ def recipe(num_train, num_val):
         "version": RECIPE_VERSION,
         "seed": SEED,
         "counts": {"train": num_train, "val": num_val},
+        **generator_recipe(),
+    }
+
+
+def generator_recipe():
+    """How an image is drawn, whatever the seed and the number of images (prepare_lowlabel.py's too)."""
+    return {
         "classes": list(CUTPASTE_CLASSES),
         "class_folders": CLASS_FOLDERS,
         "skipped_subfolders": sorted(SKIPPED_SUBFOLDERS),
@@ -411,6 +431,21 @@ def recipe(num_train, num_val):
     }
 
 
+def source_records():
+    """The manifest's record of every downloaded archive the images come from."""
+    return {
+        STAMPS_PACKAGE.name: {
+            "registry": "Debian",
+            "package": STAMPS_PACKAGE.name,
+            "version": STAMPS_PACKAGE.version,
+            "file": STAMPS_PACKAGE.filename,
+            "sha256": STAMPS_PACKAGE.sha256,
+            "licence": STAMPS_PACKAGE.licence,
+        },
+        **{key: archive_record(archive) for key, archive in ARCHIVES.items()},
+    }
+
+
 def prepare_cutpaste(args):
     start = time.perf_counter()
     if args.num_train < 1 or args.num_val < 1:
@@ -432,7 +467,9 @@ def prepare_cutpaste(args):
             for photo in photos
             if photo.split == split
         ]
-        coco, split_backgrounds = generate_split(split, count, backgrounds, stamps, build_dir)
+        coco, split_backgrounds = generate_split(
+            split, count, backgrounds, stamps, build_dir, seed_key=(SEED, SPLITS.index(split))
+        )
         (build_dir / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
         background_of.update(split_backgrounds)
         instance_counts[split] = {
@@ -442,17 +479,7 @@ def prepare_cutpaste(args):
     manifest = {
         "dataset": DATASET_NAME,
         "recipe": current_recipe,
-        "sources": {
-            STAMPS_PACKAGE.name: {
-                "registry": "Debian",
-                "package": STAMPS_PACKAGE.name,
-                "version": STAMPS_PACKAGE.version,
-                "file": STAMPS_PACKAGE.filename,
-                "sha256": STAMPS_PACKAGE.sha256,
-                "licence": STAMPS_PACKAGE.licence,
-            },
-            **{key: archive_record(archive) for key, archive in ARCHIVES.items()},
-        },
+        "sources": source_records(),
         "stamps": {name: [stamp.name for stamp in class_stamps] for name, class_stamps in stamps.items()},
         "counts": {"images": current_recipe["counts"], "instances": instance_counts},
         # The vader_demo_photos file each image was pasted on.
