@@ -13,6 +13,12 @@ registered when this module is imported:
 - ``vader_cutpaste_train`` / ``_val``: COCO-format instances (masks, boxes, 4 keypoints each) and
   ``vader_cutpaste_sem_seg_train`` / ``_val``: semantic masks of the same images, both from
   ``datasets/prepare_cutpaste.py``.
+- ``vader_lowlabel_unlabeled``: unlabeled cut-paste images for in-domain pretraining;
+  ``vader_lowlabel_train_10`` / ``_30`` / ``_100`` and ``vader_lowlabel_sem_seg_train_10`` / ``_30`` /
+  ``_100``: the first 10 / 30 / 100 labelled train images (each budget holds the smaller ones), as
+  instances and as semantic masks; ``vader_lowlabel_test`` / ``vader_lowlabel_sem_seg_test``: the test
+  images. All from ``datasets/prepare_lowlabel.py``; no stamp or background photo of the unlabeled images
+  is in a labelled one, and the test images' backgrounds are in no other split.
 
 Your own folder needs no registration: the dataset name ``folder:/data/photos`` is the unlabeled images
 under ``/data/photos`` (``register_named_folders`` registers such names where names are resolved). From
@@ -36,6 +42,7 @@ __all__ = [
     "CUTPASTE_KEYPOINT_NAMES",
     "CUTPASTE_KEYPOINT_FLIP_MAP",
     "CUTPASTE_KEYPOINT_OKS_SIGMAS",
+    "LOWLABEL_BUDGETS",
     "FOLDER_DATASET_PREFIX",
     "load_image_folder",
     "register_unlabeled_folder",
@@ -57,9 +64,12 @@ CUTPASTE_KEYPOINT_FLIP_MAP = (("left", "right"),)
 # row of feet) neighbouring pixels are nearly as extreme, so the points are about as well defined as
 # COCO's eyes and ears (0.025-0.035) at best and its wrists (0.062) at worst: 0.05 sits in between.
 CUTPASTE_KEYPOINT_OKS_SIGMAS = (0.05, 0.05, 0.05, 0.05)
+# Label budgets of vader_lowlabel: vader_lowlabel_train_N is the first N labelled train images.
+LOWLABEL_BUDGETS = (10, 30, 100)
 
 _PREPARE_DEMO_PHOTOS = "run `python datasets/prepare_demo_photos.py` (it writes under $DETECTRON2_DATASETS)"
 _PREPARE_CUTPASTE = "run `python datasets/prepare_cutpaste.py` (it writes under $DETECTRON2_DATASETS)"
+_PREPARE_LOWLABEL = "run `python datasets/prepare_lowlabel.py` (it writes under $DETECTRON2_DATASETS)"
 _IMAGENET_HINT = "set DETECTRON2_DATASETS to the folder that holds imagenet/train/<class>/*.JPEG"
 _COCO_HINT = "set DETECTRON2_DATASETS to the folder that holds coco/{}/*.jpg (COCO 2017 images, cocodataset.org)"
 _BUILTIN_CONFLICT_HINT = "set DETECTRON2_DATASETS before importing vader_d2 to move the builtin datasets"
@@ -174,6 +184,31 @@ def register_all_builtin(root):
             image_root=os.path.join(cutpaste_dir, split),
             sem_seg_root=os.path.join(cutpaste_dir, "sem_seg", split),
         )
+    lowlabel_dir = os.path.join(root, "vader_lowlabel")
+    _register_image_folder(
+        "vader_lowlabel_unlabeled",
+        os.path.join(lowlabel_dir, "unlabeled"),
+        missing_hint=_PREPARE_LOWLABEL,
+        conflict_hint=_BUILTIN_CONFLICT_HINT,
+    )
+    for suffix, split, first in [
+        *((f"train_{budget}", "train", budget) for budget in LOWLABEL_BUDGETS),
+        ("test", "test", None),
+    ]:
+        _register_cutpaste_instances(
+            f"vader_lowlabel_{suffix}",
+            json_file=os.path.join(lowlabel_dir, "annotations", f"instances_{split}.json"),
+            image_root=os.path.join(lowlabel_dir, split),
+            prepare_hint=_PREPARE_LOWLABEL,
+            first=first,
+        )
+        _register_cutpaste_sem_seg(
+            f"vader_lowlabel_sem_seg_{suffix}",
+            image_root=os.path.join(lowlabel_dir, split),
+            sem_seg_root=os.path.join(lowlabel_dir, "sem_seg", split),
+            prepare_hint=_PREPARE_LOWLABEL,
+            first=first,
+        )
 
 
 def _register_image_folder(name, root, missing_hint, conflict_hint):
@@ -187,24 +222,29 @@ def _register_image_folder(name, root, missing_hint, conflict_hint):
     )
 
 
-def _register_cutpaste_instances(name, json_file, image_root):
+def _register_cutpaste_instances(name, json_file, image_root, prepare_hint=_PREPARE_CUTPASTE, first=None):
+    """Cut-paste instances; with ``first``, only the first ``first`` images of the split (a label budget)."""
+
     def load():
-        _require_prepared(json_file, image_root)
+        _require_prepared(prepare_hint, json_file, image_root)
         with open(json_file) as f:
             categories = sorted(json.load(f)["categories"], key=lambda category: category["id"])
         found = tuple(category["name"] for category in categories)
         if found != CUTPASTE_CLASSES:
             raise UserError(
                 f"{json_file} holds classes {list(found)}, this vader_d2 expects "
-                f"{list(CUTPASTE_CLASSES)}: {_PREPARE_CUTPASTE} again to rebuild it"
+                f"{list(CUTPASTE_CLASSES)}: {prepare_hint} again to rebuild it"
             )
-        return load_coco_json(json_file, image_root, name)
+        return _first_images(load_coco_json(json_file, image_root, name), first, name, image_root)
 
+    # A budget leaves json_file out: COCOEvaluator would score it against every image of the json file,
+    # and without it converts the budget's own images.
+    json_metadata = {"json_file": json_file} if first is None else {}
     _register_once(
         name,
         load,
         _BUILTIN_CONFLICT_HINT,
-        json_file=json_file,
+        **json_metadata,
         image_root=image_root,
         evaluator_type="coco",
         # A list, as load_coco_json sets it: Detectron2 refuses to overwrite metadata with a different value.
@@ -214,10 +254,14 @@ def _register_cutpaste_instances(name, json_file, image_root):
     )
 
 
-def _register_cutpaste_sem_seg(name, image_root, sem_seg_root):
+def _register_cutpaste_sem_seg(name, image_root, sem_seg_root, prepare_hint=_PREPARE_CUTPASTE, first=None):
+    """Cut-paste semantic masks; with ``first``, only those of the first ``first`` images (by file name)."""
+
     def load():
-        _require_prepared(sem_seg_root, image_root)
-        return load_sem_seg(sem_seg_root, image_root, gt_ext="png", image_ext="jpg")
+        _require_prepared(prepare_hint, sem_seg_root, image_root)
+        return _first_images(
+            load_sem_seg(sem_seg_root, image_root, gt_ext="png", image_ext="jpg"), first, name, image_root
+        )
 
     _register_once(
         name,
@@ -231,10 +275,23 @@ def _register_cutpaste_sem_seg(name, image_root, sem_seg_root):
     )
 
 
-def _require_prepared(*paths):
+def _require_prepared(prepare_hint, *paths):
     for path in paths:
         if not os.path.exists(path):
-            raise UserError(f"{path} does not exist: {_PREPARE_CUTPASTE}")
+            raise UserError(f"{path} does not exist: {prepare_hint}")
+
+
+def _first_images(dicts, first, name, image_root):
+    """The label budget ``dicts[:first]`` (all of ``dicts`` when ``first`` is None). load_coco_json lists
+    images by id and load_sem_seg by file name: both are the order prepare_lowlabel.py wrote them in."""
+    if first is None:
+        return dicts
+    if len(dicts) < first:
+        raise UserError(
+            f"{name} is the first {first} images of {image_root}, which holds {len(dicts)}: run "
+            f"`python datasets/prepare_lowlabel.py --num-train {first}` (or more) to make them"
+        )
+    return dicts[:first]
 
 
 def _register_once(name, loader, conflict_hint, **metadata):
