@@ -15,6 +15,7 @@ and exit status 2.
 
 import logging
 import os
+import sys
 
 import torch
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -27,6 +28,7 @@ from vader_d2.cli import USER_ERROR_EXIT, build_config, check_output_dir, report
 from vader_d2.config import check_solver_config, check_vader_config
 from vader_d2.errors import UserError
 from vader_d2.output_dir import PREVIOUS_RUNS, claim_output_dir, select_resume_checkpoint
+from vader_d2.preemption import PREEMPTED_EXIT, RECORDER
 from vader_d2.rendezvous import RendezvousWatch, collective_timeout
 from vader_d2.trainer import VADeRTrainer, check_datasets_registered, is_pretraining, load_model_weights
 
@@ -99,6 +101,8 @@ def main(args, notes=()):
         else:
             load_model_weights(cfg, model, cfg.MODEL.WEIGHTS)
         return VADeRTrainer.test(cfg, model)
+    # In each launched process (vader_d2/preemption.py); a one-process run handles them since run().
+    RECORDER.install(cfg.SOLVER.PREEMPTION_SIGNALS)
     trainer = VADeRTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
@@ -136,6 +140,10 @@ def check_before_launch(args):
 
 def run(args):
     cfg = check_before_launch(args)
+    if not args.eval_only:
+        # A pre-emption signal from here on ends the run with a checkpoint (vader_d2/preemption.py); the
+        # launcher of several processes forwards it to them.
+        RECORDER.install(cfg.SOLVER.PREEMPTION_SIGNALS, forward_to_children=args.num_gpus > 1)
     claim = None
     if args.eval_only or args.machine_rank != 0:
         # Other machines write only their logs into OUTPUT_DIR.
@@ -158,6 +166,15 @@ def run(args):
             timeout=collective_timeout(args.dist_timeout),
         )
     except (ProcessExitedException, ProcessRaisedException) as e:
+        if isinstance(e, ProcessExitedException) and e.exit_code == PREEMPTED_EXIT:
+            raise SystemExit(PREEMPTED_EXIT)  # rank 0 has logged its line
+        if isinstance(e, ProcessExitedException) and e.signal_name in [sig.name for sig in RECORDER.signals]:
+            # Killed before its handlers were installed: it was still starting, so nothing is lost.
+            print(
+                f"vader_d2: a training process received {e.signal_name} while starting, before its first iteration; "
+                "nothing to save; resume with --resume", file=sys.stderr, flush=True,
+            )
+            raise SystemExit(PREEMPTED_EXIT)
         failure = watch.failure(e) if watch else None
         if failure is not None:
             raise failure from None

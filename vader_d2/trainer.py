@@ -1,5 +1,6 @@
 """One trainer for VADeR pretraining and for the stock Detectron2 downstream tasks."""
 
+import logging
 import os
 import weakref
 
@@ -7,10 +8,12 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.engine.hooks import PeriodicCheckpointer
+from detectron2.utils.events import JSONWriter, TensorboardXWriter
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.utils import comm
 
 from .checkpoint import EXPECTED_CHECKPOINT, VADeRCheckpointer, check_backbone_loaded, checkpoint_problem, short_error
+from .cli import USER_ERROR_EXIT
 from .config import PRETRAINING_ARCHITECTURES, check_solver_config, check_vader_config
 from .data import VADeRViewMapper
 from .data.datasets import FOLDER_DATASET_PREFIX, register_named_folders
@@ -19,6 +22,7 @@ from .errors import UserError
 from .frozen_backbone import freeze_backbone
 from .hooks import NegativesWatch, RetainingPeriodicCheckpointer
 from .output_dir import select_resume_checkpoint
+from .preemption import PreemptionCheckpointer, StopOnWriteFailure, TrainingStopped
 from .solver import build_lr_scheduler, build_optimizer
 from .training_metrics import SIMILARITY_STATS
 
@@ -246,6 +250,8 @@ class VADeRTrainer(DefaultTrainer):
         return build_lr_scheduler(cfg, optimizer)
 
     def build_hooks(self):
+        # Before DefaultTrainer's hooks: its build_hooks calls build_writers, whose writers report to it.
+        self.preemption = PreemptionCheckpointer()
         # DefaultTrainer's checkpointer hook (rank 0 only), with SOLVER.CHECKPOINT_KEEP's retention.
         hooks = [
             RetainingPeriodicCheckpointer(hook.checkpointer, hook.period, self.cfg.SOLVER.CHECKPOINT_KEEP)
@@ -255,7 +261,33 @@ class VADeRTrainer(DefaultTrainer):
         # PixPro has no queue, hence no negatives to watch.
         if is_pretraining(self.cfg) and self.cfg.MODEL.META_ARCHITECTURE != "PixPro":
             hooks.append(NegativesWatch.from_config(self.cfg))
+        # Last: a pre-emption checkpoint holds what a periodic one of the same iteration holds.
+        hooks.append(self.preemption)
         return hooks
+
+    def build_writers(self):
+        """Detectron2's writers; one that cannot write (a full disk) stops training cleanly at the end of
+        the iteration (vader_d2/preemption.py) instead of raising inside Detectron2's hooks."""
+        def what(writer):
+            if isinstance(writer, JSONWriter):
+                return os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")
+            if isinstance(writer, TensorboardXWriter):
+                return f"the TensorBoard events in {self.cfg.OUTPUT_DIR}"
+            return type(writer).__name__
+
+        return [StopOnWriteFailure(writer, self.preemption, what(writer)) for writer in super().build_writers()]
+
+    def train(self):
+        """DefaultTrainer's; a stop requested by a signal or a failed metrics write (vader_d2/preemption.py)
+        ends with its one line and exit status."""
+        try:
+            return super().train()
+        except TrainingStopped as stop:
+            if stop.status == USER_ERROR_EXIT and stop.message:
+                raise UserError(stop.message) from None
+            if stop.message:
+                logging.getLogger("vader_d2").warning(stop.message)
+            raise SystemExit(stop.status) from None
 
     def resume_or_load(self, resume=True):
         """
