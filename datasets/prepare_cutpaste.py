@@ -235,6 +235,7 @@ class Instance:
     category_id: int
     area: int  # pixels of the whole pasted object
     visible: np.ndarray  # bool HxW: what later objects left uncovered
+    stamp_name: str
 
 
 def random_background(photo, rng):
@@ -295,7 +296,7 @@ def compose_image(background, stamps, rng):
         image[y0: y0 + h, x0: x0 + w] = pasted[..., :3] * 255 + region * (1 - pasted[..., 3:])
         for earlier in instances:
             earlier.visible &= ~mask
-        instances.append(Instance(stamp.category_id, area, mask))
+        instances.append(Instance(stamp.category_id, area, mask, stamp.name))
     assert instances, "the first paste always fits an empty image"
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), instances
 
@@ -364,12 +365,13 @@ def image_rng(seed_key, index):
 
 def generate_split(split, count, backgrounds, stamps, build_dir, seed_key):
     """
-    Write ``count`` images with their semantic PNGs; returns the COCO dict and each image's background.
-    ``seed_key`` (integers) names the split's images: image i is drawn by ``image_rng(seed_key, i)``.
+    Write ``count`` images with their semantic PNGs; returns the COCO dict, each image's background and
+    the stamps pasted on it. ``seed_key`` (integers) names the split's images: image i is drawn by
+    ``image_rng(seed_key, i)``.
     """
     for folder in (build_dir / split, build_dir / "sem_seg" / split):
         folder.mkdir(parents=True)
-    images, annotations, background_of = [], [], {}
+    images, annotations, background_of, stamps_of = [], [], {}, {}
     for index in range(count):
         background_name, image, instances = generate_image(image_rng(seed_key, index), backgrounds, stamps)
         stem = f"{split}_{index:05d}"
@@ -383,6 +385,7 @@ def generate_split(split, count, backgrounds, stamps, build_dir, seed_key):
         height, width = image.shape[:2]
         images.append({"id": image_id, "file_name": f"{stem}.jpg", "height": height, "width": width})
         background_of[f"{split}/{stem}.jpg"] = background_name
+        stamps_of[f"{split}/{stem}.jpg"] = [instance.stamp_name for instance in instances]
     coco = {
         "info": {"description": f"VADeR cut-paste {split}: tuxpaint photo stamps pasted on real photos"},
         "licenses": [],
@@ -390,7 +393,7 @@ def generate_split(split, count, backgrounds, stamps, build_dir, seed_key):
         "annotations": annotations,
         "categories": coco_categories(),
     }
-    return coco, background_of
+    return coco, background_of, stamps_of
 
 
 def recipe(num_train, num_val):
@@ -467,7 +470,7 @@ def prepare_cutpaste(args):
             for photo in photos
             if photo.split == split
         ]
-        coco, split_backgrounds = generate_split(
+        coco, split_backgrounds, _ = generate_split(
             split, count, backgrounds, stamps, build_dir, seed_key=(SEED, SPLITS.index(split))
         )
         (build_dir / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
