@@ -782,6 +782,20 @@ def test_densecl_global_head_is_he_normal_and_dense_head_pytorch_default():
     torch.testing.assert_close(model.key_encoder.global_head[0].weight, model.query_encoder.global_head[0].weight)
 
 
+def test_densecl_resnet_convs_are_he_normal_over_their_fan_in_like_densecls():
+    """DenseCL's ResNet.init_weights: kaiming_init(mode='fan_in'); the other methods keep Detectron2's fan out."""
+    torch.manual_seed(0)
+    densecl = build_model(method_cfg("DenseCL")).query_encoder.backbone.bottom_up
+    pixpro = build_model(method_cfg("PixPro")).query_encoder.backbone.bottom_up
+    # The stem (3 -> 64, 7 x 7) and a 1x1 shortcut (64 -> 128): fan in and fan out differ 21x and 2x.
+    for name in ("stem.conv1", "res3.0.shortcut"):
+        weight = dict(densecl.named_modules())[name].weight
+        fan_in, fan_out = weight[0].numel(), weight.shape[0] * weight[0, 0].numel()
+        assert weight.std().item() == pytest.approx(math.sqrt(2.0 / fan_in), rel=0.05), name
+        other = dict(pixpro.named_modules())[name].weight
+        assert other.std().item() == pytest.approx(math.sqrt(2.0 / fan_out), rel=0.05), name
+
+
 def test_pixpro_resnet_starts_each_residual_branch_at_zero_like_pixpros():
     """The last norm of every residual block scales by 0 (PixPro's zero gamma), every other norm by 1; the other methods keep 1."""
     torch.manual_seed(0)

@@ -87,6 +87,11 @@ class DenseCLEncoder(nn.Module):
         for name, p in backbone.named_parameters():
             if not name.startswith("bottom_up."):
                 p.requires_grad_(False)
+        # DenseCL's ResNet draws its convs He-normal over their fan *in* (ResNet.init_weights,
+        # kaiming_init(mode='fan_in')); Detectron2's, like MoCo's and PixPro's, over their fan out.
+        for module in backbone.bottom_up.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
 
     def forward(self, images):
         features = self.backbone.bottom_up(images)[self.in_feature]
@@ -105,7 +110,9 @@ def dense_positive_cells(query_features, key_features):
     DenseCL's matching: for (B, C, S, S) normalised backbone features of the two views, the flat index
     of the key cell most cosine-similar to each query cell, (B, S*S).
     """
-    similarity = query_features.flatten(2).transpose(1, 2) @ key_features.flatten(2)  # (B, P_query, P_key)
+    # In float32 also under autocast: half-precision rounding would turn near-ties into other matches.
+    with torch.autocast(query_features.device.type, enabled=False):
+        similarity = query_features.float().flatten(2).transpose(1, 2) @ key_features.float().flatten(2)  # (B, P_query, P_key)
     return similarity.argmax(dim=2)
 
 
@@ -115,17 +122,17 @@ def dense_contrastive_loss(query_dense, key_dense, positive_cells, matched, nega
     key maps of the same images, the (b, S*S) flat key cell of each query cell's positive and whether it
     has one, and the queue of pooled dense keys (negatives of other images; ``info_nce_loss`` masks the
     query's own image and empty slots). Returns the loss, the positive logits and the hardest negative
-    logits of the matched cells.
+    logits of every query cell, flat (b x P); those of cells without a positive mean nothing.
     """
-    queries = query_dense.flatten(2).transpose(1, 2)  # (b, P, D)
-    keys = torch.gather(key_dense.flatten(2), 2, positive_cells[:, None, :].expand(-1, key_dense.shape[1], -1)).transpose(1, 2)
-    query_ids = image_ids[:, None].expand_as(positive_cells)
+    queries = query_dense.flatten(2).transpose(1, 2).flatten(0, 1)  # (b P, D)
+    keys = torch.gather(key_dense.flatten(2), 2, positive_cells[:, None, :].expand(-1, key_dense.shape[1], -1))
+    keys = keys.transpose(1, 2).flatten(0, 1)
+    query_ids = image_ids[:, None].expand_as(positive_cells).flatten()
+    # Cells without a positive weigh 0 (no dense term where none has one) instead of being indexed out:
+    # a boolean index waits for the device to count them.
     loss, positive, hardest, _ = info_nce_loss(
-        queries[matched], keys[matched], negatives, query_ids[matched], negative_image_ids, temperature
+        queries, keys, negatives, query_ids, negative_image_ids, temperature, query_weights=matched.flatten().float()
     )
-    if not matched.any():
-        # Geometric positives where no cell of view 1 lands in view 2: no dense term (the mean of none is NaN).
-        loss = queries.sum() * 0.0
     return loss, positive, hardest
 
 
@@ -296,10 +303,13 @@ class DenseCL(nn.Module):
             cells = dense_positive_cells(query_features.detach(), key_features)
             return cells, torch.ones_like(cells, dtype=torch.bool)
         rows, cols = grid
-        matrices = [torch.stack([x[name] for x in batched_inputs]).to(self.device) for name in ("view1_matrix", "view2_matrix")]
-        heights = torch.tensor([float(x["height"]) for x in batched_inputs], dtype=torch.float64, device=self.device)
-        widths = torch.tensor([float(x["width"]) for x in batched_inputs], dtype=torch.float64, device=self.device)
-        return nearest_cells_in_other_view(*matrices, heights, widths, rows, cols, self.query_encoder.stride)
+        # In float64 on the host, where the mapper's matrices are (float64 is slow on most GPUs); only the
+        # result travels, without waiting for the device.
+        matrices = [torch.stack([x[name] for x in batched_inputs]) for name in ("view1_matrix", "view2_matrix")]
+        heights = torch.tensor([float(x["height"]) for x in batched_inputs], dtype=torch.float64)
+        widths = torch.tensor([float(x["width"]) for x in batched_inputs], dtype=torch.float64)
+        cells, matched = nearest_cells_in_other_view(*matrices, heights, widths, rows, cols, self.query_encoder.stride)
+        return cells.to(self.device, non_blocking=True), matched.to(self.device, non_blocking=True)
 
     @torch.no_grad()
     def log_metrics(self, global_positive, global_hardest, dense_positive, dense_hardest, matched):
@@ -307,6 +317,7 @@ class DenseCL(nn.Module):
         if storage.iter % self.metrics_period != 0:
             return
         count_skipped_images_(self)
+        dense_positive, dense_hardest = dense_positive[matched.flatten()], dense_hardest[matched.flatten()]
         storage.put_scalars(
             **{SKIPPED_IMAGES: self.skipped_images.item()},
             densecl_global_top1_accuracy=(global_positive > global_hardest).float().mean().item(),
