@@ -5,6 +5,7 @@ Train or evaluate with Detectron2 + vader_d2: VADeR pretraining configs and stoc
     python tools/train_net.py --config-file configs/vader_pretrain_demo.yaml
     python tools/train_net.py --config-file configs/vader_pretrain.yaml --num-gpus 8
     python tools/train_net.py --config-file configs/vader_pretrain.yaml --num-gpus 8 --resume  # after a crash
+    torchrun --nproc-per-node 8 tools/train_net.py --config-file configs/vader_pretrain.yaml  # or srun: docs/cluster.md
     python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model_final.pth
 
 One run per OUTPUT_DIR: a second run into a folder in use stops at start-up, and a new run into a folder
@@ -29,7 +30,8 @@ from vader_d2.config import check_solver_config, check_vader_config
 from vader_d2.errors import UserError
 from vader_d2.output_dir import PREVIOUS_RUNS, claim_output_dir, select_resume_checkpoint
 from vader_d2.preemption import PREEMPTED_EXIT, RECORDER
-from vader_d2.rendezvous import RendezvousWatch, collective_timeout
+from vader_d2.launchers import children_end_with_this_process, detect_launch, end_with_launcher, join_process_group
+from vader_d2.rendezvous import LaunchedRendezvousWatch, RendezvousWatch, collective_timeout
 from vader_d2.trainer import VADeRTrainer, check_datasets_registered, is_pretraining, load_model_weights
 
 # Seconds the processes of all machines have to meet at --dist-url (Detectron2 waits 30 minutes, silently).
@@ -57,11 +59,18 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def check_devices(cfg, num_processes_per_machine):
+def check_devices(cfg, num_processes_per_machine, launched=None):
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} but no CUDA GPU is visible; add MODEL.DEVICE cpu to the command line")
     if torch.cuda.is_available() and num_processes_per_machine > torch.cuda.device_count():
-        raise UserError(f"--num-gpus {num_processes_per_machine} but this machine has {torch.cuda.device_count()} GPUs")
+        if launched is None:
+            raise UserError(f"--num-gpus {num_processes_per_machine} but this machine has {torch.cuda.device_count()} GPUs")
+        if cfg.MODEL.DEVICE.startswith("cuda"):
+            raise UserError(
+                f"{launched.launcher} runs {num_processes_per_machine} processes on this node but each sees "
+                f"{torch.cuda.device_count()} GPU(s); Detectron2 puts local process i on GPU i, so give every "
+                "process all GPUs of its node (no --gpus-per-task or per-task GPU binding)"
+            )
 
 
 def check_launch_args(args):
@@ -114,6 +123,9 @@ def worker(args, notes=(), arrived=None):
     if arrived is not None:
         # Detectron2's launch calls this only after every process of the run has joined the group.
         arrived.set()
+    # A process spawned for --num-gpus > 1 ends when the launcher dies, even by SIGKILL. (Until here,
+    # torch's spawn wrapper asks for SIGINT, which training may outlive; the launcher may already be gone.)
+    end_with_launcher()
     if args.num_gpus > 1 and "OMP_NUM_THREADS" not in os.environ:
         # The processes of one machine share its cores: with each using all of them (torch's default),
         # a CPU step becomes many times slower (torchrun even sets OMP_NUM_THREADS=1).
@@ -124,12 +136,13 @@ def worker(args, notes=(), arrived=None):
         report_user_error(e)
 
 
-def check_before_launch(args):
-    """Catch config mistakes in the launching process, before any worker starts. Returns the config."""
+def check_before_launch(args, launched=None):
+    """Catch config mistakes in the launching process, before any worker starts (with ``launched``, in each
+    process torchrun or srun started, before they meet). Returns the config."""
     check_launch_args(args)
     world_size = args.num_gpus * args.num_machines
     cfg = VADeRTrainer.auto_scale_workers(build_config(args.config_file, args.opts), world_size)
-    check_devices(cfg, args.num_gpus)
+    check_devices(cfg, args.num_gpus, launched)
     check_datasets_registered(cfg)
     if not args.eval_only:
         check_solver_config(cfg)
@@ -139,6 +152,10 @@ def check_before_launch(args):
 
 
 def run(args):
+    dist_url_given = None if args.dist_url == default_argument_parser().get_default("dist_url") else args.dist_url
+    launched = detect_launch(args.num_gpus, args.num_machines, args.machine_rank, dist_url_given)
+    if launched is not None:
+        return run_launched(args, launched)
     cfg = check_before_launch(args)
     if not args.eval_only:
         # A pre-emption signal from here on ends the run with a checkpoint (vader_d2/preemption.py); the
@@ -155,6 +172,7 @@ def run(args):
     watch = None
     if args.num_gpus * args.num_machines > 1:
         watch = RendezvousWatch(args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args.dist_timeout).start()
+    children_end_with_this_process()
     try:
         launch(
             worker,
@@ -186,6 +204,57 @@ def run(args):
             watch.stop()
         if claim is not None:
             claim.release()
+
+
+def run_launched(args, launched):
+    """
+    One process of a run that torchrun or srun started (``vader_d2.launchers``): the training of
+    ``--num-gpus``, in this process. The same checks before the processes meet, the same bounded wait for
+    them, and OUTPUT_DIR held by global rank 0 only.
+    """
+    # What Detectron2's launch would have been given: for the checks, default_setup's log and worker's
+    # share of the cores.
+    args.num_gpus, args.num_machines, args.machine_rank = launched.local_world_size, launched.num_nodes, launched.node_rank
+    args.dist_url = launched.init_method
+    cfg = check_before_launch(args, launched)
+    if args.eval_only or launched.rank != 0:
+        check_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    if launched.world_size > 1:
+        watch = LaunchedRendezvousWatch(launched, args.dist_timeout).start()
+        try:
+            join_process_group(launched, cfg.MODEL.DEVICE.startswith("cuda"), collective_timeout(args.dist_timeout))
+            watch.arrived.set()
+        except Exception as e:  # torch reports a failed rendezvous with several exception types
+            failure = watch.failure(e)
+            if failure is None:
+                raise
+            raise failure from None
+        finally:
+            watch.stop()
+    claim = claim_output_dir_on_rank_0(cfg, args, launched)
+    try:
+        return worker(args, claim.notes if claim else [])
+    finally:
+        if claim is not None:
+            claim.release()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def claim_output_dir_on_rank_0(cfg, args, launched):
+    """Rank 0 takes OUTPUT_DIR, once all processes have met; when it cannot, every process ends with its line
+    (the others would otherwise wait for rank 0 at their first collective)."""
+    claim, refusal = None, None
+    if launched.rank == 0 and not args.eval_only:
+        try:
+            claim = claim_output_dir(cfg.OUTPUT_DIR, resume=args.resume, start_over=args.start_over)
+        except UserError as e:
+            refusal = str(e)
+    if launched.world_size > 1:
+        refusal = comm.all_gather(refusal)[0]
+    if refusal is not None:
+        raise UserError(refusal)
+    return claim
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ then they print nothing, and they wait as long as the process group's timeout (D
 30 minutes). ``RendezvousWatch`` runs in the launching process: the training function sets its
 ``arrived`` event first thing (so every process of the run has met), and a watchdog thread reports
 every ``period`` seconds until then; after ``timeout`` seconds it terminates this machine's processes,
-and ``launch`` returns by an exception that ``failure()`` turns into one line.
+and ``launch`` returns by an exception that ``failure()`` turns into one line. ``LaunchedRendezvousWatch``
+does the same in a process that torchrun or srun started, which meets the others itself.
 """
 
 import multiprocessing
+import os
 import sys
 import threading
 import time
@@ -19,9 +21,10 @@ from datetime import timedelta
 
 from detectron2.engine.launch import DEFAULT_TIMEOUT
 
+from .cli import report_user_error
 from .errors import UserError
 
-__all__ = ["RendezvousWatch", "collective_timeout"]
+__all__ = ["RendezvousWatch", "LaunchedRendezvousWatch", "collective_timeout"]
 
 
 def collective_timeout(rendezvous_seconds):
@@ -35,7 +38,7 @@ def collective_timeout(rendezvous_seconds):
 
 
 class RendezvousWatch:
-    def __init__(self, num_gpus, num_machines, machine_rank, dist_url, timeout, period=None, out=None):
+    def __init__(self, num_gpus, num_machines, machine_rank, dist_url, timeout, period=None, out=None, arrived=None):
         self.num_gpus = num_gpus
         self.num_machines = num_machines
         self.machine_rank = machine_rank
@@ -44,7 +47,7 @@ class RendezvousWatch:
         self.period = period if period is not None else min(30.0, max(1.0, self.timeout / 5))
         self.out = out or sys.stdout
         # Spawned processes inherit the event (Detectron2's launch starts them with "spawn").
-        self.arrived = multiprocessing.get_context("spawn").Event()
+        self.arrived = arrived if arrived is not None else multiprocessing.get_context("spawn").Event()
         self.timed_out = False
         self._stop = threading.Event()
         self._thread = None
@@ -58,7 +61,7 @@ class RendezvousWatch:
         first = self.machine_rank * self.num_gpus
         ranks = f"process {first}" if self.num_gpus == 1 else f"processes {first}..{first + self.num_gpus - 1}"
         return (
-            f"the {self.world_size} processes of the run at --dist-url {self.dist_url} "
+            f"the {self.world_size} processes of the run at {self._where()} "
             f"(this is machine {self.machine_rank} of --num-machines {self.num_machines}, running {ranks})"
         )
 
@@ -85,13 +88,19 @@ class RendezvousWatch:
                 return
             waited = time.monotonic() - self._started
             if waited < self.timeout:
-                print(
-                    f"vader_d2: waiting for {self._what()}: {waited:.0f} s of --dist-timeout {self.timeout:g} s",
-                    file=self.out, flush=True,
-                )
+                self._say_waiting(waited)
         if self._stop.is_set() or self.arrived.is_set():
             return
         self.timed_out = True
+        self._give_up()
+
+    def _say_waiting(self, waited):
+        print(
+            f"vader_d2: waiting for {self._what()}: {waited:.0f} s of --dist-timeout {self.timeout:g} s",
+            file=self.out, flush=True,
+        )
+
+    def _give_up(self):
         # Ends launch(): it sees its processes die and terminates the rest. Processes may still be
         # starting when a short timeout passes, so keep ending them until launch() has returned.
         while not self._stop.is_set():
@@ -104,11 +113,7 @@ class RendezvousWatch:
         had all arrived (the error then belongs to training)."""
         if self.arrived.is_set():
             return None
-        check = (
-            "check that every machine runs the same command with the same --num-machines, --num-gpus and "
-            "--dist-url and its own --machine-rank, that machine 0 can be reached at that address from the "
-            "others (firewall), and that no other run uses the port"
-        )
+        check = self._check()
         if self.timed_out:
             return UserError(
                 f"{self._what()} did not all arrive within --dist-timeout {self.timeout:g} s; {check}"
@@ -116,5 +121,56 @@ class RendezvousWatch:
         if error is not None:
             lines = [line for line in str(error).strip().splitlines() if line.strip()]
             cause = lines[-1].strip() if lines else type(error).__name__
-            return UserError(f"the processes could not meet at --dist-url {self.dist_url}: {cause}; {check}")
+            return UserError(f"the processes could not meet at {self._where()}: {cause}; {check}")
         return None
+
+    def _where(self):
+        return f"--dist-url {self.dist_url}"
+
+    def _check(self):
+        return (
+            "check that every machine runs the same command with the same --num-machines, --num-gpus and "
+            "--dist-url and its own --machine-rank, that machine 0 can be reached at that address from the "
+            "others (firewall), and that no other run uses the port"
+        )
+
+
+class LaunchedRendezvousWatch(RendezvousWatch):
+    """
+    The watch of a process that torchrun or srun started (``vader_d2.launchers``), which meets the others
+    itself: its main thread waits in torch's rendezvous, which no exception interrupts, and there is no
+    spawned process to end. So on time-out this thread prints the one line and ends the process (it holds
+    nothing yet: rank 0 takes OUTPUT_DIR only once all have met). Only local rank 0 prints the waiting
+    lines, one per node instead of one per process.
+    """
+
+    def __init__(self, launched, timeout, period=None, out=None):
+        super().__init__(
+            launched.local_world_size, launched.num_nodes, launched.node_rank, launched.init_method, timeout,
+            period=period, out=out, arrived=threading.Event(),
+        )
+        self.launched = launched
+
+    def _where(self):
+        return self.launched.rendezvous
+
+    def _what(self):
+        p = self.launched
+        return (
+            f"the {p.world_size} processes of the run at {p.rendezvous} started by {p.launcher} "
+            f"(this is process {p.rank}, node {p.node_rank} of {p.num_nodes})"
+        )
+
+    def _check(self):
+        return self.launched.hint
+
+    def _say_waiting(self, waited):
+        if self.launched.local_rank == 0:
+            super()._say_waiting(waited)
+
+    def _give_up(self):
+        try:
+            report_user_error(self.failure())
+        except SystemExit as end:  # report_user_error's exit would end this thread only
+            self.out.flush()
+            os._exit(end.code)
