@@ -4,6 +4,7 @@ from detectron2.config import CfgNode as CN
 
 from .dense_grid import OUTPUT_STRIDE
 from .errors import UserError
+from .mixed_precision import check_amp_config
 
 
 # The meta-architectures that pretrain on two views (vader_d2/modeling): the trainer gives them the view
@@ -115,6 +116,10 @@ def add_vader_config(cfg):
     # Signals that pre-empt a run (vader_d2/preemption.py): every process finishes its iteration, rank 0
     # writes its checkpoint, all exit with status 75; [] leaves the signals' default action (death).
     cfg.SOLVER.PREEMPTION_SIGNALS = ["SIGTERM", "SIGUSR1"]
+    # Mixed precision with SOLVER.AMP.ENABLED (vader_d2/mixed_precision.py): "float16" (Detectron2's
+    # AMPTrainer with a gradient scaler; CUDA only), "bfloat16" (no scaler: float32's exponent range), or
+    # "auto": float16 on CUDA, bfloat16 on the CPU. Losses, queues and the momentum update stay float32.
+    cfg.SOLVER.AMP.PRECISION = "auto"
     cfg.SOLVER.LARS = CN()
     # eta of LARS's trust ratio eta ||w|| / ||g + wd w|| (PixPro: 0.001).
     cfg.SOLVER.LARS.TRUST_COEFFICIENT = 0.001
@@ -363,6 +368,7 @@ def check_solver_config(cfg):
     else:
         _require(solver.GAMMA > 0, "SOLVER.GAMMA", solver.GAMMA, "positive")
     _require(solver.OPTIMIZER in ("SGD", "LARS"), "SOLVER.OPTIMIZER", solver.OPTIMIZER, "'SGD' or 'LARS'")
+    check_amp_config(cfg)
     keep = solver.CHECKPOINT_KEEP
     _require(type(keep) is int and keep >= 0, "SOLVER.CHECKPOINT_KEEP", keep, "a whole number of checkpoints >= 0 (0 keeps them all)")
     from .preemption import parse_signal_names  # it imports cli, which imports this module

@@ -6,7 +6,7 @@ import weakref
 
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model
 from detectron2.engine.hooks import PeriodicCheckpointer
 from detectron2.utils.events import JSONWriter, TensorboardXWriter
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
@@ -21,6 +21,7 @@ from .data.decoding import UnreadableImageError, read_source_image
 from .errors import UserError
 from .frozen_backbone import freeze_backbone
 from .hooks import NegativesWatch, RetainingPeriodicCheckpointer
+from .mixed_precision import build_step_trainer
 from .output_dir import select_resume_checkpoint
 from .preemption import PreemptionCheckpointer, StopOnWriteFailure, TrainingStopped
 from .solver import build_lr_scheduler, build_optimizer
@@ -205,7 +206,8 @@ class VADeRTrainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg)
         device_ids = [comm.get_local_rank()] if cfg.MODEL.DEVICE.startswith("cuda") else None
         model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        # float32, or SOLVER.AMP on CUDA (Detectron2's AMPTrainer) or the CPU (bfloat16 autocast).
+        self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         # Atomic saves; missing, damaged or foreign files reported as one line (vader_d2/checkpoint.py).
         self.checkpointer = VADeRCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))

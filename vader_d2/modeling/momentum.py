@@ -20,6 +20,7 @@ from typing import Dict, List
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from detectron2.structures import ImageList
@@ -88,7 +89,12 @@ def enqueue_(module: nn.Module, name: str, keys, image_ids):
     """Write ``keys`` (of every process's images, in rank order) over the oldest entries of queue ``name``."""
     queue, queue_ids, ptr = getattr(module, name), getattr(module, f"{name}_image_ids"), getattr(module, f"{name}_ptr")
     slots = (ptr + torch.arange(keys.shape[0], device=keys.device)) % queue.shape[0]
-    queue.index_copy_(0, slots, keys.to(queue.dtype))
+    if keys.dtype != queue.dtype:
+        # Keys of an autocast step are half-precision unit vectors, norms off by up to 2^-8: the float32
+        # queue gets them re-normalised in float32.
+        with torch.autocast(keys.device.type, enabled=False):
+            keys = F.normalize(keys.to(queue.dtype), dim=1)
+    queue.index_copy_(0, slots, keys)
     queue_ids.index_copy_(0, slots, image_ids)
     ptr.copy_((ptr + keys.shape[0]) % queue.shape[0])
 

@@ -125,10 +125,13 @@ def pixpro_loss(predictions, targets, positive):
     normalised ``predictions`` (view a, cells i) and ``targets`` (view b, cells j) and a (B, P_i, P_j)
     bool ``positive`` mask. Images without a positive pair add 0.
     """
-    cosine = predictions.transpose(1, 2) @ targets  # (B, P_i, P_j)
-    mask = positive.to(cosine.dtype)
-    per_image = (cosine * mask).sum(dim=(1, 2)) / mask.sum(dim=(1, 2)).clamp(min=1)
-    return -2.0 * per_image.mean()
+    # In float32 at least, also under autocast, as every loss here.
+    dtype = torch.promote_types(predictions.dtype, torch.float32)
+    with torch.autocast(predictions.device.type, enabled=False):
+        cosine = predictions.to(dtype).transpose(1, 2) @ targets.to(dtype)  # (B, P_i, P_j)
+        mask = positive.to(cosine.dtype)
+        per_image = (cosine * mask).sum(dim=(1, 2)) / mask.sum(dim=(1, 2)).clamp(min=1)
+        return -2.0 * per_image.mean()
 
 
 def pixpro_momentum(base, iteration, max_iter):
@@ -236,9 +239,10 @@ class PixPro(nn.Module):
 
     def positive_mask(self, batched_inputs, rows, cols):
         """(B, P, P) positive pairs of view-1 and view-2 cells, from the views' matrices (``cell_geometry``)."""
-        matrices = [torch.stack([x[name] for x in batched_inputs]).to(self.device) for name in ("view1_matrix", "view2_matrix")]
-        heights = torch.tensor([float(x["height"]) for x in batched_inputs], dtype=torch.float64, device=self.device)
-        widths = torch.tensor([float(x["width"]) for x in batched_inputs], dtype=torch.float64, device=self.device)
-        return pixpro_positive_mask(
-            *matrices, heights, widths, rows, cols, self.query_encoder.stride, self.positive_radius
-        )
+        # In float64 on the host, where the mapper's matrices are (float64 is slow on most GPUs); only the
+        # mask travels, without waiting for the device.
+        matrices = [torch.stack([x[name] for x in batched_inputs]) for name in ("view1_matrix", "view2_matrix")]
+        heights = torch.tensor([float(x["height"]) for x in batched_inputs], dtype=torch.float64)
+        widths = torch.tensor([float(x["width"]) for x in batched_inputs], dtype=torch.float64)
+        mask = pixpro_positive_mask(*matrices, heights, widths, rows, cols, self.query_encoder.stride, self.positive_radius)
+        return mask.to(self.device, non_blocking=True)

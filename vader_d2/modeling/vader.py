@@ -151,9 +151,10 @@ class NegativeLogSumExp(torch.autograd.Function):
         return (weights @ negatives) * (grad / total)[:, None], None, None
 
 
-def info_nce_loss(queries, keys, negatives, query_image_ids, negative_image_ids, temperature):
+def info_nce_loss(queries, keys, negatives, query_image_ids, negative_image_ids, temperature, query_weights=None):
     """
-    L = -log( exp(q.k/t) / (exp(q.k/t) + sum_n exp(q.n/t)) ), averaged over queries.
+    L = -log( exp(q.k/t) / (exp(q.k/t) + sum_n exp(q.n/t)) ), averaged over queries (weighted by the (N,)
+    ``query_weights`` if given: 0 leaves a query out without indexing, which would wait for the device).
 
     Negatives whose image id equals the query's, or is negative (an empty queue slot), are excluded.
     Computed in float32 at least, also under autocast: logits up to 1/t need more than half precision.
@@ -166,7 +167,11 @@ def info_nce_loss(queries, keys, negatives, query_image_ids, negative_image_ids,
         positive = (queries * keys.to(dtype)).sum(dim=1)
         excluded = (negative_image_ids[None, :] == query_image_ids[:, None]) | (negative_image_ids < 0)[None, :]
         negative, hardest = NegativeLogSumExp.apply(queries, negatives.to(dtype), excluded)
-        return (torch.logaddexp(positive, negative) - positive).mean(), positive, hardest, excluded
+        terms = torch.logaddexp(positive, negative) - positive
+        if query_weights is None:
+            return terms.mean(), positive, hardest, excluded
+        loss = (terms * query_weights).sum() / query_weights.sum().clamp(min=1)
+        return loss, positive, hardest, excluded
 
 
 def sample_grid(embeddings, positions, mode):
