@@ -13,6 +13,7 @@ the momentum update (float32 parameters, an element-wise op autocast leaves alon
 geometry (float64 on the host, before anything reaches the device).
 """
 
+import contextlib
 import time
 
 import torch
@@ -20,9 +21,18 @@ from detectron2.engine import AMPTrainer, SimpleTrainer
 
 from .errors import UserError
 
-__all__ = ["AMP_PRECISIONS", "amp_dtype", "check_amp_config", "CPUAutocastTrainer", "build_step_trainer"]
+__all__ = ["AMP_PRECISIONS", "amp_dtype", "check_amp_config", "full_precision", "CPUAutocastTrainer", "build_step_trainer"]
 
 AMP_PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def full_precision(tensor):
+    """Autocast off on ``tensor``'s device, for what must stay float32; nothing to switch off on a device
+    without autocast (the meta device of the device-audit test)."""
+    device_type = tensor.device.type
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def amp_dtype(cfg):

@@ -35,6 +35,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
+from ..mixed_precision import full_precision
 from ..training_metrics import SKIPPED_IMAGES
 from .cell_geometry import nearest_cells_in_other_view
 from .momentum import (
@@ -111,7 +112,7 @@ def dense_positive_cells(query_features, key_features):
     of the key cell most cosine-similar to each query cell, (B, S*S).
     """
     # In float32 also under autocast: half-precision rounding would turn near-ties into other matches.
-    with torch.autocast(query_features.device.type, enabled=False):
+    with full_precision(query_features):
         similarity = query_features.float().flatten(2).transpose(1, 2) @ key_features.float().flatten(2)  # (B, P_query, P_key)
     return similarity.argmax(dim=2)
 

@@ -26,6 +26,7 @@ from torch import nn
 from detectron2.structures import ImageList
 from detectron2.utils import comm
 
+from ..mixed_precision import full_precision
 from .shuffle_bn import draw_permutation, forward_in_groups
 
 __all__ = [
@@ -92,7 +93,7 @@ def enqueue_(module: nn.Module, name: str, keys, image_ids):
     if keys.dtype != queue.dtype:
         # Keys of an autocast step are half-precision unit vectors, norms off by up to 2^-8: the float32
         # queue gets them re-normalised in float32.
-        with torch.autocast(keys.device.type, enabled=False):
+        with full_precision(keys):
             keys = F.normalize(keys.to(queue.dtype), dim=1)
     queue.index_copy_(0, slots, keys)
     queue_ids.index_copy_(0, slots, image_ids)

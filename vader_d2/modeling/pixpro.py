@@ -37,6 +37,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 from detectron2.utils.events import get_event_storage
 
+from ..mixed_precision import full_precision
 from .cell_geometry import pixpro_positive_mask
 from ..training_metrics import SKIPPED_IMAGES
 from .momentum import (
@@ -127,7 +128,7 @@ def pixpro_loss(predictions, targets, positive):
     """
     # In float32 at least, also under autocast, as every loss here.
     dtype = torch.promote_types(predictions.dtype, torch.float32)
-    with torch.autocast(predictions.device.type, enabled=False):
+    with full_precision(predictions):
         cosine = predictions.to(dtype).transpose(1, 2) @ targets.to(dtype)  # (B, P_i, P_j)
         mask = positive.to(cosine.dtype)
         per_image = (cosine * mask).sum(dim=(1, 2)) / mask.sum(dim=(1, 2)).clamp(min=1)

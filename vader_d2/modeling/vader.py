@@ -39,6 +39,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..dense_grid import OUTPUT_STRIDE
+from ..mixed_precision import full_precision
 from ..training_metrics import (
     NEGATIVE_SIMILARITY,
     POSITIVE_SIMILARITY,
@@ -162,7 +163,7 @@ def info_nce_loss(queries, keys, negatives, query_image_ids, negative_image_ids,
     the float minimum where none is usable) and the (N, K) exclusion mask, for diagnostics.
     """
     dtype = torch.promote_types(queries.dtype, torch.float32)
-    with torch.autocast(queries.device.type, enabled=False):
+    with full_precision(queries):
         queries = queries.to(dtype) / temperature  # scales N x D values instead of N x K logits
         positive = (queries * keys.to(dtype)).sum(dim=1)
         excluded = (negative_image_ids[None, :] == query_image_ids[:, None]) | (negative_image_ids < 0)[None, :]
