@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SETUP_DONE := $(VENV)/.vader_d2_setup_done
 PYTEST_ARGS ?=
 
-.PHONY: setup data demo demo-long test test-slow clean-venv
+.PHONY: setup data demo demo-long test test-slow test-oldest gpu-wheels clean-venv
 
 setup: $(SETUP_DONE)
 
@@ -79,10 +79,24 @@ pretrain-and-transfer:
 # end-to-end learning checks (marked slow: a shared demo pretraining and fine-tunes, about 40 minutes on
 # 2 cores) run in `make test-slow`; CI (.ci/run) runs both.
 test: data
-	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" -n 2 --dist worksteal $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow and not gpu" -n 2 --dist worksteal $(PYTEST_ARGS)
 
 test-slow: data
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+# The fast tests with the oldest torch and torchvision setup.py supports, in a second venv (.venv-oldest),
+# beside the same Detectron2 and data. Not part of `make test`: about 10 minutes on the whole CPU.
+OLDEST_VENV := .venv-oldest
+test-oldest: data
+	@test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --disable-pip-version-check --quiet --no-compile "torch==2.11.*" "torchvision==0.26.*" "numpy<2" "opencv-python-headless<4.11"
+	$(OLDEST_VENV)/bin/python tools/install_detectron2.py
+	$(OLDEST_VENV)/bin/python -m pip install --disable-pip-version-check --quiet --no-compile -e ".[dev]"
+	OMP_NUM_THREADS=1 $(OLDEST_VENV)/bin/python -m pytest -m "not slow and not gpu" -n 2 --dist worksteal -p no:cacheprovider $(PYTEST_ARGS)
+
+# The wheels benchmarks/gpu_check.sh installs on a GPU machine without internet (gpu_wheels/, under 64 MiB).
+gpu-wheels:
+	PYTHON=$(PY) benchmarks/download_gpu_wheels.sh gpu_wheels
 
 clean-venv:
 	rm -rf $(VENV)

@@ -8,8 +8,10 @@ setup(
     python_requires=">=3.10",
     # Detectron2 is not on PyPI and cannot be listed here: `make setup` installs it (see README).
     install_requires=[
-        "torch",
-        "torchvision",
+        # The oldest the code is written for (torch.amp.is_autocast_available, torch.amp.GradScaler("cuda"));
+        # `make test-oldest` runs the fast tests with them.
+        "torch>=2.11",
+        "torchvision>=0.26",
         "fvcore",
         "pycocotools",
         # numpy<2: the Detectron2 commit we install predates its numpy-2 fix; opencv 4.11+ needs numpy 2.
