@@ -5,6 +5,7 @@ as if nothing had happened; a metrics write that fails (a full disk) stops with 
 checkpoint intact.
 """
 
+import itertools
 import logging
 import os
 import re
@@ -13,19 +14,23 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from detectron2.engine import HookBase
+from detectron2.engine import HookBase, launch
+from detectron2.utils import comm
+from torch.multiprocessing import ProcessExitedException
 
 from vader_d2.checkpoint import checkpoint_problem
+from vader_d2.cli import build_config
 from vader_d2.config import check_solver_config
 from vader_d2.errors import UserError
 from vader_d2.preemption import PREEMPTED_EXIT, RECORDER, PreemptionCheckpointer, parse_signal_names
 from vader_d2.trainer import VADeRTrainer
 
-from .helpers import demo_cfg
+from .helpers import demo_cfg, fake_batch
 from .test_config_errors import DEMO_CONFIG, REPO, TINY_OPTS, single_thread, train_net_env  # noqa: F401
 from .test_resume import FixedBatchTrainer, assert_same, fixed_batch_cfg
 
@@ -257,3 +262,194 @@ def test_a_full_disk_under_metrics_json_stops_with_one_line_and_the_checkpoint_i
     assert trainer.iter == 19
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000014.pth"
     assert checkpoint_problem(str(tmp_path / "model_0000014.pth")) is None
+
+
+# ---------------------------------------------------------------------------------------------------
+# tools/train_net.py, as a scheduler stops it
+
+
+def start_train_net(output_dir, *args):
+    """tools/train_net.py on the tiny config for up to 500 iterations; returns the process and its log files."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stdout, stderr = output_dir.parent / f"{output_dir.name}.out", output_dir.parent / f"{output_dir.name}.err"
+    with open(stdout, "w") as out, open(stderr, "w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "tools/train_net.py", *args, "--config-file", DEMO_CONFIG, *TINY_OPTS, "SOLVER.MAX_ITER", "500",
+             "SOLVER.CHECKPOINT_PERIOD", "1000", "OUTPUT_DIR", str(output_dir)],
+            cwd=REPO, env=train_net_env(), stdout=out, stderr=err,
+        )
+    return process, stdout, stderr
+
+
+def wait_for_training(process, stdout, timeout=240):
+    """Until the training loop starts; a signal from then on stops the run after the iteration in flight."""
+    deadline = time.monotonic() + timeout
+    while "Starting training from iteration 0" not in stdout.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("the run ended or hung before training:\n" + stdout.read_text()[-3000:])
+        time.sleep(0.05)
+
+
+def check_stopped_run(output_dir, process, stdout, stderr, sig):
+    """The run ended with PREEMPTED_EXIT, one line naming the signal and the checkpoint of that iteration,
+    nothing on stderr; returns the iteration."""
+    assert process.wait(timeout=240) == PREEMPTED_EXIT, stdout.read_text()[-3000:] + stderr.read_text()[-3000:]
+    assert stderr.read_text() == ""
+    lines = [m for m in map(STOP_LINE.search, stdout.read_text().splitlines()) if m]
+    assert len(lines) == 1, stdout.read_text()[-3000:]
+    name, iteration, checkpoint = lines[0][1], int(lines[0][2]), lines[0][3]
+    assert name == sig.name and checkpoint == f"model_{iteration:07d}.pth"
+    assert (output_dir / "last_checkpoint").read_text() == checkpoint
+    assert torch.load(output_dir / checkpoint, map_location="cpu")["iteration"] == iteration
+    return iteration
+
+
+def check_resume_restores(output_dir, iteration):
+    """What `--resume` would restore, checked in this process: the state of the checkpoint, from the next iteration."""
+    opts = [*TINY_OPTS, "SOLVER.MAX_ITER", "500", "SOLVER.CHECKPOINT_PERIOD", "1000", "OUTPUT_DIR", str(output_dir)]
+    trainer = VADeRTrainer(demo_cfg(*opts))
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == iteration + 1
+    checkpoint = torch.load(output_dir / f"model_{iteration:07d}.pth", map_location="cpu")
+    assert_same(trainer.model.state_dict(), checkpoint["model"], "model")
+    assert_same(trainer.state_dict(), checkpoint["trainer"], "trainer")
+
+
+def test_sigterm_to_train_net_checkpoints_and_exits_with_the_documented_status(tmp_path):
+    output_dir = tmp_path / "run"
+    process, stdout, stderr = start_train_net(output_dir)
+    wait_for_training(process, stdout)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    iteration = check_stopped_run(output_dir, process, stdout, stderr, signal.SIGTERM)
+    assert time.monotonic() - sent < 60
+    check_resume_restores(output_dir, iteration)
+
+
+def launched_processes(launcher_pid):
+    """The training processes Detectron2's launch spawned (not multiprocessing's resource tracker), in start order."""
+    with open(f"/proc/{launcher_pid}/task/{launcher_pid}/children") as f:
+        children = [int(pid) for pid in f.read().split()]
+    workers = []
+    for pid in sorted(children):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            command = f.read().replace(b"\0", b" ")
+        if b"spawn_main" in command and b"resource_tracker" not in command:
+            workers.append(pid)
+    return workers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["launcher", "rank 1"])
+def test_sigterm_with_two_processes_stops_both_at_one_iteration(tmp_path, target):
+    """`--num-gpus 2` on the CPU (gloo): SIGTERM to the launcher (it forwards it) or to one training
+    process only; both processes stop after the same iteration, whose checkpoint rank 0 writes."""
+    output_dir = tmp_path / "run"
+    process, stdout, stderr = start_train_net(output_dir, "--num-gpus", "2", "--dist-url", "auto")
+    wait_for_training(process, stdout)
+    workers = launched_processes(process.pid)
+    assert len(workers) == 2
+    os.kill(process.pid if target == "launcher" else workers[1], signal.SIGTERM)
+    iteration = check_stopped_run(output_dir, process, stdout, stderr, signal.SIGTERM)
+    # Rank 1 stopped after the same iteration (its log is its own file).
+    rank1 = [m for m in map(STOP_LINE.search, (output_dir / "log.txt.rank1").read_text().splitlines()) if m]
+    assert [int(m[2]) for m in rank1] == [iteration]
+    check_resume_restores(output_dir, iteration)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Two processes, exact resume
+
+
+class ShareOfFixedBatchTrainer(SignalledTrainer):
+    """The fixed-batch trainer with each process given its share of the global batch of 4."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        torch.manual_seed(11)
+        share = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+        batch = fake_batch(cfg.SOLVER.IMS_PER_BATCH, cfg.INPUT.VIEWS.CROP_SIZE)[comm.get_rank() * share:][:share]
+        return itertools.repeat(batch)
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        return hooks if comm.get_rank() == 1 else hooks[1:]  # only rank 1 gets the signal
+
+
+def two_process_fixed_batch_worker(output_dir, signal_at, resume, result_path):
+    torch.set_num_threads(1)
+    RECORDER.install(["SIGTERM", "SIGUSR1"])
+    ShareOfFixedBatchTrainer.signal_at = signal_at
+    torch.manual_seed(0)
+    cfg = fixed_batch_cfg(output_dir)
+    cfg.MODEL.VADER.BN_GROUP_SIZE = 2  # the per-process batch
+    trainer = ShareOfFixedBatchTrainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    trainer.train()
+    if comm.is_main_process():
+        torch.save({"model": trainer.model.module.state_dict(), "trainer": trainer.state_dict()}, result_path)
+
+
+def launch_two(rendezvous, *args):
+    # A file rendezvous is used once: a later launch that found it would wait for peers that are gone.
+    launch(two_process_fixed_batch_worker, 2, dist_url=f"file://{rendezvous}", args=args, timeout=timedelta(minutes=2))
+
+
+@pytest.mark.slow
+def test_two_processes_resume_exactly_after_a_signal_to_one_of_them(tmp_path):
+    """Uninterrupted: 5 steps of two processes. Interrupted: SIGUSR1 to rank 1 during iteration 2; both stop
+    after it; resumed, they end with the uninterrupted run's weights, queue, optimizer and LR schedule."""
+    never = (signal.SIGUSR1, -1)
+    launch_two(tmp_path / "first", str(tmp_path / "uninterrupted"), never, False, str(tmp_path / "uninterrupted.pth"))
+    with pytest.raises(ProcessExitedException) as stopped:
+        launch_two(tmp_path / "second", str(tmp_path / "interrupted"), (signal.SIGUSR1, 2), False, None)
+    assert stopped.value.exit_code == PREEMPTED_EXIT
+    assert (tmp_path / "interrupted" / "last_checkpoint").read_text() == "model_0000002.pth"
+    launch_two(tmp_path / "third", str(tmp_path / "interrupted"), never, True, str(tmp_path / "resumed.pth"))
+    uninterrupted, resumed = torch.load(tmp_path / "uninterrupted.pth"), torch.load(tmp_path / "resumed.pth")
+    assert resumed["trainer"]["iteration"] == uninterrupted["trainer"]["iteration"] == 5  # Detectron2's count after the loop
+    assert_same(resumed, uninterrupted)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Every method, and downstream
+
+
+@pytest.mark.parametrize("method", ["MoCo", "DenseCL", "PixPro"])
+def test_every_pretraining_method_checkpoints_the_signalled_iteration(tmp_path, handlers, vader_log, method):
+    from .test_methods import CONFIGS, TINY, FixedBatchesTrainer, mapped_batches
+
+    config = "configs/moco_global_demo.yaml" if method == "MoCo" else CONFIGS[method]
+    cfg = build_config(config, ["MODEL.DEVICE", "cpu", *TINY, "SOLVER.MAX_ITER", "5", "OUTPUT_DIR", str(tmp_path)])
+    FixedBatchesTrainer.batches = mapped_batches(cfg, 1)
+    trainer = FixedBatchesTrainer(cfg)
+    trainer.register_hooks([SignalBeforeStep(signal.SIGUSR1, 1)])
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(SystemExit) as stop:
+        trainer.train()
+    assert stop.value.code == PREEMPTED_EXIT
+    assert [m[2] for m in map(STOP_LINE.fullmatch, vader_log) if m] == ["1"]
+    checkpoint = torch.load(tmp_path / "model_0000001.pth", map_location="cpu")
+    assert checkpoint["iteration"] == 1
+    assert_same(checkpoint["model"], trainer.model.state_dict())
+
+
+def test_a_downstream_run_checkpoints_the_signalled_iteration(tmp_path, handlers, vader_log):
+    """A stock Detectron2 Mask R-CNN through the same trainer, on the cut-paste data set."""
+    cfg = build_config("configs/downstream/cutpaste_mask_rcnn_R_18_FPN.yaml", [
+        "MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TRAIN", "(128,)",
+        "INPUT.MAX_SIZE_TRAIN", "160", "OUTPUT_DIR", str(tmp_path),
+    ])
+    trainer = VADeRTrainer(cfg)
+    trainer.register_hooks([SignalBeforeStep(signal.SIGTERM, 0)])
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(SystemExit) as stop:
+        trainer.train()
+    assert stop.value.code == PREEMPTED_EXIT
+    assert [m[2] for m in map(STOP_LINE.fullmatch, vader_log) if m] == ["0"]
+    assert torch.load(tmp_path / "model_0000000.pth", map_location="cpu")["iteration"] == 0
+    resumed = VADeRTrainer(cfg)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 1
+    assert_same(resumed.model.state_dict(), trainer.model.state_dict(), "model")
