@@ -9,6 +9,7 @@ import itertools
 import logging
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -21,13 +22,14 @@ import torch
 import torch.multiprocessing as mp
 from detectron2.engine import HookBase, launch
 from detectron2.utils import comm
+from detectron2.utils.events import EventStorage, TensorboardXWriter
 from torch.multiprocessing import ProcessExitedException
 
 from vader_d2.checkpoint import checkpoint_problem
 from vader_d2.cli import build_config
 from vader_d2.config import check_solver_config
 from vader_d2.errors import UserError
-from vader_d2.preemption import PREEMPTED_EXIT, RECORDER, PreemptionCheckpointer, parse_signal_names
+from vader_d2.preemption import PREEMPTED_EXIT, RECORDER, PreemptionCheckpointer, StopOnWriteFailure, parse_signal_names
 from vader_d2.trainer import VADeRTrainer
 
 from .helpers import demo_cfg, fake_batch
@@ -453,3 +455,32 @@ def test_a_downstream_run_checkpoints_the_signalled_iteration(tmp_path, handlers
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == 1
     assert_same(resumed.model.state_dict(), trainer.model.state_dict(), "model")
+
+
+def test_a_failed_tensorboard_write_is_reported_once_from_the_main_thread(tmp_path, monkeypatch):
+    """RLIMIT_FSIZE makes TensorBoard's writer thread fail as on a full disk (EFBIG instead of ENOSPC); the
+    thread's exception does not reach Python's report of thread exceptions (a traceback on stderr)."""
+    reported = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: reported.append(args.exc_value))
+    hook = PreemptionCheckpointer()
+    writer = StopOnWriteFailure(TensorboardXWriter(str(tmp_path)), hook, "the TensorBoard events")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        with EventStorage(0) as storage:
+            storage.put_scalar("loss", 1.0)
+            writer.write()  # opens the events file (its header is written)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (0, hard))
+            deadline = time.monotonic() + 60
+            while hook.write_failure is None and time.monotonic() < deadline:
+                storage.iter += 1
+                storage.put_scalar("loss", 1.0)
+                writer.write()
+                time.sleep(0.05)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous_handler)
+    writer.close()
+    assert hook.write_failure == "cannot write the TensorBoard events: File too large (errno 27)"
+    assert writer.failed
+    assert reported == []

@@ -24,6 +24,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 
 import torch
@@ -250,6 +251,7 @@ class StopOnWriteFailure(EventWriter):
         self.hook = hook
         self.what = what
         self.failed = False
+        _leave_tensorboard_write_errors_to_the_main_thread()
 
     def write(self):
         if self.failed:
@@ -270,3 +272,23 @@ class StopOnWriteFailure(EventWriter):
         self.failed = True
         cause = f"{error.strerror} (errno {error.errno})" if error.errno else str(error)
         self.hook.record_write_failure(f"cannot write {self.what}: {cause}")
+
+
+def _leave_tensorboard_write_errors_to_the_main_thread():
+    """
+    TensorBoard writes its events from a thread of its own. A failed write ends that thread, which Python
+    reports with a traceback on stderr (threading.excepthook), and TensorBoard raises the same OSError again
+    in the main thread at the next write, where ``StopOnWriteFailure`` turns it into the one line. So the
+    thread's own report of an OSError is dropped; every other thread exception is reported as before.
+    """
+    previous = threading.excepthook
+    if getattr(previous, "leaves_tensorboard_write_errors", False):
+        return
+
+    def excepthook(args):
+        if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
+            return
+        previous(args)
+
+    excepthook.leaves_tensorboard_write_errors = True
+    threading.excepthook = excepthook
