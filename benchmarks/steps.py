@@ -6,7 +6,7 @@ The two training steps the benchmark compares, and the parts of the full step ti
 * Full step: VADeR's training step (momentum update, pair sampling, queue, InfoNCE, metrics), once per
   queue size, against a queue filled with keys of other images as a long run leaves it.
 
-Both run through Detectron2's ``SimpleTrainer`` / ``AMPTrainer.run_step``, the step training runs:
+Both run through the trainer's step (vader_d2.mixed_precision.build_step_trainer), the step training runs:
 forward, backward, per-step loss logging and the SGD step are in both. They take the same batch of
 mapped views, already on the device.
 
@@ -21,7 +21,6 @@ import os
 import torch
 from fvcore.nn import FlopCountAnalysis
 
-from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
@@ -30,6 +29,7 @@ from vader_d2.cli import build_config, merge_opts
 from vader_d2.config import check_vader_config
 from vader_d2.errors import UserError
 from vader_d2.modeling.shuffle_bn import forward_in_groups
+from vader_d2.mixed_precision import build_step_trainer
 from vader_d2.modeling.vader import VADeR, info_nce_loss, sample_grid
 
 from .measure import StepMemory, median_time, medians, state_bytes, timed
@@ -66,8 +66,6 @@ def build_benchmark_config(
         raise UserError(f"--depth {depth}: Detectron2's ResNets have depth 18, 34, 50, 101 or 152")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device} but no CUDA GPU is visible; pass --device cpu")
-    if amp and not device.startswith("cuda"):
-        raise UserError("--amp needs a CUDA device (Detectron2's AMPTrainer); leave it out with --device cpu")
     cfg = build_config(config_file)
     sizes = [
         "MODEL.RESNETS.DEPTH", depth,
@@ -146,8 +144,7 @@ class TimedPath:
         self.name = name
         self.model = model
         self.optimizer = build_optimizer(cfg, model)
-        trainer_class = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
-        self.trainer = trainer_class(model, data_loader, self.optimizer)
+        self.trainer = build_step_trainer(cfg, model, data_loader, self.optimizer)
         self.trainer.storage = EventStorage(0)
         self.memory = StepMemory(torch.device(cfg.MODEL.DEVICE))
         self.times = []

@@ -62,7 +62,7 @@ def build_parser():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="MODEL.DEVICE the steps run on")
     parser.add_argument("--amp", action="store_true",
-                        help="mixed precision (SOLVER.AMP.ENABLED: Detectron2's AMPTrainer, CUDA only)")
+                        help="mixed precision (SOLVER.AMP.ENABLED: Detectron2's AMPTrainer on CUDA, bfloat16 autocast on the CPU)")
     parser.add_argument("--channels-last", action="store_true",
                         help="encoders and inputs in channels_last memory order (MODEL.VADER.CHANNELS_LAST)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
