@@ -217,6 +217,9 @@ def run_launched(args, launched):
     args.num_gpus, args.num_machines, args.machine_rank = launched.local_world_size, launched.num_nodes, launched.node_rank
     args.dist_url = launched.init_method
     cfg = check_before_launch(args, launched)
+    if not args.eval_only:
+        # As run(): a pre-emption signal while the processes meet stops the run after its first iteration.
+        RECORDER.install(cfg.SOLVER.PREEMPTION_SIGNALS)
     if args.eval_only or launched.rank != 0:
         check_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     if launched.world_size > 1:
