@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.10",
     # Detectron2 is not on PyPI and cannot be listed here: `make setup` installs it (see README).
     install_requires=[
-        # The oldest the code is written for (torch.amp.is_autocast_available, torch.amp.GradScaler("cuda"));
+        # The oldest supported: torch 2.11 with torchvision 0.26, what CUDA images commonly ship;
         # `make test-oldest` runs the fast tests with them.
         "torch>=2.11",
         "torchvision>=0.26",
