@@ -245,6 +245,25 @@ def test_a_signal_at_the_last_iteration_lets_the_run_complete(tmp_path, handlers
     assert "received SIGTERM at the last iteration (4); the run is complete, model_final.pth written" in vader_log
 
 
+class SignalAfterTraining(HookBase):
+    """Sends SIGUSR1 when training ends, as one arriving during the final evaluation would."""
+
+    def after_train(self):
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_a_signal_after_the_last_iteration_lets_the_run_complete(tmp_path, handlers, vader_log):
+    class SignalledAtTheEnd(FixedBatchTrainer):
+        def build_hooks(self):
+            return [SignalAfterTraining(), *super().build_hooks()]
+
+    trainer = SignalledAtTheEnd(fixed_batch_cfg(tmp_path))
+    trainer.resume_or_load(resume=False)
+    trainer.train()  # no SystemExit: status 0
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    assert "received SIGUSR1 after the last iteration; the run is complete, model_final.pth written" in vader_log
+
+
 def test_a_full_disk_under_metrics_json_stops_with_one_line_and_the_checkpoint_intact(tmp_path):
     """metrics.json on /dev/full, where every write fails with ENOSPC: Detectron2's writers first write
     after iteration 19, after the checkpoint of iteration 14."""

@@ -186,7 +186,9 @@ class PreemptionCheckpointer(HookBase):
         raise TrainingStopped(PREEMPTED_EXIT, self._checkpoint(iteration, name))
 
     def after_train(self):
-        if self._stopped:
+        # Detectron2 counts past the last iteration only when the loop completed; after a crash (its own
+        # report follows) or a stop there is nothing to add.
+        if self._stopped or self.trainer.iter < self.trainer.max_iter:
             return
         if self.write_failure:
             # A write of Detectron2's writers after the last iteration (they write once more and close).
@@ -198,9 +200,7 @@ class PreemptionCheckpointer(HookBase):
     def _agree(request):
         if comm.get_world_size() == 1:
             return request
-        # NCCL reduces tensors on the process's GPU only; gloo on the CPU.
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-        value = torch.tensor([request], dtype=torch.int64, device=device)
+        value = torch.tensor([request], dtype=torch.int64, device=_collective_device())
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return int(value.item())
 
@@ -218,8 +218,7 @@ class PreemptionCheckpointer(HookBase):
         if comm.get_world_size() > 1:
             # No process may exit before the file is complete: the launcher (Detectron2's, torchrun) ends the
             # other processes once one has exited, by SIGKILL after 30 s.
-            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-            written = torch.tensor([failure is None], dtype=torch.int64, device=device)
+            written = torch.tensor([failure is None], dtype=torch.int64, device=_collective_device())
             dist.broadcast(written, src=0)
             if not written.item() and failure is None:
                 raise TrainingStopped(USER_ERROR_EXIT)  # rank 0 reports its failure
@@ -236,6 +235,11 @@ class PreemptionCheckpointer(HookBase):
             f"{self.write_failure}; training stopped after iteration {iteration} and {kept}; free space on that "
             "disk and rerun with --resume"
         )
+
+
+def _collective_device():
+    # NCCL reduces tensors on the process's GPU only; gloo on the CPU.
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 class StopOnWriteFailure(EventWriter):
