@@ -136,7 +136,8 @@ def _in_srun_step(env):
     # A batch script (sbatch) or an salloc shell has SLURM_PROCID too, but no numeric step id: there the
     # user's own --num-gpus spawns the processes.
     step = _first_set(env, "SLURM_STEP_ID", "SLURM_STEPID")
-    return "SLURM_PROCID" in env and step is not None and env[step].isdigit()
+    tasks = _first_set(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
+    return "SLURM_PROCID" in env and step is not None and env[step].isdigit() and tasks is not None
 
 
 def _from_slurm_variables(env, dist_url):
