@@ -123,6 +123,11 @@ print(json.dumps(errors))
         "vader_cutpaste_val": "prepare_cutpaste.py",
         "vader_cutpaste_sem_seg_train": "prepare_cutpaste.py",
         "vader_cutpaste_sem_seg_val": "prepare_cutpaste.py",
+        "vader_lowlabel_unlabeled": "prepare_lowlabel.py",
+        "vader_lowlabel_train_10": "prepare_lowlabel.py",
+        "vader_lowlabel_sem_seg_train_100": "prepare_lowlabel.py",
+        "vader_lowlabel_test": "prepare_lowlabel.py",
+        "vader_lowlabel_sem_seg_test": "prepare_lowlabel.py",
     }
     result = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", script, *expected_hint],
