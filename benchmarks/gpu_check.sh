@@ -7,7 +7,7 @@
 #   3. the overhead benchmark at R50-FPN 224 px with AMP and channels-last (images/s, full/bare ratio,
 #      peak memory, the loader with 16 workers), on synthetic photos (the demo data is not carried);
 #   4. a 2-minute VADeR pretraining stopped by SIGTERM (the pre-emption checkpoint), then its export.
-# Writes gpu_check.json and gpu_check.log into OUTPUT_DIR.
+# Writes gpu_check.json and gpu_check.log into OUTPUT_DIR. The steps' time limits add up to 590 s.
 # Usage: benchmarks/gpu_check.sh OUTPUT_DIR [WHEEL_DIR (default gpu_wheels)]
 set -uo pipefail
 fail() { echo "gpu_check: $*" >&2; exit 2; }
@@ -43,7 +43,7 @@ phase() {  # phase NAME SECONDS COMMAND...: run with a time limit, log its outpu
 }
 
 pip_target() { "$python" -m pip install --disable-pip-version-check --quiet --no-index --no-compile --no-deps --target "$site" "$@"; }
-phase install 120 bash -c "
+phase install 60 bash -c "
   $(declare -f pip_target); python='$python'; site='$site'
   pip_target --python-version 3.10 --implementation cp --only-binary=:all: '$wheels'/sal_detectron2-*.whl &&
   rm -rf '$site'/tools '$site'/detectron2/_C*.so &&
@@ -52,7 +52,7 @@ phase install 120 bash -c "
 export PYTHONPATH=$site:$repo${PYTHONPATH:+:$PYTHONPATH}
 cd "$repo"
 
-phase photos 60 "$python" -c "
+phase photos 30 "$python" -c "
 import cv2, numpy as np, os, sys
 folder = sys.argv[1]; os.makedirs(folder)
 rng = np.random.default_rng(0)
@@ -63,8 +63,8 @@ for i in range(256):  # smooth random scenes: blurred noise plus rectangles, 480
         cv2.rectangle(image, (int(x), int(y)), (int(x) + 80, int(y) + 80), rng.integers(0, 256, 3).tolist(), -1)
     cv2.imwrite(os.path.join(folder, f'{i:03d}.jpg'), image)
 " "$work/photos"
-phase pytest_gpu 200 "$python" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py
-phase overhead 170 "$python" -m benchmarks.vader_overhead --device cuda --amp --channels-last --batch 128 \
+phase pytest_gpu 180 "$python" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py
+phase overhead 150 "$python" -m benchmarks.vader_overhead --device cuda --amp --channels-last --batch 128 \
   --queue-sizes 65536 --workers 16 --pipeline-steps 10 --warmup 3 --steps 10 --dataset "folder:$work/photos" \
   --output "$work/overhead.json"
 t0=$(date +%s)
@@ -80,7 +80,7 @@ status=$?
 kill $stopper 2>/dev/null
 printf 'pretrain\t%s\t%s\n' "$status" "$(( $(date +%s) - t0 ))" >> "$phases"
 checkpoint=$(cat "$work/pretrain/last_checkpoint" 2>/dev/null)
-phase export 60 "$python" tools/convert_vader_to_d2.py --input "$work/pretrain/${checkpoint:-model_final.pth}" --output "$work/exported.pkl"
+phase export 40 "$python" tools/convert_vader_to_d2.py --input "$work/pretrain/${checkpoint:-model_final.pth}" --output "$work/exported.pkl"
 
 "$python" - "$phases" "$work/overhead.json" "$work/pretrain/metrics.json" "$out/gpu_check.json" "$started" <<'PY'
 import json, os, sys, time, torch

@@ -14,6 +14,7 @@ geometry (float64 on the host, before anything reaches the device).
 """
 
 import contextlib
+import logging
 import time
 
 import torch
@@ -90,5 +91,9 @@ def build_step_trainer(cfg, model, data_loader, optimizer):
         return SimpleTrainer(model, data_loader, optimizer)
     if cfg.MODEL.DEVICE.startswith("cuda"):
         scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-        return AMPTrainer(model, data_loader, optimizer, grad_scaler=scaler, precision=dtype)
-    return CPUAutocastTrainer(model, data_loader, optimizer, precision=dtype)
+        trainer = AMPTrainer(model, data_loader, optimizer, grad_scaler=scaler, precision=dtype)
+    else:
+        trainer = CPUAutocastTrainer(model, data_loader, optimizer, precision=dtype)
+    scaled = "with" if dtype == torch.float16 else "without"
+    logging.getLogger("vader_d2").info(f"SOLVER.AMP: {dtype} autocast on {cfg.MODEL.DEVICE}, {scaled} a gradient scaler")
+    return trainer
