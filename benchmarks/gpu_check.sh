@@ -7,7 +7,7 @@
 #   3. the overhead benchmark at R50-FPN 224 px with AMP and channels-last (images/s, full/bare ratio,
 #      peak memory, the loader with 16 workers), on synthetic photos (the demo data is not carried);
 #   4. a 2-minute VADeR pretraining stopped by SIGTERM (the pre-emption checkpoint), then its export.
-# Writes gpu_check.json and gpu_check.log into OUTPUT_DIR. The steps' time limits add up to 590 s.
+# Writes gpu_check.json and gpu_check.log into OUTPUT_DIR. The steps' time limits add up to 600 s (the pretraining: 120 s, then 30 s to write its checkpoint).
 # Usage: benchmarks/gpu_check.sh OUTPUT_DIR [WHEEL_DIR (default gpu_wheels)]
 set -uo pipefail
 fail() { echo "gpu_check: $*" >&2; exit 2; }
@@ -63,7 +63,7 @@ for i in range(256):  # smooth random scenes: blurred noise plus rectangles, 480
         cv2.rectangle(image, (int(x), int(y)), (int(x) + 80, int(y) + 80), rng.integers(0, 256, 3).tolist(), -1)
     cv2.imwrite(os.path.join(folder, f'{i:03d}.jpg'), image)
 " "$work/photos"
-phase pytest_gpu 180 "$python" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py
+phase pytest_gpu 170 "$python" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py
 phase overhead 150 "$python" -m benchmarks.vader_overhead --device cuda --amp --channels-last --batch 128 \
   --queue-sizes 65536 --workers 16 --pipeline-steps 10 --warmup 3 --steps 10 --dataset "folder:$work/photos" \
   --output "$work/overhead.json"
@@ -73,7 +73,7 @@ echo "=== pretrain: 2 minutes, then SIGTERM (pre-emption: a checkpoint, exit sta
   SOLVER.AMP.ENABLED True MODEL.VADER.CHANNELS_LAST True SOLVER.IMS_PER_BATCH 128 DATALOADER.NUM_WORKERS 16 \
   DATASETS.TRAIN "('folder:$work/photos',)" SOLVER.CHECKPOINT_PERIOD 100000 OUTPUT_DIR "$work/pretrain" >> "$log" 2>&1 &
 pretrain=$!
-( sleep 120; kill -TERM $pretrain 2>/dev/null ) &
+( sleep 120; kill -TERM $pretrain 2>/dev/null; sleep 30; kill -KILL $pretrain 2>/dev/null ) &
 stopper=$!
 wait $pretrain
 status=$?
