@@ -184,6 +184,11 @@ def run(args):
             timeout=collective_timeout(args.dist_timeout),
         )
     except (ProcessExitedException, ProcessRaisedException) as e:
+        failure = watch.failure(e) if watch else None
+        if failure is not None and watch.timed_out:
+            # The watch ended the processes itself (SIGTERM, a pre-emption signal to them): what
+            # happened is the missing peer, not a pre-emption.
+            raise failure from None
         if isinstance(e, ProcessExitedException) and e.exit_code == PREEMPTED_EXIT:
             raise SystemExit(PREEMPTED_EXIT)  # rank 0 has logged its line
         if isinstance(e, ProcessExitedException) and e.signal_name in [sig.name for sig in RECORDER.signals]:
@@ -193,7 +198,6 @@ def run(args):
                 "nothing to save; resume with --resume", file=sys.stderr, flush=True,
             )
             raise SystemExit(PREEMPTED_EXIT)
-        failure = watch.failure(e) if watch else None
         if failure is not None:
             raise failure from None
         if isinstance(e, ProcessExitedException) and e.exit_code == USER_ERROR_EXIT:
