@@ -255,6 +255,34 @@ def is_running(pid):
 
 
 
+LEAVE_SCRIPT = """
+import os, sys
+from detectron2.utils import comm
+from vader_d2.launchers import LaunchedProcess, join_process_group, leave_process_group
+
+def gloo_threads():
+    names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+    return sorted(n for n in names if n.startswith(("gloo", "pt_")))
+
+init = f"tcp://127.0.0.1:{sys.argv[1]}"
+join_process_group(LaunchedProcess("srun", 0, 1, 0, 1, init, init, ""), use_cuda=False, timeout=None)
+comm._get_global_gloo_group()  # what comm.all_gather makes in a run of several processes
+print(bool(gloo_threads()), comm.get_local_size())
+leave_process_group()
+print(gloo_threads())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the thread names in /proc")
+def test_leaving_the_process_group_ends_its_threads():
+    """Gloo threads still running when the interpreter exits can abort a process after its last line."""
+    result = subprocess.run(
+        [sys.executable, "-c", LEAVE_SCRIPT, str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split("\n")[:2] == ["True 1", "[]"]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Whole runs (slow: two training processes each)
 

@@ -30,7 +30,9 @@ from vader_d2.config import check_solver_config, check_vader_config
 from vader_d2.errors import UserError
 from vader_d2.output_dir import PREVIOUS_RUNS, claim_output_dir, select_resume_checkpoint
 from vader_d2.preemption import PREEMPTED_EXIT, RECORDER
-from vader_d2.launchers import children_end_with_this_process, detect_launch, end_with_launcher, join_process_group
+from vader_d2.launchers import (
+    children_end_with_this_process, detect_launch, end_with_launcher, join_process_group, leave_process_group,
+)
 from vader_d2.rendezvous import LaunchedRendezvousWatch, RendezvousWatch, collective_timeout
 from vader_d2.trainer import VADeRTrainer, check_datasets_registered, is_pretraining, load_model_weights
 
@@ -238,14 +240,17 @@ def run_launched(args, launched):
             raise failure from None
         finally:
             watch.stop()
-    claim = claim_output_dir_on_rank_0(cfg, args, launched)
     try:
-        return worker(args, claim.notes if claim else [])
+        claim = claim_output_dir_on_rank_0(cfg, args, launched)
+        try:
+            return worker(args, claim.notes if claim else [])
+        finally:
+            if claim is not None:
+                claim.release()
     finally:
-        if claim is not None:
-            claim.release()
+        # Also when rank 0 could not take OUTPUT_DIR.
         if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+            leave_process_group()
 
 
 def claim_output_dir_on_rank_0(cfg, args, launched):

@@ -300,6 +300,23 @@ def join_process_group(launched, use_cuda, timeout):
     comm.synchronize()
 
 
+def leave_process_group():
+    """
+    The end of ``join_process_group``, before this process exits: destroy the process groups and drop
+    Detectron2's references to the groups it made (the per-machine group, the gloo group its
+    ``comm.all_gather`` caches). Their gloo threads then end here; left running until the interpreter
+    exits, they can abort the process after its last line ("terminate called without an active
+    exception", status -6 instead of 0 or 2).
+    """
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    dist.destroy_process_group()
+    # Protected names of detectron2.utils.comm: it has no public way to forget the groups it holds.
+    comm._LOCAL_PROCESS_GROUP = None
+    comm._get_global_gloo_group.cache_clear()
+
+
 def children_end_with_this_process():
     """Called by a launcher before it spawns: the processes it starts then call ``end_with_launcher``."""
     os.environ[LAUNCHER_PID_VARIABLE] = str(os.getpid())
