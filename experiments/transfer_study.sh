@@ -20,7 +20,7 @@
 #                frozen        semantic FPN on the frozen pretrained ResNet (..._frozen.yaml)
 #                mask_rcnn     Mask R-CNN fine-tuned end to end (lowlabel_mask_rcnn_R_18_FPN.yaml)
 #
-#   [VADER_ITERS=320] [TASKS="semantic frozen mask_rcnn"] [BUDGETS="10 30 100"] \
+#   [VADER_ITERS=160] [TASKS="semantic frozen mask_rcnn"] [BUDGETS="10 30 100"] \
 #       experiments/transfer_study.sh [SEEDS] [OUT]        (defaults: "1 2 3" output/transfer_study)
 #
 # Work is done a seed at a time (pretrainings, then that seed's downstream runs), so that a session
@@ -34,7 +34,7 @@ source experiments/common.sh
 read -r -a SEED_LIST <<< "${1:-1 2 3}"
 OUT=${2:-output/transfer_study}
 RESULTS=${RESULTS:-experiments/results/transfer_study}
-VADER_ITERS=${VADER_ITERS:-320}
+VADER_ITERS=${VADER_ITERS:-160}
 read -r -a TASK_LIST <<< "${TASKS:-semantic frozen mask_rcnn}"
 read -r -a BUDGET_LIST <<< "${BUDGETS:-10 30 100}"
 
