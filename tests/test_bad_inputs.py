@@ -40,7 +40,7 @@ def photo(height, width, seed):
 
 
 def write_every_kind(folder):
-    """One file of each kind the README's troubleshooting table lists, with its expected outcome."""
+    """One file of each kind docs/troubleshooting.md's table of bad files lists, with its expected outcome."""
     folder.mkdir(parents=True, exist_ok=True)
     expected = {}
 
