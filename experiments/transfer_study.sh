@@ -90,8 +90,7 @@ missing_results() {  # seed -> the number of downstream results not yet in RESUL
     echo "$count"
 }
 
-declare -A MAX_ITER=()
-CALIBRATED=0
+declare -A MAX_ITER=()  # "=()": an array only declared is unbound under set -u
 calibrate() {
     declare -A per_step
     for method in "${METHODS[@]}"; do per_step[$method]=$(seconds_per_step "$method"); done
@@ -99,12 +98,11 @@ calibrate() {
         MAX_ITER[$method]=$("$PY" -c "print(round($VADER_ITERS * ${per_step[vader]} / ${per_step[$method]}))")
         echo "$method: ${per_step[$method]} s a calibration step -> ${MAX_ITER[$method]} iterations" >&2
     done
-    CALIBRATED=1
 }
 
 for seed in "${SEED_LIST[@]}"; do
     [ "$(missing_results "$seed")" -gt 0 ] || continue
-    [ "$CALIBRATED" = 1 ] || calibrate
+    [ ${#MAX_ITER[@]} -gt 0 ] || calibrate
     run=$OUT/seed$seed
     for method in "${METHODS[@]}"; do
         train_unless_done "$run/$method" "${PRETRAIN_CONFIG[$method]}" "${PRETRAIN[@]}" SEED "$seed" \
