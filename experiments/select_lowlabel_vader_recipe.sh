@@ -21,6 +21,10 @@
 #                     correspondence)
 #   tau02_wide_crops  tau02 and wide_crops together
 #
+# Added after that grid, before its run: vader_resnet, stage1's export without its FPN tensors
+# (experiments/resnet_only_weights.py), so that the FPN starts from Detectron2's initialisation as it
+# does from the other methods' exports.
+#
 #   experiments/select_lowlabel_vader_recipe.sh [OUT]       (default output/lowlabel_vader_recipe)
 #
 # Results: RESULTS/seed1/frozen_10/<variant>.json (RESULTS defaults to
@@ -68,5 +72,7 @@ for variant in "${VARIANTS[@]}"; do
     [ -f "$run/d2.pkl" ] || "$PY" tools/convert_vader_to_d2.py --input "$run/model_final.pth" --output "$run/d2.pkl"
     downstream "$variant" "$run/d2.pkl"
 done
+[ -f "$OUT/stage1/resnet.pkl" ] || "$PY" experiments/resnet_only_weights.py --input "$OUT/stage1/d2.pkl" --output "$OUT/stage1/resnet.pkl"
+downstream vader_resnet "$OUT/stage1/resnet.pkl"
 
 "$PY" experiments/summarise_transfer.py "$RESULTS" | tee "$RESULTS/table.md"
