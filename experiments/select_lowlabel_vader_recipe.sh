@@ -44,7 +44,6 @@ variant_overrides() {  # variant -> its changes to the study's VADeR recipe, one
         wide_crops) printf '%s\n' INPUT.VIEWS.CROP_SCALE "(0.2, 1.0)" INPUT.VIEWS.FLIP_PROB 0.5 ;;
         lr005) printf '%s\n' SOLVER.BASE_LR 0.05 ;;
         tau02_wide_crops) variant_overrides tau02; variant_overrides wide_crops ;;
-        *) echo "vader_d2: unknown variant '$1'" >&2; exit 2 ;;
     esac
 }
 
@@ -66,10 +65,9 @@ for variant in "${VARIANTS[@]}"; do
     [ ! -f "$(result_of "$variant")" ] || continue
     mapfile -t overrides < <(variant_overrides "$variant")
     run=$OUT/$variant
-    train_unless_done "$run" configs/vader_pretrain_demo.yaml MODEL.DEVICE cpu \
-        DATASETS.TRAIN '("vader_lowlabel_unlabeled",)' SOLVER.CHECKPOINT_PERIOD 1000000 SEED "$SEED" \
+    train_unless_done "$run" configs/vader_pretrain_demo.yaml "${LOWLABEL_PRETRAIN[@]}" SEED "$SEED" \
         SOLVER.MAX_ITER 160 SOLVER.WARMUP_ITERS 20 "${overrides[@]}"
-    [ -f "$run/d2.pkl" ] || "$PY" tools/convert_vader_to_d2.py --input "$run/model_final.pth" --output "$run/d2.pkl"
+    export_unless_done "$run"
     downstream "$variant" "$run/d2.pkl"
 done
 [ -f "$OUT/stage1/resnet.pkl" ] || "$PY" experiments/resnet_only_weights.py --input "$OUT/stage1/d2.pkl" --output "$OUT/stage1/resnet.pkl"

@@ -74,13 +74,12 @@ done
 for budget in "${BUDGET_LIST[@]}"; do [[ "$budget" =~ ^(10|30|100)$ ]] || fail "BUDGETS: the label budgets are 10, 30 and 100, not '$budget'"; done
 
 "$PY" datasets/prepare_lowlabel.py
-PRETRAIN=(MODEL.DEVICE cpu DATASETS.TRAIN '("vader_lowlabel_unlabeled",)' SOLVER.CHECKPOINT_PERIOD 1000000)
 
 # Seconds per pretraining step of each method on this machine: Detectron2's "Overall training speed"
 # line of a 30-iteration run (it leaves out the first iterations).
 seconds_per_step() {  # method
     local run=$OUT/calibration/$1
-    train_unless_done "$run" "${PRETRAIN_CONFIG[$1]}" "${PRETRAIN[@]}" SOLVER.MAX_ITER 30 SOLVER.WARMUP_ITERS 5 >&2
+    train_unless_done "$run" "${PRETRAIN_CONFIG[$1]}" "${LOWLABEL_PRETRAIN[@]}" SOLVER.MAX_ITER 30 SOLVER.WARMUP_ITERS 5 >&2
     local per_step
     per_step=$(grep -ho '([0-9.]* s / it)' "$run/log.txt" | tail -1 | tr -d '(' | cut -d' ' -f1)
     [ -n "$per_step" ] || fail "no training speed in $run/log.txt; delete $run and run again"
@@ -114,9 +113,9 @@ for seed in "${SEED_LIST[@]}"; do
     [ ${#MAX_ITER[@]} -gt 0 ] || calibrate
     run=$OUT/seed$seed
     for method in "${PRETRAINED[@]}"; do
-        train_unless_done "$run/$method" "${PRETRAIN_CONFIG[$method]}" "${PRETRAIN[@]}" SEED "$seed" \
+        train_unless_done "$run/$method" "${PRETRAIN_CONFIG[$method]}" "${LOWLABEL_PRETRAIN[@]}" SEED "$seed" \
             SOLVER.MAX_ITER "${MAX_ITER[$method]}" SOLVER.WARMUP_ITERS $((MAX_ITER[$method] / 8))
-        [ -f "$run/$method/d2.pkl" ] || "$PY" tools/convert_vader_to_d2.py --input "$run/$method/model_final.pth" --output "$run/$method/d2.pkl"
+        export_unless_done "$run/$method"
     done
     for method in "${METHODS[@]}"; do
         source_method=${DERIVED_FROM[$method]:-}
