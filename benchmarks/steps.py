@@ -30,7 +30,8 @@ from vader_d2.config import check_vader_config
 from vader_d2.errors import UserError
 from vader_d2.modeling.shuffle_bn import forward_in_groups
 from vader_d2.mixed_precision import build_step_trainer
-from vader_d2.modeling.vader import VADeR, info_nce_loss, sample_grid
+from vader_d2.modeling.losses import info_nce_loss
+from vader_d2.modeling.vader import VADeR, sample_grid
 
 from .measure import StepMemory, median_time, medians, state_bytes, timed
 

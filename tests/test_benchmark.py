@@ -14,7 +14,7 @@ from benchmarks import vader_overhead as cli
 from benchmarks.report import format_report
 from benchmarks.steps import BareNetworkStep, build_benchmark_config, build_step_model
 from vader_d2.errors import UserError
-from vader_d2.modeling.vader import NegativeLogSumExp, info_nce_loss
+from vader_d2.modeling.losses import NegativeLogSumExp, info_nce_loss
 
 from .helpers import demo_cfg, fake_batch
 

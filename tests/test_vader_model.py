@@ -9,7 +9,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from vader_d2.modeling.vader import info_nce_loss, sample_grid
+from vader_d2.modeling.losses import info_nce_loss
+from vader_d2.modeling.vader import sample_grid
 
 from .helpers import demo_cfg, fake_batch
 

@@ -38,6 +38,7 @@ from detectron2.utils.events import get_event_storage
 from ..mixed_precision import full_precision
 from ..training_metrics import SKIPPED_IMAGES
 from .cell_geometry import nearest_cells_in_other_view
+from .losses import info_nce_loss
 from .momentum import (
     cells_of_each_image,
     copy_weights_,
@@ -56,7 +57,6 @@ from .momentum import (
     stack_views,
 )
 from .shuffle_bn import concat_all_gather, encode_shuffled
-from .vader import info_nce_loss
 
 __all__ = ["DenseCL", "DenseCLEncoder", "dense_positive_cells", "dense_contrastive_loss"]
 
