@@ -196,14 +196,14 @@ def test_sample_grid_reads_cells_exactly_and_interpolates_between():
     torch.testing.assert_close(nearest, embeddings[0, :, 1, 2])
 
 
-def test_reset_queue_empties_every_slot_and_the_skip_count(model):
+def test_reset_run_state_empties_every_slot_and_the_skip_count(model):
     batch = fake_batch(2, crop=128)
     batch[1]["num_skipped"] = 3
     with EventStorage(0):
         model(batch)
     assert (model.queue_image_ids >= 0).any()
     assert int(model.state_dict()["skipped_images"]) == 3  # saved with checkpoints: a resumed run goes on counting
-    model.reset_queue()
+    model.reset_run_state()
     assert (model.queue_image_ids == -1).all() and int(model.queue_ptr) == 0
     assert not model.queue.any() and int(model.skipped_images) == 0
 

@@ -318,12 +318,8 @@ class VADeRTrainer(DefaultTrainer):
         if is_pretraining(self.cfg) and self.start_iter == 0:
             model = self.model.module if hasattr(self.model, "module") else self.model
             model.reset_key_encoder()
-            # What MODEL.WEIGHTS brings beside the weights belongs to another run: the queues (PixPro has
-            # none) and the skip count.
-            if hasattr(model, "reset_queue"):
-                model.reset_queue()
-            with torch.no_grad():
-                model.skipped_images.zero_()
+            # What MODEL.WEIGHTS brings beside the weights belongs to another run: the queues and the skip count.
+            model.reset_run_state()
 
     def _checkpoint_to_resume(self):
         choice = (None, None)

@@ -34,7 +34,6 @@ from torch import nn
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
-from detectron2.structures import ImageList
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
@@ -44,28 +43,13 @@ from ..training_metrics import (
     POSITIVE_SIMILARITY,
     QUERIES_WITHOUT_NEGATIVE,
     QUEUE_FILL,
-    SKIPPED_IMAGES,
     TOP1_ACCURACY,
     VALID_MATCHES,
 )
 from .dense_head import DenseHead
 from .losses import info_nce_loss
-from .momentum import (
-    copy_weights_,
-    count_skipped_images_,
-    encode_in_bn_groups,
-    enqueue_,
-    key_batch_permutation,
-    momentum_copy,
-    momentum_update_,
-    normalize_views,
-    note_skipped_images,
-    register_key_queue,
-    register_skip_count,
-    reset_key_queue_,
-    stack_views,
-)
-from .shuffle_bn import concat_all_gather, encode_shuffled
+from .momentum import MomentumContrast, ResNetStageEncoder, cells_of_each_image
+from .shuffle_bn import concat_all_gather
 
 __all__ = ["VADeR", "DenseEncoder", "GlobalEncoder", "build_encoder"]
 
@@ -82,36 +66,24 @@ class DenseEncoder(nn.Module):
         return self.head(self.backbone(images))
 
 
-class GlobalEncoder(nn.Module):
+class GlobalEncoder(ResNetStageEncoder):
     """MoCo v2 encoder on the same backbone: pooled ``in_feature`` -> 2-layer MLP -> (B, D), normalised."""
 
     def __init__(self, backbone: Backbone, in_feature: str, hidden_dim: int, embed_dim: int):
-        super().__init__()
-        self.backbone = backbone
-        self.in_feature = in_feature
-        channels = backbone.bottom_up.output_shape()[in_feature].channels
-        self.head = nn.Sequential(nn.Linear(channels, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, embed_dim))
-        # MoCo transfers only the ResNet; the FPN is not part of the baseline's computation.
-        for name, p in backbone.named_parameters():
-            if not name.startswith("bottom_up."):
-                p.requires_grad_(False)
+        super().__init__(backbone, in_feature)
+        self.head = nn.Sequential(nn.Linear(self.channels, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, embed_dim))
 
     def forward(self, images):
-        features = self.backbone.bottom_up(images)[self.in_feature]
-        return F.normalize(self.head(features.mean(dim=(2, 3))), dim=1)
+        return F.normalize(self.head(self.stage_features(images).mean(dim=(2, 3))), dim=1)
 
 
 def build_encoder(cfg):
-    """The query encoder of ``cfg`` (the key encoder is its copy): dense or global, in the memory order asked for."""
+    """The query encoder of ``cfg`` (the key encoder is its copy): dense or global."""
     v = cfg.MODEL.VADER
     backbone = build_backbone(cfg)
     if v.LOSS == "dense":
-        encoder = DenseEncoder(backbone, DenseHead(cfg, backbone.output_shape()))
-    else:
-        encoder = GlobalEncoder(backbone, v.GLOBAL_HEAD.IN_FEATURE, v.GLOBAL_HEAD.HIDDEN_DIM, v.EMBED_DIM)
-    if v.CHANNELS_LAST:
-        encoder.to(memory_format=torch.channels_last)
-    return encoder
+        return DenseEncoder(backbone, DenseHead(cfg, backbone.output_shape()))
+    return GlobalEncoder(backbone, v.GLOBAL_HEAD.IN_FEATURE, v.GLOBAL_HEAD.HIDDEN_DIM, v.EMBED_DIM)
 
 
 def sample_grid(embeddings, positions, mode):
@@ -133,141 +105,50 @@ def sample_grid(embeddings, positions, mode):
 
 
 @META_ARCH_REGISTRY.register()
-class VADeR(nn.Module):
+class VADeR(MomentumContrast):
     @configurable
     def __init__(
         self,
         *,
-        encoder: nn.Module,
         loss_type: str,
-        embed_dim: int,
-        queue_size: int,
-        momentum: float,
         temperature: float,
         pairs_per_image: int,
         symmetric: bool,
         key_sampling: str,
-        key_bn: str = "shuffle",
-        enqueue: str = "before_loss",
-        bn_group_size: int,
-        metrics_period: int,
-        channels_last: bool = False,
-        pixel_mean: List[float],
-        pixel_std: List[float],
+        **kwargs,  # MomentumContrast's
     ):
-        super().__init__()
-        self.query_encoder = encoder
-        self.key_encoder = momentum_copy(encoder)
+        super().__init__(**kwargs)
         self.loss_type = loss_type
-        self.momentum = momentum
         self.temperature = temperature
         self.pairs_per_image = pairs_per_image
         self.symmetric = symmetric
         self.key_sampling = key_sampling
-        self.key_bn = key_bn
-        self.enqueue_after_loss = enqueue == "after_loss"
-        self.bn_group_size = bn_group_size
-        self.metrics_period = metrics_period
-        self.channels_last = channels_last
-
-        register_key_queue(self, "queue", queue_size, embed_dim)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        register_skip_count(self)
 
     @classmethod
     def from_config(cls, cfg):
         v = cfg.MODEL.VADER
         return {
+            **super().from_config(cfg),
             "encoder": build_encoder(cfg),
             "loss_type": v.LOSS,
-            "embed_dim": v.EMBED_DIM,
-            "queue_size": v.QUEUE_SIZE,
-            "momentum": v.MOMENTUM,
             "temperature": v.TEMPERATURE,
             "pairs_per_image": v.PAIRS_PER_IMAGE,
             "symmetric": v.SYMMETRIC,
             "key_sampling": v.KEY_SAMPLING,
-            "key_bn": v.KEY_BN,
-            "enqueue": v.ENQUEUE,
-            "bn_group_size": v.BN_GROUP_SIZE,
-            "metrics_period": v.METRICS_PERIOD,
-            "channels_last": v.CHANNELS_LAST,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
         }
-
-    @property
-    def device(self):
-        return self.pixel_mean.device
-
-    @property
-    def backbone(self):
-        return self.query_encoder.backbone
-
-    @torch.no_grad()
-    def reset_key_encoder(self):
-        """Make the key encoder a copy of the query encoder (the start of a fresh run)."""
-        copy_weights_(self.key_encoder, self.query_encoder)
-
-    @torch.no_grad()
-    def reset_queue(self):
-        """Empty the queue and the skip count: what MODEL.WEIGHTS brings there belongs to another run."""
-        reset_key_queue_(self, "queue")
-        self.skipped_images.zero_()
-
-    @torch.no_grad()
-    def momentum_update_key_encoder(self):
-        """theta_k <- m theta_k + (1 - m) theta_q."""
-        momentum_update_(self.key_encoder, self.query_encoder, self.momentum)
-
-    @torch.no_grad()
-    def enqueue(self, keys, image_ids):
-        """Write the keys of every process's images (in rank order) over the oldest queue entries."""
-        enqueue_(self, "queue", keys, image_ids)
-
-    @staticmethod
-    def stack(images: List[torch.Tensor], device):
-        """The views of a batch as one uint8 tensor on ``device``, copied without waiting for the device."""
-        return stack_views(images, device)
-
-    def normalize(self, images):
-        return normalize_views(images, self.pixel_mean, self.pixel_std, self.channels_last)
-
-    def encode_queries(self, images):
-        """Query embeddings of this process's uint8 images, batch norm over the groups of ``KEY_BN``."""
-        return encode_in_bn_groups(self.query_encoder, self.normalize(images), self.key_bn, self.bn_group_size)
-
-    @torch.no_grad()
-    def encode_keys(self, images, locations, read, permutation):
-        """
-        Keys of every process's images (rank order), no gradient: ``read(key encoder outputs, locations)``
-        for this process's uint8 ``images`` and per-image ``locations`` (or None). With ``permutation``
-        (shuffle-BN) the key encoder sees the global batch in that order; without, its own images.
-        """
-        if permutation is None:
-            outputs = self.key_encoder(self.normalize(images))
-            return concat_all_gather(read(outputs, locations))
-        return encode_shuffled(self.key_encoder, images, locations, read, permutation, self.bn_group_size, self.normalize)
-
-    def key_permutation(self, batch_size):
-        """The order in which the key encoder sees the global batch; None where it cannot matter."""
-        return key_batch_permutation(self.key_bn, batch_size, self.bn_group_size, self.device)
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
             return self.inference(batched_inputs)
         view1 = self.stack([x["view1"] for x in batched_inputs], self.device)
         view2 = self.stack([x["view2"] for x in batched_inputs], self.device)
-        # Built on the host and copied without waiting: a device tensor from a list would wait for the device.
-        image_ids = torch.tensor([x["image_id"] for x in batched_inputs]).to(self.device, non_blocking=True)
-        note_skipped_images(self, batched_inputs)
+        image_ids = self.image_ids(batched_inputs)
+        self.note_skipped_images(batched_inputs)
         # Drawn before the pair sampling, on every rank (rank 0's draw is the one all use), so that the
         # draws after it follow the same sequence in every process of a run.
         permutation = self.key_permutation(len(batched_inputs))
 
-        with torch.no_grad():
-            self.momentum_update_key_encoder()
+        self.momentum_update_key_encoder()
         if self.loss_type == "dense":
             queries, keys = self.dense_pairs(batched_inputs, view1, view2, permutation)
         else:
@@ -277,13 +158,8 @@ class VADeR(nn.Module):
         per_image = 1 if self.loss_type == "global" else self.pairs_per_image
         directions = len(keys)
         all_image_ids = concat_all_gather(image_ids).repeat_interleave(per_image).repeat(directions)
-        keys_of_all = torch.cat([k.reshape(-1, k.shape[-1]) for k in keys])
-        if self.enqueue_after_loss:
-            # A copy: the loss keeps its negatives for the backward pass, and the enqueue below writes in place.
-            negatives = self.queue.clone()
-        else:
-            self.enqueue(keys_of_all, all_image_ids)
-            negatives = self.queue
+        new_keys = {"queue": torch.cat([k.reshape(-1, k.shape[-1]) for k in keys])}
+        (negatives,) = self.negatives(new_keys, all_image_ids)
         rank, batch = comm.get_rank(), len(batched_inputs)
         mine = torch.cat([k[rank * batch : (rank + 1) * batch].reshape(-1, k.shape[-1]) for k in keys])
         queries = torch.cat([q.reshape(-1, q.shape[-1]) for q in queries])
@@ -292,8 +168,7 @@ class VADeR(nn.Module):
             queries, mine, negatives, query_ids, self.queue_image_ids, self.temperature
         )
         self.log_metrics(batched_inputs, queries, positive, hardest, excluded)
-        if self.enqueue_after_loss:
-            self.enqueue(keys_of_all, all_image_ids)
+        self.enqueue_after_the_loss(new_keys, all_image_ids)
         return {"loss_vader" if self.loss_type == "dense" else "loss_moco": loss}
 
     def sample_cells(self, valid, matches):
@@ -347,27 +222,21 @@ class VADeR(nn.Module):
     @torch.no_grad()
     def log_metrics(self, batched_inputs, queries, positive, hardest, excluded):
         storage = get_event_storage()
-        # Reading these values forces a device sync: only on the logging period.
         if storage.iter % self.metrics_period != 0:
             return
-        count_skipped_images_(self)
         usable = (~excluded).to(self.queue.dtype)
         # Sum over each query's usable negatives as one matrix product: the loss does not keep the logits.
         negative_cos = (queries.to(self.queue.dtype) * (usable @ self.queue)).sum() / usable.sum().clamp(min=1)
-        storage.put_scalars(
-            **{
-                POSITIVE_SIMILARITY: (positive * self.temperature).mean().item(),
-                NEGATIVE_SIMILARITY: negative_cos.item(),
-                TOP1_ACCURACY: (positive > hardest).float().mean().item(),
-                QUERIES_WITHOUT_NEGATIVE: excluded.all(dim=1).float().mean().item(),
-                QUEUE_FILL: (self.queue_image_ids >= 0).float().mean().item(),
-                SKIPPED_IMAGES: self.skipped_images.item(),
-            },
-            smoothing_hint=False,
-        )
+        metrics = {
+            POSITIVE_SIMILARITY: (positive * self.temperature).mean().item(),
+            NEGATIVE_SIMILARITY: negative_cos.item(),
+            TOP1_ACCURACY: (positive > hardest).float().mean().item(),
+            QUERIES_WITHOUT_NEGATIVE: excluded.all(dim=1).float().mean().item(),
+            QUEUE_FILL: (self.queue_image_ids >= 0).float().mean().item(),
+        }
         if self.loss_type == "dense":
-            matches = sum(int(x["valid"].sum()) for x in batched_inputs) / len(batched_inputs)
-            storage.put_scalar(VALID_MATCHES, matches, smoothing_hint=False)
+            metrics[VALID_MATCHES] = sum(int(x["valid"].sum()) for x in batched_inputs) / len(batched_inputs)
+        self.put_metrics(storage, **metrics)
 
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict]):
@@ -375,12 +244,8 @@ class VADeR(nn.Module):
         Embed images given the Detectron2 way ({"image": uint8 (3, H, W) in INPUT.FORMAT}).
         Dense mode: [{"embedding": (D, ceil(H/4), ceil(W/4))}]; global mode: [{"embedding": (D,)}].
         """
-        images = [((x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std) for x in batched_inputs]
-        padded = ImageList.from_tensors(images, self.backbone.size_divisibility)
+        padded = self.padded_images(batched_inputs)
         embeddings = self.query_encoder(padded.tensor)
         if self.loss_type == "global":
             return [{"embedding": e} for e in embeddings]
-        return [
-            {"embedding": e[:, : -(-h // OUTPUT_STRIDE), : -(-w // OUTPUT_STRIDE)]}
-            for e, (h, w) in zip(embeddings, padded.image_sizes)
-        ]
+        return cells_of_each_image(embeddings, padded.image_sizes, OUTPUT_STRIDE)
