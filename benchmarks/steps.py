@@ -84,8 +84,8 @@ def build_benchmark_config(
     # Shuffle-BN groups must divide the batch: the config's group size, or the largest that does.
     sizes += ["MODEL.VADER.BN_GROUP_SIZE", math.gcd(batch_size, cfg.MODEL.VADER.BN_GROUP_SIZE)]
     merge_opts(cfg, sizes + list(opts))
-    if cfg.MODEL.VADER.LOSS != "dense":
-        raise UserError("the benchmark measures the dense loss; leave MODEL.VADER.LOSS at 'dense'")
+    if cfg.MODEL.META_ARCHITECTURE != "VADeR" or cfg.MODEL.VADER.LOSS != "dense":
+        raise UserError("the benchmark measures VADeR's dense loss; use a VADeR config (MODEL.META_ARCHITECTURE VADeR)")
     check_vader_config(cfg)
     return cfg
 

@@ -35,6 +35,8 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 import vader_d2.modeling.densecl as densecl_module
+import vader_d2.modeling.losses as losses_module
+import vader_d2.modeling.moco as moco_module
 import vader_d2.modeling.pixpro as pixpro_module
 import vader_d2.modeling.vader as vader_module
 from vader_d2.cli import build_config
@@ -84,7 +86,7 @@ class LossRecorder:
 
     def __init__(self, monkeypatch):
         self.calls = []
-        info_nce, pixpro = vader_module.info_nce_loss, pixpro_module.pixpro_loss
+        info_nce, pixpro = losses_module.info_nce_loss, pixpro_module.pixpro_loss
 
         def recorded_info_nce(queries, keys, negatives, *rest, **kwargs):
             result = info_nce(queries, keys, negatives, *rest, **kwargs)
@@ -96,7 +98,7 @@ class LossRecorder:
             self.calls.append(("pixpro", snapshot(predictions, targets, positive), {}, result))
             return result
 
-        for module in (vader_module, densecl_module):
+        for module in (vader_module, moco_module, densecl_module):
             monkeypatch.setattr(module, "info_nce_loss", recorded_info_nce)
         monkeypatch.setattr(pixpro_module, "pixpro_loss", recorded_pixpro)
         self.functions = {"info_nce": lambda *a, **k: info_nce(*a, **k)[0], "pixpro": pixpro}

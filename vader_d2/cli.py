@@ -21,7 +21,7 @@ import torch
 import yaml
 from detectron2.config import get_cfg
 
-from .config import add_vader_config
+from .config import add_vader_config, resolve_old_spellings
 from .errors import UserError
 
 __all__ = [
@@ -53,7 +53,7 @@ def build_config(config_file, opts=()):
         cfg.merge_from_file(config_file)
     except (KeyError, AssertionError, ValueError, TypeError, OSError, yaml.YAMLError) as e:
         raise UserError(f"{config_file}: {_config_error(e)}") from e
-    return choose_device(merge_opts(cfg, opts))
+    return choose_device(resolve_old_spellings(merge_opts(cfg, opts)))
 
 
 def choose_device(cfg):

@@ -1,15 +1,17 @@
 """Config keys of VADeR pretraining: ``add_vader_config(cfg)`` must run before ``merge_from_file``."""
 
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 from .dense_grid import OUTPUT_STRIDE
 from .errors import UserError
 from .mixed_precision import check_amp_config
+from .modeling.vader import OLD_MOCO_SPELLING
 
 
 # The meta-architectures that pretrain on two views (vader_d2/modeling): the trainer gives them the view
 # mapper, these checks and a fresh key encoder; anything else is a stock Detectron2 model (fine-tuning).
-PRETRAINING_ARCHITECTURES = ("VADeR", "DenseCL", "PixPro")
+PRETRAINING_ARCHITECTURES = ("VADeR", "MoCo", "DenseCL", "PixPro")
 
 # Input pixels per cell of each ResNet stage: DenseCL and PixPro compare the cells of one of them.
 RESNET_STAGE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
@@ -17,13 +19,13 @@ RESNET_STAGE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
 def add_vader_config(cfg):
     """
-    Add the ``MODEL.VADER``, ``MODEL.DENSECL``, ``MODEL.PIXPRO``, ``MODEL.FROZEN_BACKBONE``,
+    Add the ``MODEL.VADER``, ``MODEL.MOCO``, ``MODEL.DENSECL``, ``MODEL.PIXPRO``, ``MODEL.FROZEN_BACKBONE``,
     ``INPUT.VIEWS`` and optimizer sections to a Detectron2 config.
     """
     add_frozen_backbone_config(cfg)
     cfg.MODEL.VADER = CN()
-    # "dense": VADeR's pixel-level InfoNCE. "global": the MoCo v2 baseline (pooled res5 + MLP head,
-    # image-level InfoNCE, image-level queue) with the same backbone, views and trainer.
+    # "dense", VADeR's pixel-level InfoNCE. "global" is the old spelling of MODEL.META_ARCHITECTURE MoCo,
+    # translated by ``resolve_old_spellings`` (with GLOBAL_HEAD below).
     cfg.MODEL.VADER.LOSS = "dense"
     cfg.MODEL.VADER.EMBED_DIM = 128
     cfg.MODEL.VADER.TEMPERATURE = 0.07
@@ -69,9 +71,22 @@ def add_vader_config(cfg):
     cfg.MODEL.VADER.HEAD.NUM_CONVS = 1
     cfg.MODEL.VADER.HEAD.NORM = "GN"
 
+    # The old spelling's MODEL.MOCO.IN_FEATURE and HIDDEN_DIM (``resolve_old_spellings``).
     cfg.MODEL.VADER.GLOBAL_HEAD = CN()
     cfg.MODEL.VADER.GLOBAL_HEAD.IN_FEATURE = "res5"
     cfg.MODEL.VADER.GLOBAL_HEAD.HIDDEN_DIM = 2048
+
+    # The MoCo v2 baseline (vader_d2/modeling/moco.py). It shares MODEL.VADER's momentum-contrast keys:
+    # EMBED_DIM, QUEUE_SIZE (image keys), ENQUEUE, MOMENTUM, KEY_BN, BN_GROUP_SIZE, METRICS_PERIOD,
+    # CHANNELS_LAST.
+    cfg.MODEL.MOCO = CN()
+    # The backbone stage pooled into one vector per view, and the hidden width of the MLP after it.
+    cfg.MODEL.MOCO.IN_FEATURE = "res5"
+    cfg.MODEL.MOCO.HIDDEN_DIM = 2048
+    # MoCo v2's (v1's: 0.07).
+    cfg.MODEL.MOCO.TEMPERATURE = 0.2
+    # Also use view 2 as query and view 1 as key (not MoCo's recipe).
+    cfg.MODEL.MOCO.SYMMETRIC = False
 
     # DenseCL (vader_d2/modeling/densecl.py). It shares MODEL.VADER's momentum-contrast keys: EMBED_DIM,
     # QUEUE_SIZE (the length of both its queues, global and dense, one key per image and step), MOMENTUM,
@@ -165,6 +180,33 @@ def add_frozen_backbone_config(cfg):
     cfg.MODEL.FROZEN_BACKBONE = False
 
 
+def resolve_old_spellings(cfg):
+    """
+    Translate, in place, what configs written before the methods had configs of their own say:
+    ``MODEL.META_ARCHITECTURE VADeR`` with ``MODEL.VADER.LOSS global`` is ``MODEL.META_ARCHITECTURE MoCo``,
+    its MODEL.VADER.TEMPERATURE, SYMMETRIC and GLOBAL_HEAD.* are MODEL.MOCO's. Returns ``cfg``.
+    """
+    v = cfg.MODEL.VADER
+    if cfg.MODEL.META_ARCHITECTURE != "VADeR" or v.LOSS != "global":
+        return cfg
+    # Keys of both spellings in one config would say two things; the old spelling's are the ones it reads.
+    defaults = get_cfg()
+    add_vader_config(defaults)
+    moved = [key for key, value in cfg.MODEL.MOCO.items() if value != defaults.MODEL.MOCO[key]]
+    if moved:
+        raise UserError(
+            f"MODEL.MOCO.{moved[0]} is set in a config of the old spelling MODEL.VADER.LOSS global, which reads "
+            "MODEL.VADER's keys; write MODEL.META_ARCHITECTURE MoCo instead of MODEL.VADER.LOSS global"
+        )
+    cfg.MODEL.META_ARCHITECTURE = "MoCo"
+    cfg.MODEL.MOCO.IN_FEATURE = v.GLOBAL_HEAD.IN_FEATURE
+    cfg.MODEL.MOCO.HIDDEN_DIM = v.GLOBAL_HEAD.HIDDEN_DIM
+    cfg.MODEL.MOCO.TEMPERATURE = v.TEMPERATURE
+    cfg.MODEL.MOCO.SYMMETRIC = v.SYMMETRIC
+    v.LOSS = "dense"
+    return cfg
+
+
 # Norms whose statistics are shared across processes (Detectron2's names).
 SYNCHRONISED_NORMS = ("naiveSyncBN", "naiveSyncBN_N", "SyncBN", "nnSyncBN")
 
@@ -209,7 +251,9 @@ def keys_enqueued_per_step(cfg):
     v = cfg.MODEL.VADER
     if cfg.MODEL.META_ARCHITECTURE == "DenseCL":
         return cfg.SOLVER.IMS_PER_BATCH  # one global and one pooled dense key per image, each to its queue
-    keys = cfg.SOLVER.IMS_PER_BATCH * (v.PAIRS_PER_IMAGE if v.LOSS == "dense" else 1)
+    if cfg.MODEL.META_ARCHITECTURE == "MoCo":
+        return cfg.SOLVER.IMS_PER_BATCH * (2 if cfg.MODEL.MOCO.SYMMETRIC else 1)
+    keys = cfg.SOLVER.IMS_PER_BATCH * v.PAIRS_PER_IMAGE
     return keys * 2 if v.SYMMETRIC else keys
 
 
@@ -220,6 +264,10 @@ def check_vader_config(cfg, world_size=1):
     v = cfg.MODEL.VADER
     if v.LOSS not in ("dense", "global"):
         raise UserError(f"MODEL.VADER.LOSS must be 'dense' or 'global', got {v.LOSS!r}")
+    if cfg.MODEL.META_ARCHITECTURE == "VADeR" and v.LOSS == "global":
+        raise UserError(OLD_MOCO_SPELLING)  # a config not built by vader_d2.cli.build_config
+    if cfg.MODEL.META_ARCHITECTURE == "MoCo" and cfg.MODEL.MOCO.TEMPERATURE <= 0:
+        raise UserError(f"MODEL.MOCO.TEMPERATURE must be positive, got {cfg.MODEL.MOCO.TEMPERATURE}")
     if v.ENQUEUE not in ("before_loss", "after_loss"):
         raise UserError(f"MODEL.VADER.ENQUEUE must be 'before_loss' or 'after_loss', got {v.ENQUEUE!r}")
     if v.KEY_SAMPLING not in ("bilinear", "nearest"):
@@ -273,7 +321,7 @@ def check_vader_config(cfg, world_size=1):
 def samples_matched_pairs(cfg):
     """Whether the method draws PAIRS_PER_IMAGE matched cells per image (VADeR's dense loss); the MoCo
     baseline, DenseCL and PixPro find their positives without the views' stride-4 matches."""
-    return cfg.MODEL.META_ARCHITECTURE == "VADeR" and cfg.MODEL.VADER.LOSS == "dense"
+    return cfg.MODEL.META_ARCHITECTURE == "VADeR"
 
 
 def check_queue_size(cfg):
@@ -281,11 +329,13 @@ def check_queue_size(cfg):
     v = cfg.MODEL.VADER
     keys_per_step = keys_enqueued_per_step(cfg)
     if v.QUEUE_SIZE % keys_per_step != 0 or v.QUEUE_SIZE < keys_per_step:
-        per_image = "1 key per image" if cfg.MODEL.META_ARCHITECTURE == "DenseCL" else "pairs per image"
+        method = cfg.MODEL.META_ARCHITECTURE
+        per_image = "pairs per image" if method == "VADeR" else "1 key per image"
+        symmetric = {"VADeR": v.SYMMETRIC, "MoCo": cfg.MODEL.MOCO.SYMMETRIC}.get(method, False)
         raise UserError(
             f"MODEL.VADER.QUEUE_SIZE={v.QUEUE_SIZE} must be a positive multiple of the keys enqueued per "
             f"step ({keys_per_step} = SOLVER.IMS_PER_BATCH x {per_image}"
-            f"{' x 2 (symmetric)' if v.SYMMETRIC else ''}); e.g. {max(1, v.QUEUE_SIZE // keys_per_step) * keys_per_step}"
+            f"{' x 2 (symmetric)' if symmetric else ''}); e.g. {max(1, v.QUEUE_SIZE // keys_per_step) * keys_per_step}"
         )
 
 
@@ -388,7 +438,7 @@ def check_value_ranges(cfg):
     _at_least(v, "MODEL.VADER", "MIN_SHARED_CELLS", 1 if samples_matched_pairs(cfg) else 0)
     _at_least(v.HEAD, "MODEL.VADER.HEAD", "CONV_DIM", 1)
     _at_least(v.HEAD, "MODEL.VADER.HEAD", "NUM_CONVS", 0)
-    _at_least(v.GLOBAL_HEAD, "MODEL.VADER.GLOBAL_HEAD", "HIDDEN_DIM", 1)
+    _at_least(cfg.MODEL.MOCO, "MODEL.MOCO", "HIDDEN_DIM", 1)
     if v.LOSS == "dense":
         levels = ("p2", "p3", "p4", "p5", "p6")
         features = list(v.HEAD.IN_FEATURES)
@@ -397,9 +447,8 @@ def check_value_ranges(cfg):
             f"FPN outputs among {list(levels)} including p2 (the dense head predicts at stride {OUTPUT_STRIDE})",
         )
         _check_norm(v.HEAD.NORM, v.HEAD.CONV_DIM)
-    elif v.LOSS == "global":
-        resnet_stages = ("res2", "res3", "res4", "res5")
-        _require(v.GLOBAL_HEAD.IN_FEATURE in resnet_stages, "MODEL.VADER.GLOBAL_HEAD.IN_FEATURE", v.GLOBAL_HEAD.IN_FEATURE, f"one of {resnet_stages}")
+    stages = tuple(RESNET_STAGE_STRIDES)
+    _require(cfg.MODEL.MOCO.IN_FEATURE in stages, "MODEL.MOCO.IN_FEATURE", cfg.MODEL.MOCO.IN_FEATURE, f"one of {stages}")
 
     check_densecl_and_pixpro_ranges(cfg)
 

@@ -56,7 +56,7 @@ class DenseFeatureExtractor:
         if unknown or not sources:
             raise UserError(f"feature sources must be a non-empty subset of {list(FEATURE_SOURCES)}, got {list(sources)}")
         if "head" in sources and head is None:
-            raise UserError("feature source 'head' needs a dense VADeR model (MODEL.VADER.LOSS dense); use 'p2'")
+            raise UserError("feature source 'head' needs a dense VADeR model (MODEL.META_ARCHITECTURE VADeR); use 'p2'")
         if backbone.output_shape().get("p2") is None or backbone.output_shape()["p2"].stride != OUTPUT_STRIDE:
             raise UserError(f"feature source 'p2' needs a ResNet-FPN backbone with a stride-{OUTPUT_STRIDE} 'p2' output")
         self.backbone = backbone
@@ -110,8 +110,7 @@ def build_feature_extractor(cfg, sources: Sequence[str] = None, seed: int = 0) -
     model = build_model(cfg)
     model.eval().requires_grad_(False)
     backbone = model.backbone
-    is_dense_vader = isinstance(model, VADeR) and model.loss_type == "dense"
-    head = model.query_encoder.head if is_dense_vader else None
+    head = model.query_encoder.head if isinstance(model, VADeR) else None
 
     weights = cfg.MODEL.WEIGHTS
     if weights:

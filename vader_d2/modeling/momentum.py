@@ -39,7 +39,14 @@ from detectron2.structures import ImageList
 from detectron2.utils import comm
 
 from ..mixed_precision import full_precision
-from ..training_metrics import SKIPPED_IMAGES
+from ..training_metrics import (
+    NEGATIVE_SIMILARITY,
+    POSITIVE_SIMILARITY,
+    QUERIES_WITHOUT_NEGATIVE,
+    QUEUE_FILL,
+    SKIPPED_IMAGES,
+    TOP1_ACCURACY,
+)
 from .shuffle_bn import concat_all_gather, draw_permutation, encode_shuffled, forward_in_groups
 
 __all__ = ["MomentumMethod", "MomentumContrast", "ResNetStageEncoder", "momentum_update_", "cells_of_each_image"]
@@ -271,6 +278,24 @@ class MomentumContrast(MomentumMethod):
         if self.key_bn == "sync" or world_size * batch_size == self.bn_group_size:
             return None  # one BN group over the whole batch: no order changes its statistics
         return draw_permutation(world_size * batch_size, self.device)
+
+
+    @torch.no_grad()
+    def queue_metrics(self, queries, positive, hardest, excluded, temperature):
+        """
+        How the (N, D) ``queries`` of an ``info_nce_loss`` against ``queue`` (its positive and hardest
+        logits and exclusion mask) tell their positive from the negatives, and how full the queue is.
+        """
+        usable = (~excluded).to(self.queue.dtype)
+        # Sum over each query's usable negatives as one matrix product: the loss does not keep the logits.
+        negative_cos = (queries.to(self.queue.dtype) * (usable @ self.queue)).sum() / usable.sum().clamp(min=1)
+        return {
+            POSITIVE_SIMILARITY: (positive * temperature).mean().item(),
+            NEGATIVE_SIMILARITY: negative_cos.item(),
+            TOP1_ACCURACY: (positive > hardest).float().mean().item(),
+            QUERIES_WITHOUT_NEGATIVE: excluded.all(dim=1).float().mean().item(),
+            QUEUE_FILL: (self.queue_image_ids >= 0).float().mean().item(),
+        }
 
 
 class ResNetStageEncoder(nn.Module):

@@ -21,9 +21,6 @@ query encoder over contiguous groups of ``BN_GROUP_SIZE`` images of each process
 groups of a random permutation of the global batch, so that a key never shares its query's statistics;
 ``sync`` runs each encoder on the whole per-process batch with the configured norm (synchronised BN
 across processes), the behaviour kept for comparison.
-
-``MODEL.VADER.LOSS = "global"`` runs the MoCo v2 baseline through the same code: the encoders pool the
-backbone's last stage into one vector per view and each image contributes one query/key pair.
 """
 
 from typing import Dict, List
@@ -38,20 +35,21 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..dense_grid import OUTPUT_STRIDE
-from ..training_metrics import (
-    NEGATIVE_SIMILARITY,
-    POSITIVE_SIMILARITY,
-    QUERIES_WITHOUT_NEGATIVE,
-    QUEUE_FILL,
-    TOP1_ACCURACY,
-    VALID_MATCHES,
-)
+from ..errors import UserError
+from ..training_metrics import VALID_MATCHES
 from .dense_head import DenseHead
 from .losses import info_nce_loss
-from .momentum import MomentumContrast, ResNetStageEncoder, cells_of_each_image
+from .momentum import MomentumContrast, cells_of_each_image
 from .shuffle_bn import concat_all_gather
 
-__all__ = ["VADeR", "DenseEncoder", "GlobalEncoder", "build_encoder"]
+__all__ = ["VADeR", "DenseEncoder", "sample_grid"]
+
+# VADeR.from_config's answer to MODEL.VADER.LOSS global where vader_d2.cli.build_config (which translates
+# it) did not build the config.
+OLD_MOCO_SPELLING = (
+    "MODEL.VADER.LOSS global: the MoCo baseline is MODEL.META_ARCHITECTURE MoCo now, its own keys under MODEL.MOCO; "
+    "vader_d2.cli.build_config translates configs written the old way"
+)
 
 
 class DenseEncoder(nn.Module):
@@ -64,26 +62,6 @@ class DenseEncoder(nn.Module):
 
     def forward(self, images):
         return self.head(self.backbone(images))
-
-
-class GlobalEncoder(ResNetStageEncoder):
-    """MoCo v2 encoder on the same backbone: pooled ``in_feature`` -> 2-layer MLP -> (B, D), normalised."""
-
-    def __init__(self, backbone: Backbone, in_feature: str, hidden_dim: int, embed_dim: int):
-        super().__init__(backbone, in_feature)
-        self.head = nn.Sequential(nn.Linear(self.channels, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, embed_dim))
-
-    def forward(self, images):
-        return F.normalize(self.head(self.stage_features(images).mean(dim=(2, 3))), dim=1)
-
-
-def build_encoder(cfg):
-    """The query encoder of ``cfg`` (the key encoder is its copy): dense or global."""
-    v = cfg.MODEL.VADER
-    backbone = build_backbone(cfg)
-    if v.LOSS == "dense":
-        return DenseEncoder(backbone, DenseHead(cfg, backbone.output_shape()))
-    return GlobalEncoder(backbone, v.GLOBAL_HEAD.IN_FEATURE, v.GLOBAL_HEAD.HIDDEN_DIM, v.EMBED_DIM)
 
 
 def sample_grid(embeddings, positions, mode):
@@ -110,7 +88,6 @@ class VADeR(MomentumContrast):
     def __init__(
         self,
         *,
-        loss_type: str,
         temperature: float,
         pairs_per_image: int,
         symmetric: bool,
@@ -118,7 +95,6 @@ class VADeR(MomentumContrast):
         **kwargs,  # MomentumContrast's
     ):
         super().__init__(**kwargs)
-        self.loss_type = loss_type
         self.temperature = temperature
         self.pairs_per_image = pairs_per_image
         self.symmetric = symmetric
@@ -127,10 +103,12 @@ class VADeR(MomentumContrast):
     @classmethod
     def from_config(cls, cfg):
         v = cfg.MODEL.VADER
+        if v.LOSS != "dense":
+            raise UserError(OLD_MOCO_SPELLING)
+        backbone = build_backbone(cfg)
         return {
             **super().from_config(cfg),
-            "encoder": build_encoder(cfg),
-            "loss_type": v.LOSS,
+            "encoder": DenseEncoder(backbone, DenseHead(cfg, backbone.output_shape())),
             "temperature": v.TEMPERATURE,
             "pairs_per_image": v.PAIRS_PER_IMAGE,
             "symmetric": v.SYMMETRIC,
@@ -149,27 +127,23 @@ class VADeR(MomentumContrast):
         permutation = self.key_permutation(len(batched_inputs))
 
         self.momentum_update_key_encoder()
-        if self.loss_type == "dense":
-            queries, keys = self.dense_pairs(batched_inputs, view1, view2, permutation)
-        else:
-            queries, keys = self.global_pairs(view1, view2, permutation)
+        queries, keys = self.dense_pairs(batched_inputs, view1, view2, permutation)
 
         # One query per key, in the same order: image i's rows of each direction of the pairs.
-        per_image = 1 if self.loss_type == "global" else self.pairs_per_image
         directions = len(keys)
-        all_image_ids = concat_all_gather(image_ids).repeat_interleave(per_image).repeat(directions)
+        all_image_ids = concat_all_gather(image_ids).repeat_interleave(self.pairs_per_image).repeat(directions)
         new_keys = {"queue": torch.cat([k.reshape(-1, k.shape[-1]) for k in keys])}
         (negatives,) = self.negatives(new_keys, all_image_ids)
         rank, batch = comm.get_rank(), len(batched_inputs)
         mine = torch.cat([k[rank * batch : (rank + 1) * batch].reshape(-1, k.shape[-1]) for k in keys])
         queries = torch.cat([q.reshape(-1, q.shape[-1]) for q in queries])
-        query_ids = image_ids.repeat_interleave(per_image).repeat(directions)
+        query_ids = image_ids.repeat_interleave(self.pairs_per_image).repeat(directions)
         loss, positive, hardest, excluded = info_nce_loss(
             queries, mine, negatives, query_ids, self.queue_image_ids, self.temperature
         )
         self.log_metrics(batched_inputs, queries, positive, hardest, excluded)
         self.enqueue_after_the_loss(new_keys, all_image_ids)
-        return {"loss_vader" if self.loss_type == "dense" else "loss_moco": loss}
+        return {"loss_vader": loss}
 
     def sample_cells(self, valid, matches):
         """
@@ -207,45 +181,21 @@ class VADeR(MomentumContrast):
             keys.append(self.encode_keys(view1, cells, self.at_cells, permutation))
         return queries, keys
 
-    def global_pairs(self, view1, view2, permutation):
-        """As ``dense_pairs``, one pooled embedding per view: queries (b, D), keys (B, D) per direction."""
-        def pooled(outputs, _):
-            return outputs
-
-        queries = [self.encode_queries(view1)]
-        keys = [self.encode_keys(view2, None, pooled, permutation)]
-        if self.symmetric:
-            queries.append(self.encode_queries(view2))
-            keys.append(self.encode_keys(view1, None, pooled, permutation))
-        return queries, keys
-
     @torch.no_grad()
     def log_metrics(self, batched_inputs, queries, positive, hardest, excluded):
         storage = get_event_storage()
         if storage.iter % self.metrics_period != 0:
             return
-        usable = (~excluded).to(self.queue.dtype)
-        # Sum over each query's usable negatives as one matrix product: the loss does not keep the logits.
-        negative_cos = (queries.to(self.queue.dtype) * (usable @ self.queue)).sum() / usable.sum().clamp(min=1)
-        metrics = {
-            POSITIVE_SIMILARITY: (positive * self.temperature).mean().item(),
-            NEGATIVE_SIMILARITY: negative_cos.item(),
-            TOP1_ACCURACY: (positive > hardest).float().mean().item(),
-            QUERIES_WITHOUT_NEGATIVE: excluded.all(dim=1).float().mean().item(),
-            QUEUE_FILL: (self.queue_image_ids >= 0).float().mean().item(),
-        }
-        if self.loss_type == "dense":
-            metrics[VALID_MATCHES] = sum(int(x["valid"].sum()) for x in batched_inputs) / len(batched_inputs)
-        self.put_metrics(storage, **metrics)
+        matches = sum(int(x["valid"].sum()) for x in batched_inputs) / len(batched_inputs)
+        self.put_metrics(
+            storage, **self.queue_metrics(queries, positive, hardest, excluded, self.temperature), **{VALID_MATCHES: matches}
+        )
 
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict]):
         """
-        Embed images given the Detectron2 way ({"image": uint8 (3, H, W) in INPUT.FORMAT}).
-        Dense mode: [{"embedding": (D, ceil(H/4), ceil(W/4))}]; global mode: [{"embedding": (D,)}].
+        Embed images given the Detectron2 way ({"image": uint8 (3, H, W) in INPUT.FORMAT}):
+        [{"embedding": (D, ceil(H/4), ceil(W/4))}].
         """
         padded = self.padded_images(batched_inputs)
-        embeddings = self.query_encoder(padded.tensor)
-        if self.loss_type == "global":
-            return [{"embedding": e} for e in embeddings]
-        return cells_of_each_image(embeddings, padded.image_sizes, OUTPUT_STRIDE)
+        return cells_of_each_image(self.query_encoder(padded.tensor), padded.image_sizes, OUTPUT_STRIDE)
