@@ -284,6 +284,9 @@ def test_old_spelling_of_the_moco_baseline_is_moco_with_the_values_it_gives():
 def test_old_spelling_mixed_with_the_new_or_not_translated_is_one_line():
     with pytest.raises(UserError, match=r"^MODEL.MOCO.TEMPERATURE is set in a config of the old spelling MODEL.VADER.LOSS global"):
         demo_cfg("MODEL.VADER.LOSS", "global", "MODEL.MOCO.TEMPERATURE", "0.5")
+    # An old key on a MoCo config would do nothing.
+    with pytest.raises(UserError, match=r"^MODEL.VADER.TEMPERATURE does not apply to MODEL.META_ARCHITECTURE MoCo; set MODEL.MOCO.TEMPERATURE$"):
+        build_config("configs/moco_global_demo.yaml", ["MODEL.VADER.TEMPERATURE", "0.2"])
     # A config built without vader_d2.cli.build_config, which translates the old spelling.
     cfg = get_cfg()
     add_vader_config(cfg)

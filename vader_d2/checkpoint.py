@@ -3,8 +3,8 @@ Weights in and out of VADeR pretraining.
 
 Out: ``export_to_detectron2`` turns a VADeR training checkpoint (``model_final.pth``) into a Detectron2
 model-zoo ``.pkl`` that any D2 ResNet / ResNet-FPN config loads through ``MODEL.WEIGHTS``: the ResNet
-(``stem.*``, ``res2.*`` .. ``res5.*``) and, for the dense loss, the FPN (``fpn_lateral*``,
-``fpn_output*``) under bare D2 names, as numpy arrays, with ``matching_heuristics`` on. D2 then attaches
+(``stem.*``, ``res2.*`` .. ``res5.*``) and, for a method that trains it (VADeR: the ``exported_parts`` of
+its class), the FPN (``fpn_lateral*``, ``fpn_output*``) under bare D2 names, as numpy arrays, with ``matching_heuristics`` on. D2 then attaches
 each bare name to the one model key it is a dotted suffix of: ``res5.0.conv1.weight`` lands in
 ``backbone.bottom_up.res5.*`` of an FPN model and in ``roi_heads.res5.*`` of a C4 model alike. Every
 written name starts with a D2 module name that occurs once in D2's detectors (``stem``, ``resN``,
@@ -40,8 +40,8 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from .config import PRETRAINING_ARCHITECTURES
 from .errors import UserError
+from .modeling.momentum import pretraining_method, pretraining_methods
 
 __all__ = [
     "ENCODERS",
@@ -116,43 +116,34 @@ def _load(path, what):
         raise UserError(f"cannot read {what} {path!r} with torch.load: {type(e).__name__}: {e}") from None
 
 
-# Pretraining methods that never run the FPN (they read the last ResNet stage): only their ResNet is exported.
-RESNET_ONLY_METHODS = ("global", "densecl", "pixpro")
-
-
-def _vader_loss_type(model_state):
-    """
-    'dense' (VADeR), 'global' (the MoCo baseline), 'densecl' or 'pixpro', told apart by the query
-    encoder's head: DenseHead, the MoCo MLP, DenseCL's dense head, PixPro's projection.
-    """
-    if any(k.startswith("query_encoder.head.laterals.") for k in model_state):
-        return "dense"
-    if "query_encoder.head.0.weight" in model_state:
-        return "global"
-    if "query_encoder.dense_head.0.weight" in model_state:
-        return "densecl"
-    if "query_encoder.projection.0.weight" in model_state:
-        return "pixpro"
+def _method_of_checkpoint(model_state):
+    """The pretraining method that wrote ``model_state``, told by its query encoder's head (each method's
+    ``checkpoint_prefix``)."""
+    methods = pretraining_methods()
+    for method in methods:
+        if any(key.startswith(method.checkpoint_prefix) for key in model_state):
+            return method
+    names = [method.__name__ for method in methods]
     raise UserError(
-        "the checkpoint's 'model' has no pretraining head of VADeR, DenseCL or PixPro (query_encoder.head.*, "
-        "query_encoder.dense_head.*, query_encoder.projection.*); pass a checkpoint written by pretraining "
-        "(e.g. output/vader_pretrain_demo/model_final.pth)"
+        f"the checkpoint's 'model' has no pretraining head of {', '.join(names[:-1])} or {names[-1]} "
+        f"({', '.join(method.checkpoint_prefix + '*' for method in methods)}); pass a checkpoint written by "
+        "pretraining (e.g. output/vader_pretrain_demo/model_final.pth)"
     )
 
 
 def detectron2_weights_from_vader(model_state, encoder="query"):
     """
-    Pick one encoder's backbone out of a VADeR model state dict and give it bare D2 names.
+    Pick one encoder's backbone out of a pretraining model state dict and give it bare D2 names.
 
-    Returns ``(weights, loss_type, written, skipped)``: weights maps D2 names to tensors, written maps
-    them back to the checkpoint keys, skipped maps every other checkpoint key to the reason.
-    The global (MoCo) baseline, DenseCL and PixPro never run the FPN, so only their ResNet is exported:
-    their FPN is still the random initialisation, and a downstream model should start its FPN from its
-    own initialisation.
+    Returns ``(weights, method, written, skipped)``: weights maps D2 names to tensors, method is the
+    pretraining method (class) that wrote the state, written maps the D2 names back to the checkpoint
+    keys, skipped maps every other checkpoint key to the reason. A method that never runs the FPN (its
+    ``exported_parts`` lack it: the MoCo baseline, DenseCL, PixPro) exports its ResNet only: its FPN is
+    still the random initialisation, and a downstream model should start its FPN from its own.
     """
     if encoder not in ENCODERS:
         raise UserError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
-    loss_type = _vader_loss_type(model_state)
+    method = _method_of_checkpoint(model_state)
     backbone_prefix = f"{encoder}_encoder.backbone."
     other = [e for e in ENCODERS if e != encoder][0]
     weights, written, skipped = {}, {}, {}
@@ -161,7 +152,7 @@ def detectron2_weights_from_vader(model_state, encoder="query"):
             if key.startswith(f"{other}_encoder."):
                 skipped[key] = f"{other} encoder (exporting the {encoder} encoder)"
             elif key.startswith(f"{encoder}_encoder."):
-                skipped[key] = f"{loss_type} pretraining head (not part of a D2 backbone)"
+                skipped[key] = f"{method.__name__} pretraining head (not part of a D2 backbone)"
             else:
                 skipped[key] = "pretraining state (queues, skip count, PixPro's propagation module)"
             continue
@@ -169,8 +160,8 @@ def detectron2_weights_from_vader(model_state, encoder="query"):
         if name.startswith("bottom_up."):
             name = name[len("bottom_up."):]
         if _FPN_NAME.match(name):
-            if loss_type in RESNET_ONLY_METHODS:
-                skipped[key] = f"FPN of {loss_type} pretraining (never trained)"
+            if "FPN" not in method.exported_parts:
+                skipped[key] = f"FPN of {method.__name__} pretraining (never trained)"
                 continue
         elif not _RESNET_NAME.match(name):
             raise UserError(
@@ -181,7 +172,7 @@ def detectron2_weights_from_vader(model_state, encoder="query"):
         written[name] = key
     if not weights:
         raise UserError(f"the checkpoint has no {backbone_prefix}* weights; is it a VADeR checkpoint?")
-    return weights, loss_type, written, skipped
+    return weights, method, written, skipped
 
 
 def export_to_detectron2(checkpoint_path, output_path, encoder="query"):
@@ -192,7 +183,7 @@ def export_to_detectron2(checkpoint_path, output_path, encoder="query"):
     checkpoint = _load(checkpoint_path, "VADeR checkpoint")
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise UserError(f"{checkpoint_path!r} has no 'model' entry; pass a checkpoint written by VADeR pretraining")
-    weights, loss_type, written, skipped = detectron2_weights_from_vader(checkpoint["model"], encoder)
+    weights, method, written, skipped = detectron2_weights_from_vader(checkpoint["model"], encoder)
     for key in checkpoint:
         if key != "model":
             skipped[key] = "training state (optimizer, scheduler, iteration)"
@@ -203,7 +194,7 @@ def export_to_detectron2(checkpoint_path, output_path, encoder="query"):
     }
     atomic_write(output_path, lambda f: pickle.dump(zoo, f), what="the exported weights")
     iteration = checkpoint.get("iteration")
-    description = f"{loss_type} pretraining checkpoint, {encoder} encoder" + (
+    description = f"{method.__name__} pretraining checkpoint, {encoder} encoder" + (
         f", iteration {iteration}" if iteration is not None else ""
     )
     return ConversionSummary(checkpoint_path, output_path, description, written, skipped)
@@ -524,10 +515,6 @@ def load_weights(model, path, what="checkpoint"):
     return checkpointer.last_load.incompatible
 
 
-# VADeR's (and the MoCo baseline's) queue, and DenseCL's second queue of pooled dense keys.
-_QUEUE_BUFFERS = ("queue", "queue_image_ids", "queue_ptr", "dense_queue", "dense_queue_image_ids", "dense_queue_ptr")
-
-
 def _model_part(key):
     """Which pretrained part a model key belongs to: 'ResNet', 'FPN', 'key encoder' or None (a task head)."""
     if key.startswith("key_encoder."):
@@ -578,16 +565,18 @@ def check_backbone_loaded(report, cfg, path, expect_fpn=None, any_shape=True, wh
         f"FPN.OUT_CHANNELS={cfg.MODEL.FPN.OUT_CHANNELS})"
     )
     fix = "export from a checkpoint with the same backbone (MODEL.RESNETS.DEPTH, RES2_OUT_CHANNELS, norms, FPN), or use the config the weights were trained with"
-    if cfg.MODEL.META_ARCHITECTURE not in PRETRAINING_ARCHITECTURES and any(k.startswith("query_encoder.") for k in report.file_keys):
+    method = pretraining_method(cfg)
+    if method is None and any(k.startswith("query_encoder.") for k in report.file_keys):
         fix = "it is a VADeR training checkpoint: export its backbone first with tools/convert_vader_to_d2.py and load the .pkl"
     missing = {}
     for key in incompatible.missing_keys:
         part = _model_part(key) or "heads and other state"
         missing.setdefault(part, []).append(key)
+    # A queue may be sized anew by a run that starts from a checkpoint's weights.
+    queue_buffers = method.queue_buffers() if method is not None else ()
     shapes = [
         s for s in incompatible.incorrect_shapes
-        # A queue may be sized anew by a run that starts from a checkpoint's weights.
-        if (any_shape and s[0] not in _QUEUE_BUFFERS) or _model_part(s[0]) in ("ResNet", "FPN")
+        if (any_shape and s[0] not in queue_buffers) or _model_part(s[0]) in ("ResNet", "FPN")
     ]
     if shapes:
         key, in_checkpoint, in_model = shapes[0]

@@ -6,7 +6,7 @@ import math
 from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 
-from .config import keys_enqueued_per_step
+from .modeling.momentum import pretraining_method
 from .output_dir import prune_checkpoints
 from .training_metrics import QUERIES_WITHOUT_NEGATIVE
 
@@ -40,7 +40,8 @@ class NegativesWatch(HookBase):
     @classmethod
     def from_config(cls, cfg, **kwargs):
         """The queue is full after QUEUE_SIZE / keys-per-step steps; records before that are not judged."""
-        return cls(math.ceil(cfg.MODEL.VADER.QUEUE_SIZE / keys_enqueued_per_step(cfg)), **kwargs)
+        keys_per_step, _ = pretraining_method(cfg).keys_enqueued_per_step(cfg)
+        return cls(math.ceil(cfg.MODEL.VADER.QUEUE_SIZE / keys_per_step), **kwargs)
 
     def after_step(self):
         record = self.trainer.storage.latest().get(self.SCALAR)

@@ -14,7 +14,7 @@ from detectron2.utils import comm
 
 from .checkpoint import EXPECTED_CHECKPOINT, VADeRCheckpointer, check_backbone_loaded, checkpoint_problem, short_error
 from .cli import USER_ERROR_EXIT
-from .config import PRETRAINING_ARCHITECTURES, check_solver_config, check_vader_config
+from .config import check_solver_config, check_vader_config
 from .data import VADeRViewMapper
 from .data.datasets import FOLDER_DATASET_PREFIX, register_named_folders
 from .data.decoding import UnreadableImageError, read_source_image
@@ -22,15 +22,17 @@ from .errors import UserError
 from .frozen_backbone import freeze_backbone
 from .hooks import NegativesWatch, RetainingPeriodicCheckpointer
 from .mixed_precision import build_step_trainer
+from .modeling.momentum import pretraining_method
 from .output_dir import select_resume_checkpoint
 from .preemption import PreemptionCheckpointer, StopOnWriteFailure, TrainingStopped
 from .solver import build_lr_scheduler, build_optimizer
-from .training_metrics import SIMILARITY_STATS
+from .training_metrics import QUERIES_WITHOUT_NEGATIVE, SIMILARITY_STATS
 
 
 
 def is_pretraining(cfg):
-    return cfg.MODEL.META_ARCHITECTURE in PRETRAINING_ARCHITECTURES
+    """Whether ``cfg`` builds one of the pretraining methods (vader_d2/modeling), not a stock Detectron2 model."""
+    return pretraining_method(cfg) is not None
 
 
 class TrainingDivergedError(UserError, FloatingPointError):
@@ -260,8 +262,8 @@ class VADeRTrainer(DefaultTrainer):
             if isinstance(hook, PeriodicCheckpointer) else hook
             for hook in super().build_hooks()
         ]
-        # PixPro has no queue, hence no negatives to watch.
-        if is_pretraining(self.cfg) and self.cfg.MODEL.META_ARCHITECTURE != "PixPro":
+        # Methods that log how many queries find no usable negative in their queue get that watched.
+        if is_pretraining(self.cfg) and QUERIES_WITHOUT_NEGATIVE in pretraining_method(self.cfg).metric_names:
             hooks.append(NegativesWatch.from_config(self.cfg))
         # Last: a pre-emption checkpoint holds what a periodic one of the same iteration holds.
         hooks.append(self.preemption)

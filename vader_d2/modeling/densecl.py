@@ -35,10 +35,19 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
+from ..config_checks import at_least, probability, require
 from ..mixed_precision import full_precision
+from ..training_metrics import (
+    DENSECL_CELLS_WITH_POSITIVE,
+    DENSECL_DENSE_POSITIVE_SIMILARITY,
+    DENSECL_DENSE_TOP1_ACCURACY,
+    DENSECL_GLOBAL_TOP1_ACCURACY,
+    DENSECL_QUEUE_FILL,
+    SKIPPED_IMAGES,
+)
 from .cell_geometry import nearest_cells_in_other_view
 from .losses import info_nce_loss
-from .momentum import MomentumContrast, ResNetStageEncoder, cells_of_each_image
+from .momentum import MomentumContrast, ResNetStageEncoder, cells_of_each_image, check_stage_name, check_whole_stage_cells
 from .shuffle_bn import concat_all_gather
 
 __all__ = ["DenseCL", "DenseCLEncoder", "dense_positive_cells", "dense_contrastive_loss"]
@@ -115,6 +124,15 @@ def dense_contrastive_loss(query_dense, key_dense, positive_cells, matched, nega
 class DenseCL(MomentumContrast):
     # One global key and one pooled dense key per image and step: two queues of the same length.
     queues = ("queue", "dense_queue")
+    checkpoint_prefix = "query_encoder.dense_head."
+    metric_names = (
+        SKIPPED_IMAGES,
+        DENSECL_GLOBAL_TOP1_ACCURACY,
+        DENSECL_DENSE_TOP1_ACCURACY,
+        DENSECL_DENSE_POSITIVE_SIMILARITY,
+        DENSECL_CELLS_WITH_POSITIVE,
+        DENSECL_QUEUE_FILL,
+    )
 
     @configurable
     def __init__(
@@ -140,6 +158,21 @@ class DenseCL(MomentumContrast):
             "dense_loss_weight": d.LOSS_WEIGHT,
             "positive": d.POSITIVE,
         }
+
+    @classmethod
+    def check_ranges(cls, cfg):
+        super().check_ranges(cfg)
+        d = cfg.MODEL.DENSECL
+        check_stage_name(d.IN_FEATURE, "MODEL.DENSECL.IN_FEATURE")
+        at_least(d, "MODEL.DENSECL", "HIDDEN_DIM", 1)
+        require(d.TEMPERATURE > 0, "MODEL.DENSECL.TEMPERATURE", d.TEMPERATURE, "positive")
+        probability(d, "MODEL.DENSECL", "LOSS_WEIGHT")
+        require(d.POSITIVE in ("feature", "geometric"), "MODEL.DENSECL.POSITIVE", d.POSITIVE, "'feature' or 'geometric'")
+
+    @classmethod
+    def check_config(cls, cfg, world_size):
+        super().check_config(cfg, world_size)
+        check_whole_stage_cells(cfg, cfg.MODEL.DENSECL.IN_FEATURE, "DenseCL")
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
@@ -219,14 +252,13 @@ class DenseCL(MomentumContrast):
         if storage.iter % self.metrics_period != 0:
             return
         dense_positive, dense_hardest = dense_positive[matched.flatten()], dense_hardest[matched.flatten()]
-        self.put_metrics(
-            storage,
-            densecl_global_top1_accuracy=(global_positive > global_hardest).float().mean().item(),
-            densecl_dense_top1_accuracy=(dense_positive > dense_hardest).float().mean().item(),
-            densecl_dense_positive_similarity=(dense_positive * self.temperature).mean().item(),
-            densecl_cells_with_positive=matched.float().mean().item(),
-            densecl_queue_fill=(self.queue_image_ids >= 0).float().mean().item(),
-        )
+        self.put_metrics(storage, **{
+            DENSECL_GLOBAL_TOP1_ACCURACY: (global_positive > global_hardest).float().mean().item(),
+            DENSECL_DENSE_TOP1_ACCURACY: (dense_positive > dense_hardest).float().mean().item(),
+            DENSECL_DENSE_POSITIVE_SIMILARITY: (dense_positive * self.temperature).mean().item(),
+            DENSECL_CELLS_WITH_POSITIVE: matched.float().mean().item(),
+            DENSECL_QUEUE_FILL: (self.queue_image_ids >= 0).float().mean().item(),
+        })
 
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict]):

@@ -30,8 +30,10 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
+from ..config_checks import at_least, require
+from ..training_metrics import QUEUE_STATS, SKIPPED_IMAGES
 from .losses import info_nce_loss
-from .momentum import MomentumContrast, ResNetStageEncoder
+from .momentum import MomentumContrast, ResNetStageEncoder, check_stage_name
 from .shuffle_bn import concat_all_gather
 
 __all__ = ["MoCo", "GlobalEncoder"]
@@ -50,6 +52,9 @@ class GlobalEncoder(ResNetStageEncoder):
 
 @META_ARCH_REGISTRY.register()
 class MoCo(MomentumContrast):
+    checkpoint_prefix = "query_encoder.head.0."
+    metric_names = (SKIPPED_IMAGES, *QUEUE_STATS)
+
     @configurable
     def __init__(
         self,
@@ -71,6 +76,20 @@ class MoCo(MomentumContrast):
             "temperature": m.TEMPERATURE,
             "symmetric": m.SYMMETRIC,
         }
+
+    @classmethod
+    def keys_enqueued_per_step(cls, cfg):
+        if not cfg.MODEL.MOCO.SYMMETRIC:
+            return super().keys_enqueued_per_step(cfg)
+        return 2 * cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH x 1 key per image x 2 (symmetric)"
+
+    @classmethod
+    def check_ranges(cls, cfg):
+        super().check_ranges(cfg)
+        m = cfg.MODEL.MOCO
+        check_stage_name(m.IN_FEATURE, "MODEL.MOCO.IN_FEATURE")
+        at_least(m, "MODEL.MOCO", "HIDDEN_DIM", 1)
+        require(m.TEMPERATURE > 0, "MODEL.MOCO.TEMPERATURE", m.TEMPERATURE, "positive")
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:

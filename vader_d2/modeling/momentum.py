@@ -21,23 +21,30 @@ What every momentum method here (VADeR, the MoCo baseline, DenseCL, PixPro) shar
 ``ResNetStageEncoder``, the encoders that read one stage of the ResNet (the MoCo baseline, DenseCL,
 PixPro): the FPN of Detectron2's ResNet-FPN backbone takes no part in their computation and stays frozen.
 
+The rest of the package never asks for a method by name: the trainer, the config checks, the exporter and
+the evaluation tools find the class a config builds (``pretraining_method``) and read what it declares:
+its queues, the backbone parts it trains and exports, its dense feature head, the metrics it logs, how
+its checkpoints are recognised, and its config checks (``check_ranges``, ``check_config``).
+
 A method's parts are attributes of the method itself (``query_encoder``, ``key_encoder``, ``queue``, ...),
 not of a sub-module: they stay at the top level of its state dict, whose names checkpoints, the exporter
 and the resume checks read.
 """
 
 import copy
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from detectron2.modeling import Backbone
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone
 from detectron2.structures import ImageList
 from detectron2.utils import comm
 
+from ..config_checks import at_least, require
+from ..errors import UserError
 from ..mixed_precision import full_precision
 from ..training_metrics import (
     NEGATIVE_SIMILARITY,
@@ -49,7 +56,17 @@ from ..training_metrics import (
 )
 from .shuffle_bn import concat_all_gather, draw_permutation, encode_shuffled, forward_in_groups
 
-__all__ = ["MomentumMethod", "MomentumContrast", "ResNetStageEncoder", "momentum_update_", "cells_of_each_image"]
+__all__ = [
+    "MomentumMethod",
+    "MomentumContrast",
+    "ResNetStageEncoder",
+    "pretraining_methods",
+    "pretraining_method",
+    "check_stage_name",
+    "check_whole_stage_cells",
+    "momentum_update_",
+    "cells_of_each_image",
+]
 
 
 @torch.no_grad()
@@ -63,11 +80,38 @@ def cells_of_each_image(maps, image_sizes, stride):
     return [{"embedding": m[:, : -(-h // stride), : -(-w // stride)]} for m, (h, w) in zip(maps, image_sizes)]
 
 
+def pretraining_methods():
+    """Every registered meta-architecture that is a ``MomentumMethod``, in the order they were registered."""
+    return [method for _, method in META_ARCH_REGISTRY if isinstance(method, type) and issubclass(method, MomentumMethod)]
+
+
+def pretraining_method(cfg):
+    """The ``MomentumMethod`` class ``cfg`` builds, or None for a stock Detectron2 model (fine-tuning)."""
+    name = cfg.MODEL.META_ARCHITECTURE
+    method = META_ARCH_REGISTRY.get(name) if name in META_ARCH_REGISTRY else None
+    return method if isinstance(method, type) and issubclass(method, MomentumMethod) else None
+
+
 class MomentumMethod(nn.Module):
     """
     A query encoder and its momentum copy, the input normalisation and the skip count. A method's
-    ``from_config`` adds its own arguments to ``MomentumMethod.from_config``'s.
+    ``from_config`` adds its own arguments to ``MomentumMethod.from_config``'s; it declares what the rest
+    of the package asks of it in the class attributes below.
     """
+
+    # The queues of keys it keeps (``MomentumContrast``): buffers NAME, NAME_image_ids and NAME_ptr each.
+    queues: Tuple[str, ...] = ()
+    # The parts of the backbone it trains, which the exporter writes (vader_d2/checkpoint.py): "ResNet",
+    # and "FPN" for a method that runs the FPN (the others leave it at its random initialisation).
+    exported_parts: Tuple[str, ...] = ("ResNet",)
+    # The start of the names of its query encoder's head in a state dict, which no other method's
+    # checkpoint has: how the exporter tells which method wrote a checkpoint.
+    checkpoint_prefix: str = ""
+    # The sub-module that embeds the backbone's outputs densely at stride 4, if it has one: the evaluation
+    # tools' feature source "head" (vader_d2/evaluation/features.py). Every model gives "p2".
+    feature_head: Optional[str] = None
+    # The scalars it logs to Detectron2's event storage (names from vader_d2/training_metrics.py).
+    metric_names: Tuple[str, ...] = (SKIPPED_IMAGES,)
 
     def __init__(
         self,
@@ -102,6 +146,24 @@ class MomentumMethod(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
+
+    @classmethod
+    def queue_buffers(cls):
+        """The names of the buffers of its queues."""
+        return tuple(f"{queue}{suffix}" for queue in cls.queues for suffix in ("", "_image_ids", "_ptr"))
+
+    @classmethod
+    def check_ranges(cls, cfg):
+        """
+        Fail with one line naming the key on a value of the method's own keys outside what it can use. Runs
+        before any other check (``vader_d2.config.check_vader_config``), so that those can rely on it.
+        """
+        at_least(cfg.MODEL.VADER, "MODEL.VADER", "METRICS_PERIOD", 1)
+
+    @classmethod
+    def check_config(cls, cfg, world_size):
+        """Fail with one line on values that cannot work together, for ``world_size`` processes (the
+        ranges, the batch's split over the processes and the views' crop grid are checked)."""
 
     @property
     def device(self):
@@ -200,6 +262,38 @@ class MomentumContrast(MomentumMethod):
             "enqueue": v.ENQUEUE,
         }
 
+    @classmethod
+    def keys_enqueued_per_step(cls, cfg):
+        """
+        The keys every step adds to each queue, and how they come about (for messages): one per image of
+        the global batch here; a method with more says so.
+        """
+        return cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH x 1 key per image"
+
+    @classmethod
+    def check_ranges(cls, cfg):
+        super().check_ranges(cfg)
+        for key in ("EMBED_DIM", "QUEUE_SIZE"):
+            at_least(cfg.MODEL.VADER, "MODEL.VADER", key, 1)
+
+    @classmethod
+    def check_config(cls, cfg, world_size):
+        super().check_config(cfg, world_size)
+        v = cfg.MODEL.VADER
+        if v.ENQUEUE not in ("before_loss", "after_loss"):
+            raise UserError(f"MODEL.VADER.ENQUEUE must be 'before_loss' or 'after_loss', got {v.ENQUEUE!r}")
+        if not 0.0 <= v.MOMENTUM < 1.0:
+            raise UserError(f"MODEL.VADER.MOMENTUM must be in [0, 1), got {v.MOMENTUM}")
+        check_batch_norm_groups(cfg, world_size)
+        keys_per_step, formula = cls.keys_enqueued_per_step(cfg)
+        if v.QUEUE_SIZE % keys_per_step != 0 or v.QUEUE_SIZE < keys_per_step:
+            # The queue is written in whole steps.
+            raise UserError(
+                f"MODEL.VADER.QUEUE_SIZE={v.QUEUE_SIZE} must be a positive multiple of the keys enqueued per "
+                f"step ({keys_per_step} = {formula}); e.g. {max(1, v.QUEUE_SIZE // keys_per_step) * keys_per_step}"
+            )
+        check_queries_have_negatives(cfg, keys_per_step)
+
     @torch.no_grad()
     def reset_run_state(self):
         """Empty the queues and the skip count: what MODEL.WEIGHTS brings there belongs to another run."""
@@ -296,6 +390,84 @@ class MomentumContrast(MomentumMethod):
             QUERIES_WITHOUT_NEGATIVE: excluded.all(dim=1).float().mean().item(),
             QUEUE_FILL: (self.queue_image_ids >= 0).float().mean().item(),
         }
+
+
+# Norms whose statistics are shared across processes (Detectron2's names).
+SYNCHRONISED_NORMS = ("naiveSyncBN", "naiveSyncBN_N", "SyncBN", "nnSyncBN")
+
+
+def check_batch_norm_groups(cfg, world_size):
+    """KEY_BN needs norms and batch sizes that make its groups what it says they are."""
+    v = cfg.MODEL.VADER
+    if v.KEY_BN not in ("shuffle", "sync"):
+        raise UserError(f"MODEL.VADER.KEY_BN must be 'shuffle' or 'sync', got {v.KEY_BN!r}")
+    norms = {"MODEL.RESNETS.NORM": cfg.MODEL.RESNETS.NORM, "MODEL.FPN.NORM": cfg.MODEL.FPN.NORM}
+    if v.KEY_BN == "shuffle":
+        synchronised = [key for key, norm in norms.items() if norm in SYNCHRONISED_NORMS]
+        if synchronised:
+            raise UserError(
+                f"MODEL.VADER.KEY_BN shuffle needs per-process batch norm, but {synchronised[0]} is "
+                f"{norms[synchronised[0]]!r}; set {' and '.join(f'{key} BN' for key in synchronised)} "
+                "(or MODEL.VADER.KEY_BN sync)"
+            )
+        per_process = cfg.SOLVER.IMS_PER_BATCH // world_size
+        if v.BN_GROUP_SIZE < 1 or per_process % v.BN_GROUP_SIZE != 0:
+            largest = max(d for d in range(1, max(1, min(per_process, v.BN_GROUP_SIZE)) + 1) if per_process % d == 0)
+            raise UserError(
+                f"MODEL.VADER.BN_GROUP_SIZE={v.BN_GROUP_SIZE} must divide the {per_process} images each of the "
+                f"{world_size} processes gets (SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH}); "
+                f"e.g. MODEL.VADER.BN_GROUP_SIZE {largest}"
+            )
+    elif world_size > 1:
+        unsynchronised = [key for key, norm in norms.items() if norm == "BN"]
+        if unsynchronised:
+            raise UserError(
+                f"MODEL.VADER.KEY_BN sync with {world_size} processes needs synchronised batch norm, but "
+                f"{unsynchronised[0]} is 'BN'; set {' and '.join(f'{key} naiveSyncBN' for key in unsynchronised)}"
+            )
+
+
+def check_queries_have_negatives(cfg, keys_per_step):
+    """
+    A query's negatives are the queued keys of *other* images. After a step's keys are enqueued the
+    queue holds the keys of its last QUEUE_SIZE / keys-per-step steps, i.e. of that many global batches:
+    with one image per global batch and a queue of one step's keys it only ever holds the query's own
+    image, every negative is masked, the loss is 0 and nothing is learned. Any larger queue or batch
+    gives negatives from the second step on (the first step of a one-image batch has none).
+    With ENQUEUE after_loss the queue holds earlier steps' keys only, of other images from the second
+    step on, whatever its size.
+    """
+    v = cfg.MODEL.VADER
+    if v.ENQUEUE == "after_loss":
+        return
+    images_in_queue = (v.QUEUE_SIZE // keys_per_step) * cfg.SOLVER.IMS_PER_BATCH
+    if images_in_queue < 2:
+        raise UserError(
+            f"with SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH} and MODEL.VADER.QUEUE_SIZE={v.QUEUE_SIZE} (the keys "
+            "of one step) the queue only ever holds keys of the query's own image, which are masked: no query "
+            f"has a negative and nothing is learned; use MODEL.VADER.QUEUE_SIZE {2 * keys_per_step} or more, "
+            "or a larger SOLVER.IMS_PER_BATCH"
+        )
+
+
+# Input pixels per cell of each stage of Detectron2's ResNet.
+RESNET_STAGE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+
+
+def check_stage_name(in_feature, key):
+    """``in_feature`` (the value of ``key``) names a stage of Detectron2's ResNet."""
+    stages = tuple(RESNET_STAGE_STRIDES)
+    require(in_feature in stages, key, in_feature, f"one of {stages}")
+
+
+def check_whole_stage_cells(cfg, in_feature, method):
+    """The views' crop is a whole number of ``in_feature``'s cells, which ``method`` compares: cells cut by
+    the view's border would be compared by where their centres would lie."""
+    crop, stride = cfg.INPUT.VIEWS.CROP_SIZE, RESNET_STAGE_STRIDES[in_feature]
+    if crop % stride != 0:
+        raise UserError(
+            f"INPUT.VIEWS.CROP_SIZE={crop} must be a multiple of {stride}, the stride of {in_feature} whose cells {method} compares"
+        )
 
 
 class ResNetStageEncoder(nn.Module):

@@ -37,9 +37,18 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 from detectron2.utils.events import get_event_storage
 
+from ..config_checks import at_least, check_norm, require
 from ..mixed_precision import full_precision
+from ..training_metrics import PIXPRO_MOMENTUM, PIXPRO_POSITIVE_PAIRS, SKIPPED_IMAGES
 from .cell_geometry import pixpro_positive_mask
-from .momentum import MomentumMethod, ResNetStageEncoder, cells_of_each_image, momentum_update_
+from .momentum import (
+    MomentumMethod,
+    ResNetStageEncoder,
+    cells_of_each_image,
+    check_stage_name,
+    check_whole_stage_cells,
+    momentum_update_,
+)
 
 __all__ = ["PixPro", "PixProEncoder", "PixelPropagation", "pixpro_loss", "pixpro_momentum"]
 
@@ -121,6 +130,9 @@ def pixpro_momentum(base, iteration, max_iter):
 
 @META_ARCH_REGISTRY.register()
 class PixPro(MomentumMethod):
+    checkpoint_prefix = "query_encoder.projection."
+    metric_names = (SKIPPED_IMAGES, PIXPRO_MOMENTUM, PIXPRO_POSITIVE_PAIRS)
+
     @configurable
     def __init__(
         self,
@@ -149,6 +161,26 @@ class PixPro(MomentumMethod):
             "positive_radius": p.POSITIVE_RADIUS,
         }
 
+    @classmethod
+    def check_ranges(cls, cfg):
+        super().check_ranges(cfg)
+        p = cfg.MODEL.PIXPRO
+        check_stage_name(p.IN_FEATURE, "MODEL.PIXPRO.IN_FEATURE")
+        for key in ("HIDDEN_DIM", "EMBED_DIM"):
+            at_least(p, "MODEL.PIXPRO", key, 1)
+        # Below 1 the gradient of s^gamma is infinite where a similarity is clamped to 0.
+        require(p.PROPAGATION_GAMMA >= 1, "MODEL.PIXPRO.PROPAGATION_GAMMA", p.PROPAGATION_GAMMA, "at least 1")
+        require(p.TRANSFORM_LAYERS in (0, 1, 2), "MODEL.PIXPRO.TRANSFORM_LAYERS", p.TRANSFORM_LAYERS, "0, 1 or 2")
+        require(p.POSITIVE_RADIUS > 0, "MODEL.PIXPRO.POSITIVE_RADIUS", p.POSITIVE_RADIUS, "positive (in feature-bin diagonals)")
+        require(0.0 <= p.MOMENTUM <= 1.0, "MODEL.PIXPRO.MOMENTUM", p.MOMENTUM, "in [0, 1]")
+        check_norm(p.NORM, p.HIDDEN_DIM, "MODEL.PIXPRO.NORM", "MODEL.PIXPRO.HIDDEN_DIM")
+
+    @classmethod
+    def check_config(cls, cfg, world_size):
+        # No queue, and each view's batch normalised as the config's norm says (no key to shuffle).
+        super().check_config(cfg, world_size)
+        check_whole_stage_cells(cfg, cfg.MODEL.PIXPRO.IN_FEATURE, "PixPro")
+
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
             return self.inference(batched_inputs)
@@ -168,7 +200,7 @@ class PixPro(MomentumMethod):
         )
         if storage.iter % self.metrics_period == 0:
             self.put_metrics(
-                storage, pixpro_momentum=momentum, pixpro_positive_pairs=positive.sum(dim=(1, 2)).float().mean().item()
+                storage, **{PIXPRO_MOMENTUM: momentum, PIXPRO_POSITIVE_PAIRS: positive.sum(dim=(1, 2)).float().mean().item()}
             )
         return {"loss_pixpro": loss}
 

@@ -35,8 +35,9 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..dense_grid import OUTPUT_STRIDE
+from ..config_checks import at_least, check_norm, require
 from ..errors import UserError
-from ..training_metrics import VALID_MATCHES
+from ..training_metrics import QUEUE_STATS, SKIPPED_IMAGES, VALID_MATCHES
 from .dense_head import DenseHead
 from .losses import info_nce_loss
 from .momentum import MomentumContrast, cells_of_each_image
@@ -84,6 +85,11 @@ def sample_grid(embeddings, positions, mode):
 
 @META_ARCH_REGISTRY.register()
 class VADeR(MomentumContrast):
+    exported_parts = ("ResNet", "FPN")
+    checkpoint_prefix = "query_encoder.head.laterals."
+    feature_head = "query_encoder.head"
+    metric_names = (SKIPPED_IMAGES, *QUEUE_STATS, VALID_MATCHES)
+
     @configurable
     def __init__(
         self,
@@ -114,6 +120,48 @@ class VADeR(MomentumContrast):
             "symmetric": v.SYMMETRIC,
             "key_sampling": v.KEY_SAMPLING,
         }
+
+    @classmethod
+    def keys_enqueued_per_step(cls, cfg):
+        v = cfg.MODEL.VADER
+        keys = cfg.SOLVER.IMS_PER_BATCH * v.PAIRS_PER_IMAGE * (2 if v.SYMMETRIC else 1)
+        return keys, f"SOLVER.IMS_PER_BATCH x pairs per image{' x 2 (symmetric)' if v.SYMMETRIC else ''}"
+
+    @classmethod
+    def check_ranges(cls, cfg):
+        v = cfg.MODEL.VADER
+        if v.LOSS not in ("dense", "global"):
+            raise UserError(f"MODEL.VADER.LOSS must be 'dense' or 'global', got {v.LOSS!r}")
+        if v.LOSS == "global":
+            raise UserError(OLD_MOCO_SPELLING)
+        super().check_ranges(cfg)
+        at_least(v, "MODEL.VADER", "PAIRS_PER_IMAGE", 1)
+        at_least(v, "MODEL.VADER", "MIN_SHARED_CELLS", 1)
+        at_least(v.HEAD, "MODEL.VADER.HEAD", "CONV_DIM", 1)
+        at_least(v.HEAD, "MODEL.VADER.HEAD", "NUM_CONVS", 0)
+        levels = ("p2", "p3", "p4", "p5", "p6")
+        features = list(v.HEAD.IN_FEATURES)
+        require(
+            "p2" in features and all(f in levels for f in features), "MODEL.VADER.HEAD.IN_FEATURES", features,
+            f"FPN outputs among {list(levels)} including p2 (the dense head predicts at stride {OUTPUT_STRIDE})",
+        )
+        check_norm(v.HEAD.NORM, v.HEAD.CONV_DIM, "MODEL.VADER.HEAD.NORM", "MODEL.VADER.HEAD.CONV_DIM")
+
+    @classmethod
+    def check_config(cls, cfg, world_size):
+        v = cfg.MODEL.VADER
+        if v.KEY_SAMPLING not in ("bilinear", "nearest"):
+            raise UserError(f"MODEL.VADER.KEY_SAMPLING must be 'bilinear' or 'nearest', got {v.KEY_SAMPLING!r}")
+        if v.TEMPERATURE <= 0:
+            raise UserError(f"MODEL.VADER.TEMPERATURE must be positive, got {v.TEMPERATURE}")
+        super().check_config(cfg, world_size)
+        cells = (cfg.INPUT.VIEWS.CROP_SIZE // OUTPUT_STRIDE) ** 2
+        if not v.PAIRS_PER_IMAGE <= v.MIN_SHARED_CELLS <= cells:
+            # The views must share the cells the pairs are drawn from.
+            raise UserError(
+                f"MODEL.VADER.MIN_SHARED_CELLS={v.MIN_SHARED_CELLS} must lie between "
+                f"MODEL.VADER.PAIRS_PER_IMAGE={v.PAIRS_PER_IMAGE} and the {cells} cells of a view"
+            )
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
