@@ -7,22 +7,34 @@ from .config_checks import at_least, ordered_pair, probability, require
 from .dense_grid import OUTPUT_STRIDE
 from .errors import UserError
 from .mixed_precision import check_amp_config
-from .modeling.momentum import pretraining_method
+from .modeling.momentum import pretraining_method, pretraining_methods
 
 
 def add_vader_config(cfg):
     """
-    Add the ``MODEL.VADER``, ``MODEL.MOCO``, ``MODEL.DENSECL``, ``MODEL.PIXPRO``, ``MODEL.FROZEN_BACKBONE``,
-    ``INPUT.VIEWS`` and optimizer sections to a Detectron2 config.
+    Add every section vader_d2 reads to a Detectron2 config: the views (``INPUT.VIEWS``), the keys the
+    momentum methods share (``MODEL.VADER``, for now), each registered method's own section (its class's
+    ``add_config``: ``MODEL.VADER``, ``MODEL.MOCO``, ``MODEL.DENSECL``, ``MODEL.PIXPRO``), the optimizer's
+    and the downstream frozen-backbone protocol's (``MODEL.FROZEN_BACKBONE``).
     """
     add_frozen_backbone_config(cfg)
+    add_momentum_config(cfg)
+    for method in pretraining_methods():
+        method.add_config(cfg)
+    add_solver_config(cfg)
+    add_views_config(cfg)
+
+
+def add_momentum_config(cfg):
+    """
+    The keys every momentum method reads (vader_d2/modeling/momentum.py): METRICS_PERIOD and
+    CHANNELS_LAST; and those of the methods that contrast against queued keys (VADeR, MoCo, DenseCL).
+    They live in MODEL.VADER, beside VADeR's own keys.
+    """
     cfg.MODEL.VADER = CN()
-    # "dense", VADeR's pixel-level InfoNCE. "global" is the old spelling of MODEL.META_ARCHITECTURE MoCo,
-    # translated by ``resolve_old_spellings`` (with GLOBAL_HEAD below).
-    cfg.MODEL.VADER.LOSS = "dense"
     cfg.MODEL.VADER.EMBED_DIM = 128
-    cfg.MODEL.VADER.TEMPERATURE = 0.07
-    # Number of key embeddings (pixels for "dense", images for "global") kept as negatives.
+    # Number of key embeddings kept as negatives (pixel keys for VADeR, image keys for MoCo, the length of
+    # each of DenseCL's two queues).
     cfg.MODEL.VADER.QUEUE_SIZE = 65536
     # When a step's keys enter the queue (VADeR, the MoCo baseline, both DenseCL queues): "before_loss",
     # this project's, so that the batch's other images are negatives too (the freshest keys there are,
@@ -30,16 +42,9 @@ def add_vader_config(cfg):
     # negatives are the keys of earlier steps only. Keys of the query's own image are masked either way.
     cfg.MODEL.VADER.ENQUEUE = "before_loss"
     cfg.MODEL.VADER.MOMENTUM = 0.999
-    # Matched pixel pairs per image the loss is applied to (paper: 32).
-    cfg.MODEL.VADER.PAIRS_PER_IMAGE = 32
     # The two views must share at least this many output cells (paper: 32), else they are re-drawn. 0
     # (the MoCo baseline, DenseCL, PixPro only) draws them unconstrained, as those methods' own code.
     cfg.MODEL.VADER.MIN_SHARED_CELLS = 32
-    # Also use view 2 as query and view 1 as key (off in the paper's recipe).
-    cfg.MODEL.VADER.SYMMETRIC = False
-    # How a query cell reads its positive key from view 2's embedding map at a sub-cell location:
-    # "bilinear" (re-normalised after interpolation) or "nearest" cell.
-    cfg.MODEL.VADER.KEY_SAMPLING = "bilinear"
     # Batch norm of the two encoders (vader_d2/modeling/shuffle_bn.py). "shuffle": MoCo's shuffle-BN;
     # each process normalises over groups of BN_GROUP_SIZE of its images (MODEL.RESNETS.NORM and
     # MODEL.FPN.NORM must be the per-process "BN"), the query encoder over contiguous groups, the key
@@ -57,62 +62,9 @@ def add_vader_config(cfg):
     # with tensor cores (with SOLVER.AMP.ENABLED); on CPUs it depends on the oneDNN kernels (benchmark it).
     cfg.MODEL.VADER.CHANNELS_LAST = False
 
-    cfg.MODEL.VADER.HEAD = CN()
-    cfg.MODEL.VADER.HEAD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
-    cfg.MODEL.VADER.HEAD.CONV_DIM = 128
-    # 3x3 convs applied after the FPN levels are merged at stride 4.
-    cfg.MODEL.VADER.HEAD.NUM_CONVS = 1
-    cfg.MODEL.VADER.HEAD.NORM = "GN"
 
-    # The old spelling's MODEL.MOCO.IN_FEATURE and HIDDEN_DIM (``resolve_old_spellings``).
-    cfg.MODEL.VADER.GLOBAL_HEAD = CN()
-    cfg.MODEL.VADER.GLOBAL_HEAD.IN_FEATURE = "res5"
-    cfg.MODEL.VADER.GLOBAL_HEAD.HIDDEN_DIM = 2048
-
-    # The MoCo v2 baseline (vader_d2/modeling/moco.py). It shares MODEL.VADER's momentum-contrast keys:
-    # EMBED_DIM, QUEUE_SIZE (image keys), ENQUEUE, MOMENTUM, KEY_BN, BN_GROUP_SIZE, METRICS_PERIOD,
-    # CHANNELS_LAST.
-    cfg.MODEL.MOCO = CN()
-    # The backbone stage pooled into one vector per view, and the hidden width of the MLP after it.
-    cfg.MODEL.MOCO.IN_FEATURE = "res5"
-    cfg.MODEL.MOCO.HIDDEN_DIM = 2048
-    # MoCo v2's (v1's: 0.07).
-    cfg.MODEL.MOCO.TEMPERATURE = 0.2
-    # Also use view 2 as query and view 1 as key (not MoCo's recipe).
-    cfg.MODEL.MOCO.SYMMETRIC = False
-
-    # DenseCL (vader_d2/modeling/densecl.py). It shares MODEL.VADER's momentum-contrast keys: EMBED_DIM,
-    # QUEUE_SIZE (the length of both its queues, global and dense, one key per image and step), MOMENTUM,
-    # KEY_BN, BN_GROUP_SIZE, METRICS_PERIOD, CHANNELS_LAST.
-    cfg.MODEL.DENSECL = CN()
-    # The backbone stage both heads read (paper: C5 = res5, stride 32).
-    cfg.MODEL.DENSECL.IN_FEATURE = "res5"
-    # Hidden width of the global MLP and of the dense 1x1-conv head (paper: 2048).
-    cfg.MODEL.DENSECL.HIDDEN_DIM = 2048
-    cfg.MODEL.DENSECL.TEMPERATURE = 0.2
-    # lambda: loss = (1 - lambda) global + lambda dense.
-    cfg.MODEL.DENSECL.LOSS_WEIGHT = 0.5
-    # A query cell's positive key cell: "feature" (the paper's: the most similar backbone feature of
-    # view 2) or "geometric" (where the views' transforms put the cell's centre in view 2).
-    cfg.MODEL.DENSECL.POSITIVE = "feature"
-
-    # PixPro (vader_d2/modeling/pixpro.py); MODEL.VADER.METRICS_PERIOD and CHANNELS_LAST apply to it too.
-    cfg.MODEL.PIXPRO = CN()
-    cfg.MODEL.PIXPRO.IN_FEATURE = "res5"  # the paper's C5, stride 32
-    cfg.MODEL.PIXPRO.HIDDEN_DIM = 4096
-    cfg.MODEL.PIXPRO.EMBED_DIM = 256
-    # Norm of the projection's hidden layer (PixPro: SyncBN).
-    cfg.MODEL.PIXPRO.NORM = "BN"
-    # Pixel propagation: similarity exponent gamma and layers of the transform g (0: identity, 1: one
-    # 1x1 conv, the paper's best; 2: conv-norm-ReLU-conv).
-    cfg.MODEL.PIXPRO.PROPAGATION_GAMMA = 2.0
-    cfg.MODEL.PIXPRO.TRANSFORM_LAYERS = 1
-    # Cells of the two views are a positive pair when their centres lie closer in the source image than
-    # this many feature-bin diagonals (paper: 0.7).
-    cfg.MODEL.PIXPRO.POSITIVE_RADIUS = 0.7
-    # Momentum of the momentum encoder at iteration 0; it rises to 1 at SOLVER.MAX_ITER on a cosine.
-    cfg.MODEL.PIXPRO.MOMENTUM = 0.99
-
+def add_solver_config(cfg):
+    """The optimizer, checkpoint and precision keys vader_d2 adds to Detectron2's SOLVER, for every model."""
     # "SGD" (Detectron2's) or "LARS" (vader_d2/solver.py; PixPro's optimizer), for every method. LARS
     # applies SOLVER.WEIGHT_DECAY to weight tensors only and leaves biases and norms undecayed and
     # unadapted, as PixPro's recipe; SOLVER.WEIGHT_DECAY_NORM, WEIGHT_DECAY_BIAS and BIAS_LR_FACTOR are SGD's.
@@ -132,6 +84,9 @@ def add_vader_config(cfg):
     # eta of LARS's trust ratio eta ||w|| / ||g + wd w|| (PixPro: 0.001).
     cfg.SOLVER.LARS.TRUST_COEFFICIENT = 0.001
 
+
+def add_views_config(cfg):
+    """The two views of every pretraining method (vader_d2/data/view_mapper.py, transforms.py)."""
     cfg.INPUT.VIEWS = CN()
     cfg.INPUT.VIEWS.CROP_SIZE = 224
     cfg.INPUT.VIEWS.CROP_SCALE = (0.2, 1.0)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.utils import comm
@@ -50,7 +51,24 @@ from .losses import info_nce_loss
 from .momentum import MomentumContrast, ResNetStageEncoder, cells_of_each_image, check_stage_name, check_whole_stage_cells
 from .shuffle_bn import concat_all_gather
 
-__all__ = ["DenseCL", "DenseCLEncoder", "dense_positive_cells", "dense_contrastive_loss"]
+__all__ = ["DenseCL", "DenseCLEncoder", "add_densecl_config", "dense_positive_cells", "dense_contrastive_loss"]
+
+
+def add_densecl_config(cfg):
+    """MODEL.DENSECL: DenseCL's own keys. The momentum keys it shares with the other methods are in
+    MODEL.VADER (EMBED_DIM, QUEUE_SIZE: the length of both its queues, one key per image and step, ENQUEUE,
+    MOMENTUM, KEY_BN, BN_GROUP_SIZE, ...)."""
+    cfg.MODEL.DENSECL = CN()
+    # The backbone stage both heads read (paper: C5 = res5, stride 32).
+    cfg.MODEL.DENSECL.IN_FEATURE = "res5"
+    # Hidden width of the global MLP and of the dense 1x1-conv head (paper: 2048).
+    cfg.MODEL.DENSECL.HIDDEN_DIM = 2048
+    cfg.MODEL.DENSECL.TEMPERATURE = 0.2
+    # lambda: loss = (1 - lambda) global + lambda dense.
+    cfg.MODEL.DENSECL.LOSS_WEIGHT = 0.5
+    # A query cell's positive key cell: "feature" (the paper's: the most similar backbone feature of
+    # view 2) or "geometric" (where the views' transforms put the cell's centre in view 2).
+    cfg.MODEL.DENSECL.POSITIVE = "feature"
 
 
 class DenseCLEncoder(ResNetStageEncoder):
@@ -158,6 +176,10 @@ class DenseCL(MomentumContrast):
             "dense_loss_weight": d.LOSS_WEIGHT,
             "positive": d.POSITIVE,
         }
+
+    @classmethod
+    def add_config(cls, cfg):
+        add_densecl_config(cfg)
 
     @classmethod
     def check_ranges(cls, cfg):

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.utils import comm
@@ -36,7 +37,20 @@ from .losses import info_nce_loss
 from .momentum import MomentumContrast, ResNetStageEncoder, check_stage_name
 from .shuffle_bn import concat_all_gather
 
-__all__ = ["MoCo", "GlobalEncoder"]
+__all__ = ["MoCo", "GlobalEncoder", "add_moco_config"]
+
+
+def add_moco_config(cfg):
+    """MODEL.MOCO: the MoCo baseline's own keys. The momentum keys it shares with the other methods are in
+    MODEL.VADER (EMBED_DIM, QUEUE_SIZE of image keys, ENQUEUE, MOMENTUM, KEY_BN, BN_GROUP_SIZE, ...)."""
+    cfg.MODEL.MOCO = CN()
+    # The backbone stage pooled into one vector per view, and the hidden width of the MLP after it.
+    cfg.MODEL.MOCO.IN_FEATURE = "res5"
+    cfg.MODEL.MOCO.HIDDEN_DIM = 2048
+    # MoCo v2's (v1's: 0.07).
+    cfg.MODEL.MOCO.TEMPERATURE = 0.2
+    # Also use view 2 as query and view 1 as key (not MoCo's recipe).
+    cfg.MODEL.MOCO.SYMMETRIC = False
 
 
 class GlobalEncoder(ResNetStageEncoder):
@@ -76,6 +90,10 @@ class MoCo(MomentumContrast):
             "temperature": m.TEMPERATURE,
             "symmetric": m.SYMMETRIC,
         }
+
+    @classmethod
+    def add_config(cls, cfg):
+        add_moco_config(cfg)
 
     @classmethod
     def keys_enqueued_per_step(cls, cfg):

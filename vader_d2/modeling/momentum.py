@@ -148,6 +148,11 @@ class MomentumMethod(nn.Module):
         }
 
     @classmethod
+    def add_config(cls, cfg):
+        """Add the method's own config section (``vader_d2.config.add_vader_config`` calls this for every
+        registered method; PointRend's ``add_pointrend_config``, per method)."""
+
+    @classmethod
     def queue_buffers(cls):
         """The names of the buffers of its queues."""
         return tuple(f"{queue}{suffix}" for queue in cls.queues for suffix in ("", "_image_ids", "_ptr"))

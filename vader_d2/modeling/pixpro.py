@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.layers import get_norm
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
@@ -50,7 +51,27 @@ from .momentum import (
     momentum_update_,
 )
 
-__all__ = ["PixPro", "PixProEncoder", "PixelPropagation", "pixpro_loss", "pixpro_momentum"]
+__all__ = ["PixPro", "PixProEncoder", "PixelPropagation", "add_pixpro_config", "pixpro_loss", "pixpro_momentum"]
+
+
+def add_pixpro_config(cfg):
+    """MODEL.PIXPRO: PixPro's own keys. MODEL.VADER.METRICS_PERIOD and CHANNELS_LAST, which every momentum
+    method reads, apply to it too."""
+    cfg.MODEL.PIXPRO = CN()
+    cfg.MODEL.PIXPRO.IN_FEATURE = "res5"  # the paper's C5, stride 32
+    cfg.MODEL.PIXPRO.HIDDEN_DIM = 4096
+    cfg.MODEL.PIXPRO.EMBED_DIM = 256
+    # Norm of the projection's hidden layer (PixPro: SyncBN).
+    cfg.MODEL.PIXPRO.NORM = "BN"
+    # Pixel propagation: similarity exponent gamma and layers of the transform g (0: identity, 1: one
+    # 1x1 conv, the paper's best; 2: conv-norm-ReLU-conv).
+    cfg.MODEL.PIXPRO.PROPAGATION_GAMMA = 2.0
+    cfg.MODEL.PIXPRO.TRANSFORM_LAYERS = 1
+    # Cells of the two views are a positive pair when their centres lie closer in the source image than
+    # this many feature-bin diagonals (paper: 0.7).
+    cfg.MODEL.PIXPRO.POSITIVE_RADIUS = 0.7
+    # Momentum of the momentum encoder at iteration 0; it rises to 1 at SOLVER.MAX_ITER on a cosine.
+    cfg.MODEL.PIXPRO.MOMENTUM = 0.99
 
 
 def _projection(in_channels, hidden_dim, out_channels, norm):
@@ -160,6 +181,10 @@ class PixPro(MomentumMethod):
             "max_iter": cfg.SOLVER.MAX_ITER,
             "positive_radius": p.POSITIVE_RADIUS,
         }
+
+    @classmethod
+    def add_config(cls, cfg):
+        add_pixpro_config(cfg)
 
     @classmethod
     def check_ranges(cls, cfg):

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.utils import comm
@@ -43,7 +44,7 @@ from .losses import info_nce_loss
 from .momentum import MomentumContrast, cells_of_each_image
 from .shuffle_bn import concat_all_gather
 
-__all__ = ["VADeR", "DenseEncoder", "sample_grid"]
+__all__ = ["VADeR", "DenseEncoder", "add_vader_method_config", "sample_grid"]
 
 # VADeR.from_config's answer to MODEL.VADER.LOSS global where vader_d2.cli.build_config (which translates
 # it) did not build the config.
@@ -63,6 +64,34 @@ class DenseEncoder(nn.Module):
 
     def forward(self, images):
         return self.head(self.backbone(images))
+
+
+def add_vader_method_config(cfg):
+    """VADeR's own keys, in MODEL.VADER beside the keys the momentum methods share (``add_momentum_config``)."""
+    v = cfg.MODEL.VADER
+    # "dense", VADeR's pixel-level InfoNCE. "global" is the old spelling of MODEL.META_ARCHITECTURE MoCo,
+    # translated by vader_d2.config.resolve_old_spellings (with GLOBAL_HEAD below).
+    v.LOSS = "dense"
+    v.TEMPERATURE = 0.07
+    # Matched pixel pairs per image the loss is applied to (paper: 32).
+    v.PAIRS_PER_IMAGE = 32
+    # Also use view 2 as query and view 1 as key (off in the paper's recipe).
+    v.SYMMETRIC = False
+    # How a query cell reads its positive key from view 2's embedding map at a sub-cell location:
+    # "bilinear" (re-normalised after interpolation) or "nearest" cell.
+    v.KEY_SAMPLING = "bilinear"
+
+    v.HEAD = CN()
+    v.HEAD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    v.HEAD.CONV_DIM = 128
+    # 3x3 convs applied after the FPN levels are merged at stride 4.
+    v.HEAD.NUM_CONVS = 1
+    v.HEAD.NORM = "GN"
+
+    # The old spelling's MODEL.MOCO.IN_FEATURE and HIDDEN_DIM (vader_d2.config.resolve_old_spellings).
+    v.GLOBAL_HEAD = CN()
+    v.GLOBAL_HEAD.IN_FEATURE = "res5"
+    v.GLOBAL_HEAD.HIDDEN_DIM = 2048
 
 
 def sample_grid(embeddings, positions, mode):
@@ -120,6 +149,10 @@ class VADeR(MomentumContrast):
             "symmetric": v.SYMMETRIC,
             "key_sampling": v.KEY_SAMPLING,
         }
+
+    @classmethod
+    def add_config(cls, cfg):
+        add_vader_method_config(cfg)
 
     @classmethod
     def keys_enqueued_per_step(cls, cfg):
