@@ -7,7 +7,7 @@ from vader_d2.cli import build_config
 
 # The paper's 32 pairs per image: the demo recipe's 256 need views of at least 64 px, the fast tests use
 # smaller ones.
-FEW_PAIRS = ["MODEL.VADER.PAIRS_PER_IMAGE", "32", "MODEL.VADER.MIN_SHARED_CELLS", "32"]
+FEW_PAIRS = ["MODEL.VADER.PAIRS_PER_IMAGE", "32", "INPUT.VIEWS.MIN_SHARED_CELLS", "32"]
 
 
 def demo_cfg(*opts):

@@ -9,6 +9,10 @@ import pytest
 import torch
 from detectron2.engine import default_argument_parser
 
+from detectron2.config import get_cfg
+
+from vader_d2.cli import build_config
+from vader_d2.config import add_vader_config, check_vader_config
 from vader_d2.errors import UserError
 from vader_d2.trainer import check_checkpoint_matches_config
 
@@ -262,3 +266,29 @@ def test_output_folder_that_cannot_be_created_is_one_line(tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     line = single_error_line(run_train_net("--config-file", DEMO_CONFIG, *TINY_OPTS, "OUTPUT_DIR", str(tmp_path / "a_file" / "out")))
     assert f"cannot create OUTPUT_DIR '{tmp_path}/a_file/out': Not a directory" in line
+
+
+def test_a_moved_key_keeps_its_old_name(tmp_path):
+    """MODEL.VADER.MIN_SHARED_CELLS is INPUT.VIEWS.MIN_SHARED_CELLS now: the old name still works on the
+    command line and in a config file; a file that gives both names, or a config built without
+    vader_d2.cli.build_config (which moves it), is one line."""
+    cfg = demo_cfg("MODEL.VADER.MIN_SHARED_CELLS", "64")
+    assert cfg.INPUT.VIEWS.MIN_SHARED_CELLS == 64 and cfg.MODEL.VADER.MIN_SHARED_CELLS is None
+    old_file = tmp_path / "old.yaml"
+    old_file.write_text(f'_BASE_: "{REPO}/configs/vader_pretrain.yaml"\nMODEL:\n  VADER:\n    MIN_SHARED_CELLS: 64\n')
+    assert build_config(str(old_file)).INPUT.VIEWS.MIN_SHARED_CELLS == 64
+    assert build_config(str(old_file), ["INPUT.VIEWS.MIN_SHARED_CELLS", "48"]).INPUT.VIEWS.MIN_SHARED_CELLS == 48
+    with pytest.raises(UserError, match="Type mismatch"):
+        demo_cfg("MODEL.VADER.MIN_SHARED_CELLS", "many")
+
+    both = tmp_path / "both.yaml"
+    both.write_text(f'_BASE_: "{REPO}/{DEMO_CONFIG}"\nMODEL:\n  VADER:\n    MIN_SHARED_CELLS: 128\n')  # the base gives 256 the new way
+    with pytest.raises(UserError, match=r"^the config gives both INPUT.VIEWS.MIN_SHARED_CELLS and its old name MODEL.VADER.MIN_SHARED_CELLS; give INPUT.VIEWS.MIN_SHARED_CELLS only$"):
+        build_config(str(both))
+
+    by_hand = get_cfg()
+    add_vader_config(by_hand)
+    by_hand.merge_from_file(DEMO_CONFIG)
+    by_hand.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.VADER.MIN_SHARED_CELLS", "64"])
+    with pytest.raises(UserError, match=r"^MODEL.VADER.MIN_SHARED_CELLS is now INPUT.VIEWS.MIN_SHARED_CELLS; set that$"):
+        check_vader_config(by_hand)

@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 # Every cell of the 64 px fake views is a valid pair: all 16 x 16 are drawn, in whatever order.
 DETERMINISTIC = {
     "VADeR": ["MODEL.VADER.KEY_BN", "sync", "INPUT.VIEWS.CROP_SIZE", "64", "MODEL.VADER.PAIRS_PER_IMAGE", "256",
-              "MODEL.VADER.MIN_SHARED_CELLS", "256", "MODEL.VADER.QUEUE_SIZE", "4096"],
+              "INPUT.VIEWS.MIN_SHARED_CELLS", "256", "MODEL.VADER.QUEUE_SIZE", "4096"],
     "MoCo": ["MODEL.VADER.KEY_BN", "sync"],
     "DenseCL": ["MODEL.VADER.KEY_BN", "sync"],
     "PixPro": [],

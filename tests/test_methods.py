@@ -252,7 +252,7 @@ def brute_force_positive_mask(first_transform, second_transform, height, width, 
 @pytest.mark.parametrize("radius", [0.7, 2.0])
 def test_pixpro_positive_mask_equals_a_brute_force_distance_computation(radius):
     # Large scale range and every geometric augmentation of the demo: crops, flips, affine, homography.
-    cfg = method_cfg("PixPro", "INPUT.VIEWS.CROP_SCALE", "(0.08, 1.0)", "MODEL.VADER.MIN_SHARED_CELLS", "32")
+    cfg = method_cfg("PixPro", "INPUT.VIEWS.CROP_SCALE", "(0.08, 1.0)", "INPUT.VIEWS.MIN_SHARED_CELLS", "32")
     geometry = view_geometry(cfg, 8, seed=3)
     mask = pixpro_positive_mask(*matrices_and_sizes(geometry), CELLS, CELLS, STRIDE, radius)
     for n, (pair, height, width) in enumerate(geometry):
@@ -832,10 +832,10 @@ def test_paper_configs_draw_their_crops_without_an_overlap_constraint(config):
 
 
 def test_unconstrained_views_only_where_no_matched_pairs_are_drawn():
-    cfg = method_cfg("DenseCL", "MODEL.VADER.MIN_SHARED_CELLS", "0")
+    cfg = method_cfg("DenseCL", "INPUT.VIEWS.MIN_SHARED_CELLS", "0")
     check_vader_config(cfg)
-    check_vader_config(build_config("configs/moco_global_demo.yaml", ["MODEL.VADER.MIN_SHARED_CELLS", "0"]))
-    with pytest.raises(UserError, match=r"^MODEL.VADER.MIN_SHARED_CELLS must be at least 1, got 0$"):
-        check_vader_config(build_config("configs/vader_pretrain_demo.yaml", ["MODEL.VADER.MIN_SHARED_CELLS", "0"]))
-    with pytest.raises(UserError, match=r"^MODEL.VADER.MIN_SHARED_CELLS=577 must lie between 0 and the 576 cells of a view$"):
-        check_vader_config(method_cfg("PixPro", "MODEL.VADER.MIN_SHARED_CELLS", "577"))
+    check_vader_config(build_config("configs/moco_global_demo.yaml", ["INPUT.VIEWS.MIN_SHARED_CELLS", "0"]))
+    with pytest.raises(UserError, match=r"^INPUT.VIEWS.MIN_SHARED_CELLS must be at least 1, got 0$"):
+        check_vader_config(build_config("configs/vader_pretrain_demo.yaml", ["INPUT.VIEWS.MIN_SHARED_CELLS", "0"]))
+    with pytest.raises(UserError, match=r"^INPUT.VIEWS.MIN_SHARED_CELLS=577 must lie between 0 and the 576 cells of a view$"):
+        check_vader_config(method_cfg("PixPro", "INPUT.VIEWS.MIN_SHARED_CELLS", "577"))

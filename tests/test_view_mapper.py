@@ -312,7 +312,7 @@ def test_from_config(tmp_path):
     add_vader_config(cfg)
     cfg.INPUT.FORMAT = "BGR"
     cfg.INPUT.VIEWS.CROP_SIZE = 96
-    cfg.MODEL.VADER.MIN_SHARED_CELLS = 40
+    cfg.INPUT.VIEWS.MIN_SHARED_CELLS = 40
     dataset_dict = save(noise_rgb(120, 160), tmp_path / "noise.jpg")
 
     train = VADeRViewMapper(cfg, is_train=True)

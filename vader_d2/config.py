@@ -23,6 +23,50 @@ def add_vader_config(cfg):
         method.add_config(cfg)
     add_solver_config(cfg)
     add_views_config(cfg)
+    for old in MOVED_KEYS:
+        # The old name, None unless a config or a command line uses it (``vader_d2.cli.build_config``
+        # moves it to the new one).
+        node, key = _node_and_key(cfg, old)
+        node[key] = None
+
+
+# Keys that moved, old name: new name. Configs and command lines that use an old name keep working.
+MOVED_KEYS = {
+    "MODEL.VADER.MIN_SHARED_CELLS": "INPUT.VIEWS.MIN_SHARED_CELLS",
+}
+
+
+def _node_and_key(cfg, full_key):
+    *path, key = full_key.split(".")
+    node = cfg
+    for part in path:
+        node = node[part]
+    return node, key
+
+
+def moved_keys_of_a_file(cfg):
+    """
+    The overrides (KEY VALUE ...) that give the new names of the keys a config file gave under their old
+    names (MOVED_KEYS), and clear the old names; a file that gives both names of a key says two things.
+    """
+    defaults = get_cfg()
+    add_vader_config(defaults)
+    overrides = []
+    for old, new in MOVED_KEYS.items():
+        node, key = _node_and_key(cfg, old)
+        if node[key] is None:
+            continue
+        given, default = _node_and_key(cfg, new), _node_and_key(defaults, new)
+        if given[0][given[1]] not in (default[0][default[1]], node[key]):
+            raise UserError(f"the config gives both {new} and its old name {old}; give {new} only")
+        overrides += [new, node[key]]
+        node[key] = None
+    return overrides
+
+
+def with_moved_keys_renamed(opts):
+    """``KEY VALUE ...`` overrides with the old names of moved keys (MOVED_KEYS) replaced by the new ones."""
+    return [MOVED_KEYS.get(item, item) if i % 2 == 0 else item for i, item in enumerate(opts)]
 
 
 def add_momentum_config(cfg):
@@ -42,9 +86,6 @@ def add_momentum_config(cfg):
     # negatives are the keys of earlier steps only. Keys of the query's own image are masked either way.
     cfg.MODEL.VADER.ENQUEUE = "before_loss"
     cfg.MODEL.VADER.MOMENTUM = 0.999
-    # The two views must share at least this many output cells (paper: 32), else they are re-drawn. 0
-    # (the MoCo baseline, DenseCL, PixPro only) draws them unconstrained, as those methods' own code.
-    cfg.MODEL.VADER.MIN_SHARED_CELLS = 32
     # Batch norm of the two encoders (vader_d2/modeling/shuffle_bn.py). "shuffle": MoCo's shuffle-BN;
     # each process normalises over groups of BN_GROUP_SIZE of its images (MODEL.RESNETS.NORM and
     # MODEL.FPN.NORM must be the per-process "BN"), the query encoder over contiguous groups, the key
@@ -89,6 +130,9 @@ def add_views_config(cfg):
     """The two views of every pretraining method (vader_d2/data/view_mapper.py, transforms.py)."""
     cfg.INPUT.VIEWS = CN()
     cfg.INPUT.VIEWS.CROP_SIZE = 224
+    # The two views must share at least this many stride-4 cells (VADeR's paper: 32), else they are
+    # re-drawn. 0 (the MoCo baseline, DenseCL, PixPro only) draws them unconstrained, as those methods' code.
+    cfg.INPUT.VIEWS.MIN_SHARED_CELLS = 32
     cfg.INPUT.VIEWS.CROP_SCALE = (0.2, 1.0)
     cfg.INPUT.VIEWS.CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
     cfg.INPUT.VIEWS.FLIP_PROB = 0.5
@@ -113,7 +157,7 @@ def add_views_config(cfg):
     # Additive Gaussian pixel noise, std as a fraction of the 0..255 range.
     cfg.INPUT.VIEWS.NOISE_STD = 0.03
     cfg.INPUT.VIEWS.NOISE_PROB = 0.2
-    # Attempts at a view pair sharing MODEL.VADER.MIN_SHARED_CELLS before falling back to identical
+    # Attempts at a view pair sharing MIN_SHARED_CELLS before falling back to identical
     # geometry for both views (logged).
     cfg.INPUT.VIEWS.MAX_REDRAWS = 20
     # Sources larger than this (longest side, pixels) are downscaled once at decode time.
@@ -188,6 +232,10 @@ def check_vader_config(cfg, world_size=1):
     them can rely on them, then what the values must satisfy together (the method's ``check_config``).
     """
     check_solver_config(cfg)
+    for old, new in MOVED_KEYS.items():
+        node, key = _node_and_key(cfg, old)
+        if node[key] is not None:  # a config not built by vader_d2.cli.build_config, which moves it
+            raise UserError(f"{old} is now {new}; set that")
     method = pretraining_method(cfg)
     method.check_ranges(cfg)
     check_view_ranges(cfg)
@@ -204,11 +252,9 @@ def check_vader_config(cfg, world_size=1):
         raise UserError(f"INPUT.VIEWS.CROP_SIZE={views.CROP_SIZE} must be a multiple of {OUTPUT_STRIDE}")
     method.check_config(cfg, world_size)
     cells = (views.CROP_SIZE // OUTPUT_STRIDE) ** 2
-    if not cfg.MODEL.VADER.MIN_SHARED_CELLS <= cells:
+    if not views.MIN_SHARED_CELLS <= cells:
         # 0, the official recipes' unconstrained crops, is allowed where the method needs no match.
-        raise UserError(
-            f"MODEL.VADER.MIN_SHARED_CELLS={cfg.MODEL.VADER.MIN_SHARED_CELLS} must lie between 0 and the {cells} cells of a view"
-        )
+        raise UserError(f"INPUT.VIEWS.MIN_SHARED_CELLS={views.MIN_SHARED_CELLS} must lie between 0 and the {cells} cells of a view")
     lo, hi = views.CROP_SCALE
     if not 0 < lo <= hi <= 1:
         raise UserError(f"INPUT.VIEWS.CROP_SCALE must satisfy 0 < min <= max <= 1, got {tuple(views.CROP_SCALE)}")
@@ -255,10 +301,10 @@ def check_solver_config(cfg):
 
 
 def check_view_ranges(cfg):
-    """Every INPUT.VIEWS.* value, and MODEL.VADER.MIN_SHARED_CELLS, within the range the views can use."""
-    at_least(cfg.MODEL.VADER, "MODEL.VADER", "MIN_SHARED_CELLS", 0)
+    """Every INPUT.VIEWS.* value within the range the views can use."""
     views = cfg.INPUT.VIEWS
     p = "INPUT.VIEWS"
+    at_least(views, p, "MIN_SHARED_CELLS", 0)
     at_least(views, p, "CROP_SIZE", OUTPUT_STRIDE)
     require(
         views.MAX_SOURCE_SIZE >= views.CROP_SIZE, f"{p}.MAX_SOURCE_SIZE", views.MAX_SOURCE_SIZE,

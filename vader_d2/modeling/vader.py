@@ -169,7 +169,7 @@ class VADeR(MomentumContrast):
             raise UserError(OLD_MOCO_SPELLING)
         super().check_ranges(cfg)
         at_least(v, "MODEL.VADER", "PAIRS_PER_IMAGE", 1)
-        at_least(v, "MODEL.VADER", "MIN_SHARED_CELLS", 1)
+        at_least(cfg.INPUT.VIEWS, "INPUT.VIEWS", "MIN_SHARED_CELLS", 1)
         at_least(v.HEAD, "MODEL.VADER.HEAD", "CONV_DIM", 1)
         at_least(v.HEAD, "MODEL.VADER.HEAD", "NUM_CONVS", 0)
         levels = ("p2", "p3", "p4", "p5", "p6")
@@ -188,11 +188,12 @@ class VADeR(MomentumContrast):
         if v.TEMPERATURE <= 0:
             raise UserError(f"MODEL.VADER.TEMPERATURE must be positive, got {v.TEMPERATURE}")
         super().check_config(cfg, world_size)
-        cells = (cfg.INPUT.VIEWS.CROP_SIZE // OUTPUT_STRIDE) ** 2
-        if not v.PAIRS_PER_IMAGE <= v.MIN_SHARED_CELLS <= cells:
+        views = cfg.INPUT.VIEWS
+        cells = (views.CROP_SIZE // OUTPUT_STRIDE) ** 2
+        if not v.PAIRS_PER_IMAGE <= views.MIN_SHARED_CELLS <= cells:
             # The views must share the cells the pairs are drawn from.
             raise UserError(
-                f"MODEL.VADER.MIN_SHARED_CELLS={v.MIN_SHARED_CELLS} must lie between "
+                f"INPUT.VIEWS.MIN_SHARED_CELLS={views.MIN_SHARED_CELLS} must lie between "
                 f"MODEL.VADER.PAIRS_PER_IMAGE={v.PAIRS_PER_IMAGE} and the {cells} cells of a view"
             )
 
