@@ -126,7 +126,7 @@ def test_channels_last_changes_the_memory_order_not_the_result():
     losses = {}
     for channels_last in (False, True):
         torch.manual_seed(0)
-        model = build_model(demo_cfg("MODEL.VADER.CHANNELS_LAST", channels_last, "INPUT.VIEWS.CROP_SIZE", 64))
+        model = build_model(demo_cfg("MODEL.MOMENTUM_CONTRAST.CHANNELS_LAST", channels_last, "INPUT.VIEWS.CROP_SIZE", 64))
         conv = model.query_encoder.backbone.bottom_up.stem.conv1.weight
         assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
         torch.manual_seed(1)

@@ -131,10 +131,10 @@ def test_feature_extractor_sources_and_shapes():
     for f in features.values():
         assert torch.allclose(f.norm(dim=0), torch.ones(18, 26), atol=1e-4)
 
-    global_extractor = build_feature_extractor(demo_cfg("MODEL.VADER.LOSS", "global", "MODEL.VADER.QUEUE_SIZE", "128"))
+    global_extractor = build_feature_extractor(demo_cfg("MODEL.VADER.LOSS", "global", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "128"))
     assert global_extractor.sources == ("p2",)
     with pytest.raises(UserError, match="head"):
-        build_feature_extractor(demo_cfg("MODEL.VADER.LOSS", "global", "MODEL.VADER.QUEUE_SIZE", "128"), ["head"])
+        build_feature_extractor(demo_cfg("MODEL.VADER.LOSS", "global", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "128"), ["head"])
 
 
 def test_random_init_is_seeded():

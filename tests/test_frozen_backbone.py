@@ -40,9 +40,9 @@ def export_initialised_model(cfg, folder, seed):
 def initialisations(tmp_path_factory):
     """What a user fine-tunes from: a VADeR export (ResNet + FPN), a global MoCo export (ResNet only, its
     FPN is never trained) and the random initialisation."""
-    moco_cfg = demo_cfg("MODEL.VADER.LOSS", "global", "MODEL.VADER.QUEUE_SIZE", "64")
+    moco_cfg = demo_cfg("MODEL.VADER.LOSS", "global", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "64")
     return {
-        "vader": export_initialised_model(demo_cfg("MODEL.VADER.QUEUE_SIZE", "256"), tmp_path_factory.mktemp("vader"), seed=11),
+        "vader": export_initialised_model(demo_cfg("MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "256"), tmp_path_factory.mktemp("vader"), seed=11),
         "moco": export_initialised_model(moco_cfg, tmp_path_factory.mktemp("moco"), seed=12),
         "random": "",
     }

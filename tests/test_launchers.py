@@ -158,7 +158,7 @@ def test_launcher_mistakes_are_one_line(env, flags, message):
     "opts, message",
     [
         (["SOLVER.IMS_PER_BATCH", "6"], "SOLVER.IMS_PER_BATCH=6 is not divisible by the 4 processes"),
-        (["MODEL.VADER.BN_GROUP_SIZE", "2", "SOLVER.IMS_PER_BATCH", "4"], "MODEL.VADER.BN_GROUP_SIZE=2 must divide the 1 images each of the 4 processes gets"),
+        (["MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "2", "SOLVER.IMS_PER_BATCH", "4"], "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE=2 must divide the 1 images each of the 4 processes gets"),
     ],
 )
 def test_config_mistakes_under_torchrun_are_found_before_the_processes_meet(monkeypatch, tmp_path, opts, message):

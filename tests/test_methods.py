@@ -53,9 +53,9 @@ TINY = [
     *FEW_PAIRS,
     "INPUT.VIEWS.CROP_SIZE", str(CROP),
     "SOLVER.IMS_PER_BATCH", "4",
-    "MODEL.VADER.BN_GROUP_SIZE", "2",
-    "MODEL.VADER.QUEUE_SIZE", "16",
-    "MODEL.VADER.METRICS_PERIOD", "1",
+    "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "2",
+    "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "16",
+    "MODEL.MOMENTUM_CONTRAST.METRICS_PERIOD", "1",
     "MODEL.DENSECL.HIDDEN_DIM", "64",
     "MODEL.PIXPRO.HIDDEN_DIM", "64",
     "MODEL.PIXPRO.EMBED_DIM", "32",
@@ -175,7 +175,7 @@ def test_densecl_geometric_positives_equal_the_views_transforms():
 def test_densecl_model_loss_is_the_weighted_sum_of_the_papers_two_losses(enqueue):
     """The model's two loss terms, recomputed in float64 from its own encoders' outputs (gradient too).
     With ENQUEUE after_loss (DenseCL's order) the negatives are both queues as an earlier step left them."""
-    cfg = method_cfg("DenseCL", "MODEL.VADER.KEY_BN", "sync", "MODEL.VADER.ENQUEUE", enqueue)
+    cfg = method_cfg("DenseCL", "MODEL.MOMENTUM_CONTRAST.KEY_BN", "sync", "MODEL.MOMENTUM_CONTRAST.ENQUEUE", enqueue)
     torch.manual_seed(0)
     model = build_model(cfg).train()
     model.momentum = 1.0  # the key encoder stays what it is, so the recomputation sees the same weights
@@ -645,8 +645,8 @@ def test_frozen_feature_tools_read_the_trained_resnet_through_p2(method, tmp_pat
 
 def test_densecl_weights_start_a_run_with_other_queue_sizes(tmp_path):
     """MODEL.WEIGHTS from a DenseCL checkpoint: weights load, both queues are sized by the new config."""
-    torch.save({"model": build_model(method_cfg("DenseCL", "MODEL.VADER.QUEUE_SIZE", "16")).state_dict()}, tmp_path / "d.pth")
-    cfg = method_cfg("DenseCL", "MODEL.VADER.QUEUE_SIZE", "32")
+    torch.save({"model": build_model(method_cfg("DenseCL", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "16")).state_dict()}, tmp_path / "d.pth")
+    cfg = method_cfg("DenseCL", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "32")
     model = build_model(cfg)
     load_model_weights(cfg, model, str(tmp_path / "d.pth"))
     assert model.queue.shape[0] == model.dense_queue.shape[0] == 32
@@ -662,7 +662,7 @@ def test_densecl_weights_start_a_run_with_other_queue_sizes(tmp_path):
         ("DenseCL", ["MODEL.DENSECL.POSITIVE", "nearest"], "MODEL.DENSECL.POSITIVE must be 'feature' or 'geometric', got 'nearest'"),
         ("DenseCL", ["MODEL.DENSECL.LOSS_WEIGHT", "1.5"], "MODEL.DENSECL.LOSS_WEIGHT must be a probability"),
         ("DenseCL", ["MODEL.DENSECL.TEMPERATURE", "0.0"], "MODEL.DENSECL.TEMPERATURE must be positive"),
-        ("DenseCL", ["MODEL.VADER.QUEUE_SIZE", "6"], "MODEL.VADER.QUEUE_SIZE=6 must be a positive multiple of the keys enqueued per step (4 = SOLVER.IMS_PER_BATCH x 1 key per image)"),
+        ("DenseCL", ["MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "6"], "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE=6 must be a positive multiple of the keys enqueued per step (4 = SOLVER.IMS_PER_BATCH x 1 key per image)"),
         ("DenseCL", ["INPUT.VIEWS.CROP_SIZE", "80"], "INPUT.VIEWS.CROP_SIZE=80 must be a multiple of 32, the stride of res5"),
         ("PixPro", ["MODEL.PIXPRO.TRANSFORM_LAYERS", "3"], "MODEL.PIXPRO.TRANSFORM_LAYERS must be 0, 1 or 2, got 3"),
         ("PixPro", ["MODEL.PIXPRO.POSITIVE_RADIUS", "-1.0"], "MODEL.PIXPRO.POSITIVE_RADIUS must be positive"),
@@ -700,7 +700,7 @@ def gloo_cfg(method):
     # DenseCL: shuffle-BN with one group of 2 images per rank, i.e. 2 groups in one process. PixPro:
     # batch norm over the global batch (naiveSyncBN), as its recipe has it.
     if method == "DenseCL":
-        return method_cfg(method, "MODEL.VADER.BN_GROUP_SIZE", "2")
+        return method_cfg(method, "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "2")
     norm = ["MODEL.RESNETS.NORM", "naiveSyncBN", "MODEL.FPN.NORM", "naiveSyncBN", "MODEL.PIXPRO.NORM", "naiveSyncBN"]
     return method_cfg(method, *norm)
 

@@ -54,17 +54,17 @@ SMALL = [
     "MODEL.DEVICE", "cpu", *FEW_PAIRS,
     "INPUT.VIEWS.CROP_SIZE", "96",
     "SOLVER.IMS_PER_BATCH", "4",
-    "MODEL.VADER.BN_GROUP_SIZE", "2",
-    "MODEL.VADER.METRICS_PERIOD", "5",
+    "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "2",
+    "MODEL.MOMENTUM_CONTRAST.METRICS_PERIOD", "5",
     "MODEL.DENSECL.HIDDEN_DIM", "64",
     "MODEL.PIXPRO.HIDDEN_DIM", "64",
     "MODEL.PIXPRO.EMBED_DIM", "32",
     "DATALOADER.NUM_WORKERS", "0",
 ]
 METHODS = {
-    "VADeR": ("configs/vader_pretrain_demo.yaml", ["MODEL.VADER.QUEUE_SIZE", "1024"]),
-    "MoCo": ("configs/moco_global_demo.yaml", ["MODEL.VADER.QUEUE_SIZE", "16"]),
-    "DenseCL": ("configs/densecl_demo.yaml", ["MODEL.VADER.QUEUE_SIZE", "16"]),
+    "VADeR": ("configs/vader_pretrain_demo.yaml", ["MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "1024"]),
+    "MoCo": ("configs/moco_global_demo.yaml", ["MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "16"]),
+    "DenseCL": ("configs/densecl_demo.yaml", ["MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "16"]),
     "PixPro": ("configs/pixpro_demo.yaml", []),
 }
 # A step that is not a metrics step: the step training runs almost always.
@@ -206,7 +206,7 @@ def test_three_amp_iterations_through_the_trainer_end_normally(method, tmp_path)
     from .test_methods import trainer_for
 
     cfg = small_cfg(method, "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1",
-                    "MODEL.VADER.METRICS_PERIOD", "1", "OUTPUT_DIR", str(tmp_path))
+                    "MODEL.MOMENTUM_CONTRAST.METRICS_PERIOD", "1", "OUTPUT_DIR", str(tmp_path))
     trainer = trainer_for(cfg, mapped_batches(cfg, 1))
     assert isinstance(trainer._trainer, CPUAutocastTrainer)
     trainer.resume_or_load(resume=False)

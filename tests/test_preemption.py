@@ -404,7 +404,7 @@ def two_process_fixed_batch_worker(output_dir, signal_at, resume, result_path):
     ShareOfFixedBatchTrainer.signal_at = signal_at
     torch.manual_seed(0)
     cfg = fixed_batch_cfg(output_dir)
-    cfg.MODEL.VADER.BN_GROUP_SIZE = 2  # the per-process batch
+    cfg.MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE = 2  # the per-process batch
     trainer = ShareOfFixedBatchTrainer(cfg)
     trainer.resume_or_load(resume=resume)
     trainer.train()

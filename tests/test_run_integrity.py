@@ -296,7 +296,7 @@ def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("exported")
     files = {}
     for depth in (18, 34):
-        model = VADeRTrainer.build_model(demo_cfg("MODEL.RESNETS.DEPTH", str(depth), "MODEL.VADER.QUEUE_SIZE", "256"))
+        model = VADeRTrainer.build_model(demo_cfg("MODEL.RESNETS.DEPTH", str(depth), "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "256"))
         VADeRCheckpointer(model, str(folder)).save(f"r{depth}")
         files[depth] = str(folder / f"r{depth}.pkl")
         export_to_detectron2(str(folder / f"r{depth}.pth"), files[depth])

@@ -94,7 +94,7 @@ def vader_checkpoints(tmp_path_factory):
     checkpoints = {}
     for depth, extra in ((18, []), (50, ["MODEL.RESNETS.RES2_OUT_CHANNELS", "256"])):
         folder = tmp_path_factory.mktemp(f"vader_r{depth}")
-        cfg = demo_cfg("MODEL.RESNETS.DEPTH", str(depth), *extra, "MODEL.VADER.QUEUE_SIZE", "256")
+        cfg = demo_cfg("MODEL.RESNETS.DEPTH", str(depth), *extra, "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "256")
         path, state = write_vader_checkpoint(cfg, folder, seed=depth)
         exported = str(folder / "vader.pkl")
         export_to_detectron2(path, exported)
@@ -198,7 +198,7 @@ def test_check_weights_load_catches_a_depth_mismatch(vader_checkpoints):
 
 
 def test_global_baseline_exports_the_resnet_only(tmp_path):
-    cfg = demo_cfg("MODEL.VADER.LOSS", "global", "MODEL.VADER.QUEUE_SIZE", "64")
+    cfg = demo_cfg("MODEL.VADER.LOSS", "global", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "64")
     path, state = write_vader_checkpoint(cfg, tmp_path, seed=3)
     summary = export_to_detectron2(path, str(tmp_path / "moco.pkl"))
     assert summary.written_by_part() == {"ResNet": sum(1 for k in state if k.startswith(VADER_BACKBONE + "bottom_up."))}
@@ -375,7 +375,7 @@ def test_init_that_does_not_fit_the_config_is_caught(tmp_path):
     torch.save(random_torchvision_resnet("resnet50", seed=0).state_dict(), tmp_path / "r50.pth")
     convert_resnet_to_vader_init(str(tmp_path / "r50.pth"), str(tmp_path / "init.pth"))
     with pytest.raises(UserError, match="other shapes"):
-        check_weights_load(demo_cfg("MODEL.VADER.QUEUE_SIZE", "256"), str(tmp_path / "init.pth"), expect_fpn=False)
+        check_weights_load(demo_cfg("MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "256"), str(tmp_path / "init.pth"), expect_fpn=False)
     with pytest.raises(UserError, match=r"\.pth"):
         convert_resnet_to_vader_init(str(tmp_path / "r50.pth"), str(tmp_path / "init.pkl"))
     torch.save({"weight": torch.zeros(3)}, tmp_path / "not_resnet.pth")

@@ -228,8 +228,8 @@ def test_moco_negatives_are_earlier_steps_keys_after_loss_and_the_batchs_too_bef
     at the first step: loss 0), and the step's keys enter it afterwards; before_loss adds the batch's
     other images. Both checked against the float64 formula on the model's own queries and keys."""
     cfg = demo_cfg(
-        "MODEL.VADER.LOSS", "global", "MODEL.VADER.ENQUEUE", enqueue, "MODEL.VADER.KEY_BN", "sync",
-        "MODEL.VADER.QUEUE_SIZE", "8", "MODEL.VADER.TEMPERATURE", "0.2", "MODEL.VADER.GLOBAL_HEAD.HIDDEN_DIM", "64",
+        "MODEL.VADER.LOSS", "global", "MODEL.MOMENTUM_CONTRAST.ENQUEUE", enqueue, "MODEL.MOMENTUM_CONTRAST.KEY_BN", "sync",
+        "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "8", "MODEL.VADER.TEMPERATURE", "0.2", "MODEL.VADER.GLOBAL_HEAD.HIDDEN_DIM", "64",
     )
     torch.manual_seed(0)
     moco = build_model(cfg).train()
@@ -259,7 +259,7 @@ def test_old_spelling_of_the_moco_baseline_is_moco_with_the_values_it_gives():
     MODEL.VADER's TEMPERATURE, SYMMETRIC and GLOBAL_HEAD.*, the same model as the new spelling, whose
     state dict has the names of the old checkpoints."""
     old = demo_cfg(
-        "MODEL.VADER.LOSS", "global", "MODEL.VADER.QUEUE_SIZE", "64", "MODEL.VADER.TEMPERATURE", "0.3", "MODEL.VADER.SYMMETRIC", "True",
+        "MODEL.VADER.LOSS", "global", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "64", "MODEL.VADER.TEMPERATURE", "0.3", "MODEL.VADER.SYMMETRIC", "True",
         "MODEL.VADER.GLOBAL_HEAD.IN_FEATURE", "res4", "MODEL.VADER.GLOBAL_HEAD.HIDDEN_DIM", "64",
     )
     new = build_config("configs/moco_global_demo.yaml", [
@@ -291,7 +291,7 @@ def test_old_spelling_mixed_with_the_new_or_not_translated_is_one_line():
     cfg = get_cfg()
     add_vader_config(cfg)
     cfg.merge_from_file("configs/vader_pretrain_demo.yaml")
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.VADER.LOSS", "global", "MODEL.VADER.QUEUE_SIZE", "64"])
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.VADER.LOSS", "global", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "64"])
     for step in (check_vader_config, build_model):
         with pytest.raises(UserError, match=r"^MODEL.VADER.LOSS global: the MoCo baseline is MODEL.META_ARCHITECTURE MoCo now"):
             step(cfg)

@@ -4,12 +4,13 @@ Weights in and out of VADeR pretraining.
 Out: ``export_to_detectron2`` turns a VADeR training checkpoint (``model_final.pth``) into a Detectron2
 model-zoo ``.pkl`` that any D2 ResNet / ResNet-FPN config loads through ``MODEL.WEIGHTS``: the ResNet
 (``stem.*``, ``res2.*`` .. ``res5.*``) and, for a method that trains it (VADeR: the ``exported_parts`` of
-its class), the FPN (``fpn_lateral*``, ``fpn_output*``) under bare D2 names, as numpy arrays, with ``matching_heuristics`` on. D2 then attaches
-each bare name to the one model key it is a dotted suffix of: ``res5.0.conv1.weight`` lands in
-``backbone.bottom_up.res5.*`` of an FPN model and in ``roi_heads.res5.*`` of a C4 model alike. Every
-written name starts with a D2 module name that occurs once in D2's detectors (``stem``, ``resN``,
-``fpn_lateralN``, ``fpn_outputN``); a generic name such as ``norm.weight`` would attach to random heads,
-so an unrecognised backbone key is an error rather than something to write.
+its class), the FPN (``fpn_lateral*``, ``fpn_output*``) under bare D2 names, as numpy arrays, with
+``matching_heuristics`` on. D2 then attaches each bare name to the one model key it is a dotted suffix
+of: ``res5.0.conv1.weight`` lands in ``backbone.bottom_up.res5.*`` of an FPN model and in
+``roi_heads.res5.*`` of a C4 model alike. Every written name starts with a D2 module name that occurs
+once in D2's detectors (``stem``, ``resN``, ``fpn_lateralN``, ``fpn_outputN``); a generic name such as
+``norm.weight`` would attach to random heads, so an unrecognised backbone key is an error rather than
+something to write.
 
 In: ``convert_resnet_to_vader_init`` turns a torchvision ResNet state dict or a MoCo checkpoint into a
 ``.pth`` that starts VADeR pretraining through ``MODEL.WEIGHTS``. Those names are written in full

@@ -13,7 +13,7 @@ from .modeling.momentum import pretraining_method, pretraining_methods
 def add_vader_config(cfg):
     """
     Add every section vader_d2 reads to a Detectron2 config: the views (``INPUT.VIEWS``), the keys the
-    momentum methods share (``MODEL.VADER``, for now), each registered method's own section (its class's
+    momentum methods share (``MODEL.MOMENTUM_CONTRAST``), each registered method's own section (its class's
     ``add_config``: ``MODEL.VADER``, ``MODEL.MOCO``, ``MODEL.DENSECL``, ``MODEL.PIXPRO``), the optimizer's
     and the downstream frozen-backbone protocol's (``MODEL.FROZEN_BACKBONE``).
     """
@@ -33,6 +33,10 @@ def add_vader_config(cfg):
 # Keys that moved, old name: new name. Configs and command lines that use an old name keep working.
 MOVED_KEYS = {
     "MODEL.VADER.MIN_SHARED_CELLS": "INPUT.VIEWS.MIN_SHARED_CELLS",
+    **{
+        f"MODEL.VADER.{key}": f"MODEL.MOMENTUM_CONTRAST.{key}"
+        for key in ("EMBED_DIM", "QUEUE_SIZE", "ENQUEUE", "MOMENTUM", "KEY_BN", "BN_GROUP_SIZE", "METRICS_PERIOD", "CHANNELS_LAST")
+    },
 }
 
 
@@ -71,21 +75,22 @@ def with_moved_keys_renamed(opts):
 
 def add_momentum_config(cfg):
     """
-    The keys every momentum method reads (vader_d2/modeling/momentum.py): METRICS_PERIOD and
-    CHANNELS_LAST; and those of the methods that contrast against queued keys (VADeR, MoCo, DenseCL).
-    They live in MODEL.VADER, beside VADeR's own keys.
+    MODEL.MOMENTUM_CONTRAST: the keys the momentum methods share (vader_d2/modeling/momentum.py).
+    METRICS_PERIOD and CHANNELS_LAST apply to every method; the others to those that contrast against
+    queued keys (VADeR, the MoCo baseline, DenseCL).
     """
-    cfg.MODEL.VADER = CN()
-    cfg.MODEL.VADER.EMBED_DIM = 128
+    cfg.MODEL.MOMENTUM_CONTRAST = CN()
+    # The width of the keys queued (each method's embedding: VADeR's dense head, MoCo's and DenseCL's heads).
+    cfg.MODEL.MOMENTUM_CONTRAST.EMBED_DIM = 128
     # Number of key embeddings kept as negatives (pixel keys for VADeR, image keys for MoCo, the length of
     # each of DenseCL's two queues).
-    cfg.MODEL.VADER.QUEUE_SIZE = 65536
+    cfg.MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE = 65536
     # When a step's keys enter the queue (VADeR, the MoCo baseline, both DenseCL queues): "before_loss",
     # this project's, so that the batch's other images are negatives too (the freshest keys there are,
     # and negatives from the first step on); "after_loss", MoCo's and DenseCL's official order, so that
     # negatives are the keys of earlier steps only. Keys of the query's own image are masked either way.
-    cfg.MODEL.VADER.ENQUEUE = "before_loss"
-    cfg.MODEL.VADER.MOMENTUM = 0.999
+    cfg.MODEL.MOMENTUM_CONTRAST.ENQUEUE = "before_loss"
+    cfg.MODEL.MOMENTUM_CONTRAST.MOMENTUM = 0.999
     # Batch norm of the two encoders (vader_d2/modeling/shuffle_bn.py). "shuffle": MoCo's shuffle-BN;
     # each process normalises over groups of BN_GROUP_SIZE of its images (MODEL.RESNETS.NORM and
     # MODEL.FPN.NORM must be the per-process "BN"), the query encoder over contiguous groups, the key
@@ -93,15 +98,15 @@ def add_momentum_config(cfg):
     # with its query's statistics. "sync": both encoders on the whole batch with the configured norm
     # (naiveSyncBN: statistics of the global batch), which lets the positive key be told apart by this
     # step's statistics; kept for comparison.
-    cfg.MODEL.VADER.KEY_BN = "shuffle"
+    cfg.MODEL.MOMENTUM_CONTRAST.KEY_BN = "shuffle"
     # Images per batch-norm group with KEY_BN "shuffle" (MoCo: 32, its per-GPU batch). It must divide
     # the per-process batch; one process then emulates IMS_PER_BATCH / BN_GROUP_SIZE GPUs.
-    cfg.MODEL.VADER.BN_GROUP_SIZE = 32
+    cfg.MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE = 32
     # Similarity / accuracy / queue statistics are read off the device every this many iterations.
-    cfg.MODEL.VADER.METRICS_PERIOD = 20
+    cfg.MODEL.MOMENTUM_CONTRAST.METRICS_PERIOD = 20
     # Keep both encoders' weights and inputs in channels_last memory order: faster convolutions on GPUs
     # with tensor cores (with SOLVER.AMP.ENABLED); on CPUs it depends on the oneDNN kernels (benchmark it).
-    cfg.MODEL.VADER.CHANNELS_LAST = False
+    cfg.MODEL.MOMENTUM_CONTRAST.CHANNELS_LAST = False
 
 
 def add_solver_config(cfg):

@@ -21,7 +21,7 @@ class NegativesWatch(HookBase):
 
     The model logs ``vader_queries_without_negative`` (the share of the batch's queries whose queued
     keys all come from their own image or from empty slots; their loss is 0) every
-    ``MODEL.VADER.METRICS_PERIOD`` iterations. Once the queue has had time to fill, this hook logs a
+    ``MODEL.MOMENTUM_CONTRAST.METRICS_PERIOD`` iterations. Once the queue has had time to fill, this hook logs a
     warning when the share stays above ``threshold`` for ``patience`` consecutive records, and again
     every ``10 * patience`` records while it stays there. A model that does not log the scalar is left
     alone.
@@ -41,7 +41,7 @@ class NegativesWatch(HookBase):
     def from_config(cls, cfg, **kwargs):
         """The queue is full after QUEUE_SIZE / keys-per-step steps; records before that are not judged."""
         keys_per_step, _ = pretraining_method(cfg).keys_enqueued_per_step(cfg)
-        return cls(math.ceil(cfg.MODEL.VADER.QUEUE_SIZE / keys_per_step), **kwargs)
+        return cls(math.ceil(cfg.MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE / keys_per_step), **kwargs)
 
     def after_step(self):
         record = self.trainer.storage.latest().get(self.SCALAR)
@@ -66,7 +66,7 @@ class NegativesWatch(HookBase):
                 f"{self.patience} records (iterations {self._streak[-self.patience][0]}..{iteration}; {n} records in a "
                 f"row above {self.threshold:.0%}): their queued keys all come from their own image, so their loss is 0 "
                 "and they learn nothing. Train on more distinct images, or raise SOLVER.IMS_PER_BATCH or "
-                "MODEL.VADER.QUEUE_SIZE"
+                "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE"
             )
 
 

@@ -87,16 +87,16 @@ def check_checkpoint_matches_config(cfg, path, resuming):
     if queue is None:
         return
     size, dim = queue.shape
-    v = cfg.MODEL.VADER
-    if dim != v.EMBED_DIM:
+    m = cfg.MODEL.MOMENTUM_CONTRAST
+    if dim != m.EMBED_DIM:
         raise UserError(
-            f"MODEL.VADER.EMBED_DIM={v.EMBED_DIM} does not match the {dim}-d embeddings of {source} ({path}); "
-            f"set MODEL.VADER.EMBED_DIM {dim}"
+            f"MODEL.MOMENTUM_CONTRAST.EMBED_DIM={m.EMBED_DIM} does not match the {dim}-d embeddings of {source} ({path}); "
+            f"set MODEL.MOMENTUM_CONTRAST.EMBED_DIM {dim}"
         )
-    if resuming and size != v.QUEUE_SIZE:
+    if resuming and size != m.QUEUE_SIZE:
         raise UserError(
-            f"MODEL.VADER.QUEUE_SIZE={v.QUEUE_SIZE} does not match the {size} keys queued in {source} ({path}); "
-            f"resume with MODEL.VADER.QUEUE_SIZE {size}"
+            f"MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE={m.QUEUE_SIZE} does not match the {size} keys queued in {source} ({path}); "
+            f"resume with MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE {size}"
         )
 
 

@@ -20,7 +20,7 @@ One training step, for a batch of images each given as two views:
 The FPN is not part of DenseCL's computation: it stays frozen and is not exported (as for the MoCo
 baseline). Queue semantics are this project's (VADeR's, the MoCo baseline's): keys carry their image id,
 keys of the query's own image and empty slots are masked, so no random initial queue is needed; the
-batch's keys are enqueued before the loss (``MODEL.VADER.ENQUEUE before_loss``) or, as DenseCL's code
+batch's keys are enqueued before the loss (``MODEL.MOMENTUM_CONTRAST.ENQUEUE before_loss``) or, as DenseCL's code
 does, after it (``after_loss``).
 """
 
@@ -56,7 +56,7 @@ __all__ = ["DenseCL", "DenseCLEncoder", "add_densecl_config", "dense_positive_ce
 
 def add_densecl_config(cfg):
     """MODEL.DENSECL: DenseCL's own keys. The momentum keys it shares with the other methods are in
-    MODEL.VADER (EMBED_DIM, QUEUE_SIZE: the length of both its queues, one key per image and step, ENQUEUE,
+    MODEL.MOMENTUM_CONTRAST (EMBED_DIM, QUEUE_SIZE: the length of both its queues, one key per image and step, ENQUEUE,
     MOMENTUM, KEY_BN, BN_GROUP_SIZE, ...)."""
     cfg.MODEL.DENSECL = CN()
     # The backbone stage both heads read (paper: C5 = res5, stride 32).
@@ -171,7 +171,7 @@ class DenseCL(MomentumContrast):
         d = cfg.MODEL.DENSECL
         return {
             **super().from_config(cfg),
-            "encoder": DenseCLEncoder(build_backbone(cfg), d.IN_FEATURE, d.HIDDEN_DIM, cfg.MODEL.VADER.EMBED_DIM),
+            "encoder": DenseCLEncoder(build_backbone(cfg), d.IN_FEATURE, d.HIDDEN_DIM, cfg.MODEL.MOMENTUM_CONTRAST.EMBED_DIM),
             "temperature": d.TEMPERATURE,
             "dense_loss_weight": d.LOSS_WEIGHT,
             "positive": d.POSITIVE,

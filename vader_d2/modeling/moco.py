@@ -9,7 +9,7 @@ One training step, for a batch of images each given as two views:
 2. the key encoder (momentum average, no gradient, shuffle-BN) does the same on view 2;
 3. InfoNCE of each image's query against its key, with temperature ``MODEL.MOCO.TEMPERATURE``; negatives
    are the queued keys of *other* images;
-4. the keys of every process's images enter the queue before the loss (``MODEL.VADER.ENQUEUE
+4. the keys of every process's images enter the queue before the loss (``MODEL.MOMENTUM_CONTRAST.ENQUEUE
    before_loss``) or, as MoCo's code, after it (``after_loss``).
 
 With ``MODEL.MOCO.SYMMETRIC`` view 2 is a query too, against view 1's key. The FPN is not part of the
@@ -42,7 +42,7 @@ __all__ = ["MoCo", "GlobalEncoder", "add_moco_config"]
 
 def add_moco_config(cfg):
     """MODEL.MOCO: the MoCo baseline's own keys. The momentum keys it shares with the other methods are in
-    MODEL.VADER (EMBED_DIM, QUEUE_SIZE of image keys, ENQUEUE, MOMENTUM, KEY_BN, BN_GROUP_SIZE, ...)."""
+    MODEL.MOMENTUM_CONTRAST (EMBED_DIM, QUEUE_SIZE of image keys, ENQUEUE, MOMENTUM, KEY_BN, BN_GROUP_SIZE, ...)."""
     cfg.MODEL.MOCO = CN()
     # The backbone stage pooled into one vector per view, and the hidden width of the MLP after it.
     cfg.MODEL.MOCO.IN_FEATURE = "res5"
@@ -86,7 +86,7 @@ class MoCo(MomentumContrast):
         m = cfg.MODEL.MOCO
         return {
             **super().from_config(cfg),
-            "encoder": GlobalEncoder(build_backbone(cfg), m.IN_FEATURE, m.HIDDEN_DIM, cfg.MODEL.VADER.EMBED_DIM),
+            "encoder": GlobalEncoder(build_backbone(cfg), m.IN_FEATURE, m.HIDDEN_DIM, cfg.MODEL.MOMENTUM_CONTRAST.EMBED_DIM),
             "temperature": m.TEMPERATURE,
             "symmetric": m.SYMMETRIC,
         }

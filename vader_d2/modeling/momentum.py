@@ -11,11 +11,11 @@ What every momentum method here (VADeR, the MoCo baseline, DenseCL, PixPro) shar
 
 ``MomentumContrast``, the methods that contrast against queued keys (VADeR, the MoCo baseline, DenseCL):
 
-* the momentum of ``MODEL.VADER.MOMENTUM``;
+* the momentum of ``MODEL.MOMENTUM_CONTRAST.MOMENTUM``;
 * key queues: ring buffers of keys, each with the id of the image it came from (-1: empty slot), so that
   a loss can mask out the query's own image and the slots not yet filled; a step's keys enter them
-  before or after its loss (``MODEL.VADER.ENQUEUE``);
-* batch-norm groups (``MODEL.VADER.KEY_BN``): the query encoder on contiguous groups, the key encoder on
+  before or after its loss (``MODEL.MOMENTUM_CONTRAST.ENQUEUE``);
+* batch-norm groups (``MODEL.MOMENTUM_CONTRAST.KEY_BN``): the query encoder on contiguous groups, the key encoder on
   a random permutation of the global batch (``shuffle_bn.py`` holds the mechanics).
 
 ``ResNetStageEncoder``, the encoders that read one stage of the ResNet (the MoCo baseline, DenseCL,
@@ -139,10 +139,10 @@ class MomentumMethod(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
-        v = cfg.MODEL.VADER
+        m = cfg.MODEL.MOMENTUM_CONTRAST
         return {
-            "metrics_period": v.METRICS_PERIOD,
-            "channels_last": v.CHANNELS_LAST,
+            "metrics_period": m.METRICS_PERIOD,
+            "channels_last": m.CHANNELS_LAST,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
@@ -163,7 +163,7 @@ class MomentumMethod(nn.Module):
         Fail with one line naming the key on a value of the method's own keys outside what it can use. Runs
         before any other check (``vader_d2.config.check_vader_config``), so that those can rely on it.
         """
-        at_least(cfg.MODEL.VADER, "MODEL.VADER", "METRICS_PERIOD", 1)
+        at_least(cfg.MODEL.MOMENTUM_CONTRAST, "MODEL.MOMENTUM_CONTRAST", "METRICS_PERIOD", 1)
 
     @classmethod
     def check_config(cls, cfg, world_size):
@@ -256,15 +256,15 @@ class MomentumContrast(MomentumMethod):
 
     @classmethod
     def from_config(cls, cfg):
-        v = cfg.MODEL.VADER
+        m = cfg.MODEL.MOMENTUM_CONTRAST
         return {
             **super().from_config(cfg),
-            "embed_dim": v.EMBED_DIM,
-            "queue_size": v.QUEUE_SIZE,
-            "momentum": v.MOMENTUM,
-            "key_bn": v.KEY_BN,
-            "bn_group_size": v.BN_GROUP_SIZE,
-            "enqueue": v.ENQUEUE,
+            "embed_dim": m.EMBED_DIM,
+            "queue_size": m.QUEUE_SIZE,
+            "momentum": m.MOMENTUM,
+            "key_bn": m.KEY_BN,
+            "bn_group_size": m.BN_GROUP_SIZE,
+            "enqueue": m.ENQUEUE,
         }
 
     @classmethod
@@ -279,23 +279,23 @@ class MomentumContrast(MomentumMethod):
     def check_ranges(cls, cfg):
         super().check_ranges(cfg)
         for key in ("EMBED_DIM", "QUEUE_SIZE"):
-            at_least(cfg.MODEL.VADER, "MODEL.VADER", key, 1)
+            at_least(cfg.MODEL.MOMENTUM_CONTRAST, "MODEL.MOMENTUM_CONTRAST", key, 1)
 
     @classmethod
     def check_config(cls, cfg, world_size):
         super().check_config(cfg, world_size)
-        v = cfg.MODEL.VADER
-        if v.ENQUEUE not in ("before_loss", "after_loss"):
-            raise UserError(f"MODEL.VADER.ENQUEUE must be 'before_loss' or 'after_loss', got {v.ENQUEUE!r}")
-        if not 0.0 <= v.MOMENTUM < 1.0:
-            raise UserError(f"MODEL.VADER.MOMENTUM must be in [0, 1), got {v.MOMENTUM}")
+        m = cfg.MODEL.MOMENTUM_CONTRAST
+        if m.ENQUEUE not in ("before_loss", "after_loss"):
+            raise UserError(f"MODEL.MOMENTUM_CONTRAST.ENQUEUE must be 'before_loss' or 'after_loss', got {m.ENQUEUE!r}")
+        if not 0.0 <= m.MOMENTUM < 1.0:
+            raise UserError(f"MODEL.MOMENTUM_CONTRAST.MOMENTUM must be in [0, 1), got {m.MOMENTUM}")
         check_batch_norm_groups(cfg, world_size)
         keys_per_step, formula = cls.keys_enqueued_per_step(cfg)
-        if v.QUEUE_SIZE % keys_per_step != 0 or v.QUEUE_SIZE < keys_per_step:
+        if m.QUEUE_SIZE % keys_per_step != 0 or m.QUEUE_SIZE < keys_per_step:
             # The queue is written in whole steps.
             raise UserError(
-                f"MODEL.VADER.QUEUE_SIZE={v.QUEUE_SIZE} must be a positive multiple of the keys enqueued per "
-                f"step ({keys_per_step} = {formula}); e.g. {max(1, v.QUEUE_SIZE // keys_per_step) * keys_per_step}"
+                f"MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE={m.QUEUE_SIZE} must be a positive multiple of the keys enqueued per "
+                f"step ({keys_per_step} = {formula}); e.g. {max(1, m.QUEUE_SIZE // keys_per_step) * keys_per_step}"
             )
         check_queries_have_negatives(cfg, keys_per_step)
 
@@ -403,31 +403,31 @@ SYNCHRONISED_NORMS = ("naiveSyncBN", "naiveSyncBN_N", "SyncBN", "nnSyncBN")
 
 def check_batch_norm_groups(cfg, world_size):
     """KEY_BN needs norms and batch sizes that make its groups what it says they are."""
-    v = cfg.MODEL.VADER
-    if v.KEY_BN not in ("shuffle", "sync"):
-        raise UserError(f"MODEL.VADER.KEY_BN must be 'shuffle' or 'sync', got {v.KEY_BN!r}")
+    m = cfg.MODEL.MOMENTUM_CONTRAST
+    if m.KEY_BN not in ("shuffle", "sync"):
+        raise UserError(f"MODEL.MOMENTUM_CONTRAST.KEY_BN must be 'shuffle' or 'sync', got {m.KEY_BN!r}")
     norms = {"MODEL.RESNETS.NORM": cfg.MODEL.RESNETS.NORM, "MODEL.FPN.NORM": cfg.MODEL.FPN.NORM}
-    if v.KEY_BN == "shuffle":
+    if m.KEY_BN == "shuffle":
         synchronised = [key for key, norm in norms.items() if norm in SYNCHRONISED_NORMS]
         if synchronised:
             raise UserError(
-                f"MODEL.VADER.KEY_BN shuffle needs per-process batch norm, but {synchronised[0]} is "
+                f"MODEL.MOMENTUM_CONTRAST.KEY_BN shuffle needs per-process batch norm, but {synchronised[0]} is "
                 f"{norms[synchronised[0]]!r}; set {' and '.join(f'{key} BN' for key in synchronised)} "
-                "(or MODEL.VADER.KEY_BN sync)"
+                "(or MODEL.MOMENTUM_CONTRAST.KEY_BN sync)"
             )
         per_process = cfg.SOLVER.IMS_PER_BATCH // world_size
-        if v.BN_GROUP_SIZE < 1 or per_process % v.BN_GROUP_SIZE != 0:
-            largest = max(d for d in range(1, max(1, min(per_process, v.BN_GROUP_SIZE)) + 1) if per_process % d == 0)
+        if m.BN_GROUP_SIZE < 1 or per_process % m.BN_GROUP_SIZE != 0:
+            largest = max(d for d in range(1, max(1, min(per_process, m.BN_GROUP_SIZE)) + 1) if per_process % d == 0)
             raise UserError(
-                f"MODEL.VADER.BN_GROUP_SIZE={v.BN_GROUP_SIZE} must divide the {per_process} images each of the "
+                f"MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE={m.BN_GROUP_SIZE} must divide the {per_process} images each of the "
                 f"{world_size} processes gets (SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH}); "
-                f"e.g. MODEL.VADER.BN_GROUP_SIZE {largest}"
+                f"e.g. MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE {largest}"
             )
     elif world_size > 1:
         unsynchronised = [key for key, norm in norms.items() if norm == "BN"]
         if unsynchronised:
             raise UserError(
-                f"MODEL.VADER.KEY_BN sync with {world_size} processes needs synchronised batch norm, but "
+                f"MODEL.MOMENTUM_CONTRAST.KEY_BN sync with {world_size} processes needs synchronised batch norm, but "
                 f"{unsynchronised[0]} is 'BN'; set {' and '.join(f'{key} naiveSyncBN' for key in unsynchronised)}"
             )
 
@@ -442,15 +442,15 @@ def check_queries_have_negatives(cfg, keys_per_step):
     With ENQUEUE after_loss the queue holds earlier steps' keys only, of other images from the second
     step on, whatever its size.
     """
-    v = cfg.MODEL.VADER
-    if v.ENQUEUE == "after_loss":
+    m = cfg.MODEL.MOMENTUM_CONTRAST
+    if m.ENQUEUE == "after_loss":
         return
-    images_in_queue = (v.QUEUE_SIZE // keys_per_step) * cfg.SOLVER.IMS_PER_BATCH
+    images_in_queue = (m.QUEUE_SIZE // keys_per_step) * cfg.SOLVER.IMS_PER_BATCH
     if images_in_queue < 2:
         raise UserError(
-            f"with SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH} and MODEL.VADER.QUEUE_SIZE={v.QUEUE_SIZE} (the keys "
+            f"with SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH} and MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE={m.QUEUE_SIZE} (the keys "
             "of one step) the queue only ever holds keys of the query's own image, which are masked: no query "
-            f"has a negative and nothing is learned; use MODEL.VADER.QUEUE_SIZE {2 * keys_per_step} or more, "
+            f"has a negative and nothing is learned; use MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE {2 * keys_per_step} or more, "
             "or a larger SOLVER.IMS_PER_BATCH"
         )
 

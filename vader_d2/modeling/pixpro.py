@@ -55,7 +55,7 @@ __all__ = ["PixPro", "PixProEncoder", "PixelPropagation", "add_pixpro_config", "
 
 
 def add_pixpro_config(cfg):
-    """MODEL.PIXPRO: PixPro's own keys. MODEL.VADER.METRICS_PERIOD and CHANNELS_LAST, which every momentum
+    """MODEL.PIXPRO: PixPro's own keys. MODEL.MOMENTUM_CONTRAST.METRICS_PERIOD and CHANNELS_LAST, which every momentum
     method reads, apply to it too."""
     cfg.MODEL.PIXPRO = CN()
     cfg.MODEL.PIXPRO.IN_FEATURE = "res5"  # the paper's C5, stride 32

@@ -12,11 +12,11 @@ One training step, for a batch of images each given as two views plus the corres
 5. InfoNCE with temperature-scaled cosine similarity; the batch's keys (the keys of every process's
    images) are written to the queue, oldest first out.
 
-By default (``MODEL.VADER.ENQUEUE before_loss``) the current batch's keys are enqueued *before* the loss
+By default (``MODEL.MOMENTUM_CONTRAST.ENQUEUE before_loss``) the current batch's keys are enqueued *before* the loss
 is computed, so the other images of the batch serve as negatives too (the freshest ones available), and
 the first step already has negatives; ``after_loss`` is MoCo's order, negatives from earlier steps only.
 
-Batch norm (``MODEL.VADER.KEY_BN``): ``shuffle`` (MoCo's shuffle-BN, ``shuffle_bn.py``) normalises the
+Batch norm (``MODEL.MOMENTUM_CONTRAST.KEY_BN``): ``shuffle`` (MoCo's shuffle-BN, ``shuffle_bn.py``) normalises the
 query encoder over contiguous groups of ``BN_GROUP_SIZE`` images of each process and the key encoder over
 groups of a random permutation of the global batch, so that a key never shares its query's statistics;
 ``sync`` runs each encoder on the whole per-process batch with the configured norm (synchronised BN
@@ -67,8 +67,9 @@ class DenseEncoder(nn.Module):
 
 
 def add_vader_method_config(cfg):
-    """VADeR's own keys, in MODEL.VADER beside the keys the momentum methods share (``add_momentum_config``)."""
-    v = cfg.MODEL.VADER
+    """MODEL.VADER: VADeR's own keys. The momentum keys it shares with the other methods are in
+    MODEL.MOMENTUM_CONTRAST (EMBED_DIM, QUEUE_SIZE of pixel keys, ENQUEUE, MOMENTUM, KEY_BN, BN_GROUP_SIZE, ...)."""
+    v = cfg.MODEL.VADER = CN()
     # "dense", VADeR's pixel-level InfoNCE. "global" is the old spelling of MODEL.META_ARCHITECTURE MoCo,
     # translated by vader_d2.config.resolve_old_spellings (with GLOBAL_HEAD below).
     v.LOSS = "dense"
