@@ -273,9 +273,9 @@ def test_a_moved_key_keeps_its_old_name(tmp_path):
     other shared momentum keys) MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE: the old names still work on the command
     line and in a config file; a file that gives both names, or a config built without
     vader_d2.cli.build_config (which moves them), is one line."""
-    cfg = demo_cfg("MODEL.VADER.MIN_SHARED_CELLS", "64", "MODEL.VADER.QUEUE_SIZE", "1024", "MODEL.VADER.KEY_BN", "sync")
-    assert cfg.INPUT.VIEWS.MIN_SHARED_CELLS == 64 and cfg.MODEL.VADER.MIN_SHARED_CELLS is None
-    assert (cfg.MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE, cfg.MODEL.MOMENTUM_CONTRAST.KEY_BN) == (1024, "sync")
+    cfg = demo_cfg("MODEL.VADER.MIN_SHARED_CELLS", "300", "MODEL.VADER.QUEUE_SIZE", "4096", "MODEL.VADER.KEY_BN", "sync")
+    assert cfg.INPUT.VIEWS.MIN_SHARED_CELLS == 300 and cfg.MODEL.VADER.MIN_SHARED_CELLS is None
+    assert (cfg.MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE, cfg.MODEL.MOMENTUM_CONTRAST.KEY_BN) == (4096, "sync")
     assert cfg.MODEL.VADER.QUEUE_SIZE is None and cfg.MODEL.VADER.KEY_BN is None
     check_vader_config(cfg)
     old_file = tmp_path / "old.yaml"

@@ -26,8 +26,7 @@ def add_vader_config(cfg):
     for old in MOVED_KEYS:
         # The old name, None unless a config or a command line uses it (``vader_d2.cli.build_config``
         # moves it to the new one).
-        node, key = _node_and_key(cfg, old)
-        node[key] = None
+        _set(cfg, old, None)
 
 
 # Keys that moved, old name: new name. Configs and command lines that use an old name keep working.
@@ -48,6 +47,16 @@ def _node_and_key(cfg, full_key):
     return node, key
 
 
+def _value(cfg, full_key):
+    node, key = _node_and_key(cfg, full_key)
+    return node[key]
+
+
+def _set(cfg, full_key, value):
+    node, key = _node_and_key(cfg, full_key)
+    node[key] = value
+
+
 def moved_keys_of_a_file(cfg):
     """
     The overrides (KEY VALUE ...) that give the new names of the keys a config file gave under their old
@@ -57,14 +66,13 @@ def moved_keys_of_a_file(cfg):
     add_vader_config(defaults)
     overrides = []
     for old, new in MOVED_KEYS.items():
-        node, key = _node_and_key(cfg, old)
-        if node[key] is None:
+        value = _value(cfg, old)
+        if value is None:
             continue
-        given, default = _node_and_key(cfg, new), _node_and_key(defaults, new)
-        if given[0][given[1]] not in (default[0][default[1]], node[key]):
+        if _value(cfg, new) not in (_value(defaults, new), value):
             raise UserError(f"the config gives both {new} and its old name {old}; give {new} only")
-        overrides += [new, node[key]]
-        node[key] = None
+        overrides += [new, value]
+        _set(cfg, old, None)
     return overrides
 
 
@@ -179,10 +187,10 @@ def add_frozen_backbone_config(cfg):
 
 # MoCo's keys, and the MODEL.VADER keys that gave them in configs of the old spelling (MODEL.VADER.LOSS global).
 MOCO_KEYS_OF_OLD_SPELLING = {
-    "IN_FEATURE": ("GLOBAL_HEAD", "IN_FEATURE"),
-    "HIDDEN_DIM": ("GLOBAL_HEAD", "HIDDEN_DIM"),
-    "TEMPERATURE": ("TEMPERATURE",),
-    "SYMMETRIC": ("SYMMETRIC",),
+    "MODEL.MOCO.IN_FEATURE": "MODEL.VADER.GLOBAL_HEAD.IN_FEATURE",
+    "MODEL.MOCO.HIDDEN_DIM": "MODEL.VADER.GLOBAL_HEAD.HIDDEN_DIM",
+    "MODEL.MOCO.TEMPERATURE": "MODEL.VADER.TEMPERATURE",
+    "MODEL.MOCO.SYMMETRIC": "MODEL.VADER.SYMMETRIC",
 }
 
 
@@ -196,37 +204,23 @@ def resolve_old_spellings(cfg):
     """
     defaults = get_cfg()
     add_vader_config(defaults)
-
-    def old_key(config, path):
-        node = config.MODEL.VADER
-        for part in path[:-1]:
-            node = node[part]
-        return node, path[-1]
-
-    def old_value(config, path):
-        node, key = old_key(config, path)
-        return node[key]
-
     if cfg.MODEL.META_ARCHITECTURE == "VADeR" and cfg.MODEL.VADER.LOSS == "global":
         # Keys of both spellings in one config would say two things; the old spelling's are the ones it reads.
-        moved = [key for key, value in cfg.MODEL.MOCO.items() if value != defaults.MODEL.MOCO[key]]
+        moved = [key for key in MOCO_KEYS_OF_OLD_SPELLING if _value(cfg, key) != _value(defaults, key)]
         if moved:
             raise UserError(
-                f"MODEL.MOCO.{moved[0]} is set in a config of the old spelling MODEL.VADER.LOSS global, which reads "
+                f"{moved[0]} is set in a config of the old spelling MODEL.VADER.LOSS global, which reads "
                 "MODEL.VADER's keys; write MODEL.META_ARCHITECTURE MoCo instead of MODEL.VADER.LOSS global"
             )
         cfg.MODEL.META_ARCHITECTURE = "MoCo"
-        for key, path in MOCO_KEYS_OF_OLD_SPELLING.items():
-            cfg.MODEL.MOCO[key] = old_value(cfg, path)
-            node, old = old_key(cfg, path)
-            node[old] = old_value(defaults, path)
+        for new, old in MOCO_KEYS_OF_OLD_SPELLING.items():
+            _set(cfg, new, _value(cfg, old))
+            _set(cfg, old, _value(defaults, old))
         cfg.MODEL.VADER.LOSS = "dense"
     elif cfg.MODEL.META_ARCHITECTURE == "MoCo":
-        for key, path in MOCO_KEYS_OF_OLD_SPELLING.items():
-            if old_value(cfg, path) != old_value(defaults, path):
-                raise UserError(
-                    f"MODEL.VADER.{'.'.join(path)} does not apply to MODEL.META_ARCHITECTURE MoCo; set MODEL.MOCO.{key}"
-                )
+        for new, old in MOCO_KEYS_OF_OLD_SPELLING.items():
+            if _value(cfg, old) != _value(defaults, old):
+                raise UserError(f"{old} does not apply to MODEL.META_ARCHITECTURE MoCo; set {new}")
     return cfg
 
 
@@ -238,8 +232,7 @@ def check_vader_config(cfg, world_size=1):
     """
     check_solver_config(cfg)
     for old, new in MOVED_KEYS.items():
-        node, key = _node_and_key(cfg, old)
-        if node[key] is not None:  # a config not built by vader_d2.cli.build_config, which moves it
+        if _value(cfg, old) is not None:  # a config not built by vader_d2.cli.build_config, which moves it
             raise UserError(f"{old} is now {new}; set that")
     method = pretraining_method(cfg)
     method.check_ranges(cfg)
