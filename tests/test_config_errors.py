@@ -288,8 +288,13 @@ def test_a_moved_key_keeps_its_old_name(tmp_path):
     with pytest.raises(UserError, match="Type mismatch"):
         demo_cfg("MODEL.VADER.MIN_SHARED_CELLS", "many")
 
+    # An older leaf on top of a shipped config, which gives the new name: the leaf's old name wins.
+    older_leaf = tmp_path / "older_leaf.yaml"
+    older_leaf.write_text(f'_BASE_: "{REPO}/{DEMO_CONFIG}"\nMODEL:\n  VADER:\n    MIN_SHARED_CELLS: 300\n    QUEUE_SIZE: 4096\n')
+    leaf_cfg = build_config(str(older_leaf))
+    assert (leaf_cfg.INPUT.VIEWS.MIN_SHARED_CELLS, leaf_cfg.MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE) == (300, 4096)
     both = tmp_path / "both.yaml"
-    both.write_text(f'_BASE_: "{REPO}/{DEMO_CONFIG}"\nMODEL:\n  VADER:\n    MIN_SHARED_CELLS: 128\n')  # the base gives 256 the new way
+    both.write_text(f'_BASE_: "{REPO}/{DEMO_CONFIG}"\nMODEL:\n  VADER:\n    MIN_SHARED_CELLS: 128\nINPUT:\n  VIEWS:\n    MIN_SHARED_CELLS: 300\n')
     with pytest.raises(UserError, match=r"^the config gives both INPUT.VIEWS.MIN_SHARED_CELLS and its old name MODEL.VADER.MIN_SHARED_CELLS; give INPUT.VIEWS.MIN_SHARED_CELLS only$"):
         build_config(str(both))
 

@@ -51,7 +51,9 @@ def build_config(config_file, opts=()):
     # yacs reports an unknown key as a KeyError or an AssertionError, a value of the wrong type as a ValueError.
     try:
         cfg.merge_from_file(config_file)
-        cfg.merge_from_list(moved_keys_of_a_file(cfg))
+        with open(config_file) as f:
+            leaf = yaml.safe_load(f) or {}
+        cfg.merge_from_list(moved_keys_of_a_file(cfg, leaf))
     except (KeyError, AssertionError, ValueError, TypeError, OSError, yaml.YAMLError) as e:
         raise UserError(f"{config_file}: {_config_error(e)}") from e
     return choose_device(resolve_old_spellings(merge_opts(cfg, opts)))

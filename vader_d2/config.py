@@ -57,10 +57,12 @@ def _set(cfg, full_key, value):
     node[key] = value
 
 
-def moved_keys_of_a_file(cfg):
+def moved_keys_of_a_file(cfg, leaf):
     """
     The overrides (KEY VALUE ...) that give the new names of the keys a config file gave under their old
-    names (MOVED_KEYS), and clear the old names; a file that gives both names of a key says two things.
+    names (MOVED_KEYS), and clear the old names. ``cfg`` is the file merged with its ``_BASE_`` files,
+    ``leaf`` what the file itself says (a dict): an old name there wins over a new name from a base
+    (an older config on top of a shipped one); both names from the files below it say two things.
     """
     defaults = get_cfg()
     add_vader_config(defaults)
@@ -69,11 +71,24 @@ def moved_keys_of_a_file(cfg):
         value = _value(cfg, old)
         if value is None:
             continue
-        if _value(cfg, new) not in (_value(defaults, new), value):
+        if _gives(leaf, old):
+            both = _gives(leaf, new)
+        else:  # from a base file: the merged config cannot tell which base gave the new name
+            both = _value(cfg, new) not in (_value(defaults, new), value)
+        if both:
             raise UserError(f"the config gives both {new} and its old name {old}; give {new} only")
         overrides += [new, value]
         _set(cfg, old, None)
     return overrides
+
+
+def _gives(tree, full_key):
+    """Whether the nested dict ``tree`` (a yaml file) has ``full_key``."""
+    for part in full_key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
 
 
 def with_moved_keys_renamed(opts):
