@@ -71,7 +71,8 @@ def gain(init_runs, random_runs, metric):
 
 
 def tables(found):
-    inits = [i for i in INIT_ORDER if any(i in runs for runs in found.values())]
+    present = {init for runs in found.values() for init in runs}
+    inits = [i for i in INIT_ORDER if i in present] + sorted(present - set(INIT_ORDER))
     pretrained = [i for i in inits if i != "random_init"]
     lines = ["| task | labels | number | " + " | ".join(inits) + " | " + " | ".join(f"{i} − random" for i in pretrained) + " |"]
     lines.append("|---|---:|---|" + "---:|" * (len(inits) + len(pretrained)))

@@ -21,7 +21,10 @@
 #                mask_rcnn     Mask R-CNN fine-tuned end to end (lowlabel_mask_rcnn_R_18_FPN.yaml)
 #
 #   [VADER_ITERS=160] [TASKS="semantic frozen mask_rcnn"] [BUDGETS="10 30 100"] \
+#   [METHODS="moco_v2 densecl pixpro vader"] [RESULTS=experiments/results/transfer_study] \
 #       experiments/transfer_study.sh [SEEDS] [OUT]        (defaults: "1 2 3" output/transfer_study)
+# A study with other VADER_ITERS or METHODS needs its own OUT and RESULTS: results are named by seed,
+# task, budget and initialisation only.
 #
 # Work is done a seed at a time (pretrainings, then that seed's downstream runs), so that a session
 # that ends mid-way loses at most one seed's pretraining. Each downstream result is a small JSON under
@@ -44,7 +47,7 @@ declare -A PRETRAIN_CONFIG=(
     [pixpro]=configs/pixpro_demo.yaml
     [vader]=configs/vader_pretrain_demo.yaml
 )
-METHODS=(moco_v2 densecl pixpro vader)
+read -r -a METHODS <<< "${METHODS:-moco_v2 densecl pixpro vader}"
 INITS=(random_init "${METHODS[@]}")
 declare -A TASK_CONFIG=(
     [semantic]=configs/downstream/lowlabel_semantic_R_18_FPN.yaml
@@ -57,6 +60,8 @@ fail() { echo "vader_d2: $*" >&2; exit 2; }
 [[ "$VADER_ITERS" =~ ^[1-9][0-9]*$ ]] && [ "$VADER_ITERS" -ge 30 ] || fail "VADER_ITERS must be a whole number of at least 30, not '$VADER_ITERS'"
 for seed in "${SEED_LIST[@]}"; do [[ "$seed" =~ ^[1-9][0-9]*$ ]] || fail "seeds must be whole numbers from 1, not '$seed'"; done
 for task in "${TASK_LIST[@]}"; do [ -n "${TASK_CONFIG[$task]:-}" ] || fail "TASKS: unknown task '$task' (known: ${!TASK_CONFIG[*]})"; done
+for method in "${METHODS[@]}"; do [ -n "${PRETRAIN_CONFIG[$method]:-}" ] || fail "METHODS: unknown method '$method' (known: ${!PRETRAIN_CONFIG[*]})"; done
+[[ " ${METHODS[*]} " == *" vader "* ]] || fail "METHODS must include vader: the others get VADeR's pretraining time"
 for budget in "${BUDGET_LIST[@]}"; do [[ "$budget" =~ ^(10|30|100)$ ]] || fail "BUDGETS: the label budgets are 10, 30 and 100, not '$budget'"; done
 
 "$PY" datasets/prepare_lowlabel.py
@@ -85,8 +90,7 @@ missing_results() {  # seed -> the number of downstream results not yet in RESUL
     echo "$count"
 }
 
-declare -A MAX_ITER=()
-CALIBRATED=0
+declare -A MAX_ITER=()  # "=()": an array only declared is unbound under set -u
 calibrate() {
     declare -A per_step
     for method in "${METHODS[@]}"; do per_step[$method]=$(seconds_per_step "$method"); done
@@ -94,12 +98,11 @@ calibrate() {
         MAX_ITER[$method]=$("$PY" -c "print(round($VADER_ITERS * ${per_step[vader]} / ${per_step[$method]}))")
         echo "$method: ${per_step[$method]} s a calibration step -> ${MAX_ITER[$method]} iterations" >&2
     done
-    CALIBRATED=1
 }
 
 for seed in "${SEED_LIST[@]}"; do
     [ "$(missing_results "$seed")" -gt 0 ] || continue
-    [ "$CALIBRATED" = 1 ] || calibrate
+    [ ${#MAX_ITER[@]} -gt 0 ] || calibrate
     run=$OUT/seed$seed
     for method in "${METHODS[@]}"; do
         train_unless_done "$run/$method" "${PRETRAIN_CONFIG[$method]}" "${PRETRAIN[@]}" SEED "$seed" \

@@ -124,6 +124,7 @@ def test_lowlabel_registration_and_budgets(tiny_build):
     names = [
         "vader_lowlabel_unlabeled", "vader_lowlabel_test", "vader_lowlabel_sem_seg_test",
         *(f"vader_lowlabel{kind}_train_{budget}" for kind in ("", "_sem_seg") for budget in (10, 30, 100)),
+        "vader_lowlabel_val", "vader_lowlabel_sem_seg_val",
     ]
     result = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", REGISTERED, *names],
@@ -173,9 +174,21 @@ def test_lowlabel_registration_and_budgets(tiny_build):
         name: sum(a["category_id"] == k and a["image_id"] <= 10 for a in train_json["annotations"])
         for k, name in enumerate(CUTPASTE_CLASSES, start=1)
     }
-    for name in ("vader_lowlabel_train_100", "vader_lowlabel_sem_seg_train_100"):
+    for name in ("vader_lowlabel_train_100", "vader_lowlabel_sem_seg_train_100", "vader_lowlabel_val", "vader_lowlabel_sem_seg_val"):
         error = found[name]["error"]
         assert "holds 30" in error and "--num-train 100" in error and "\n" not in error, error
+    assert "images 51-100" in found["vader_lowlabel_val"]["error"]
+
+
+def test_lowlabel_val_is_the_train_images_after_the_30_budget():
+    """The validation split shares no image with the 10 and 30 budgets, and is all the 100-image budget's rest."""
+    from vader_d2.data.datasets import LOWLABEL_VAL_IMAGES, _selected_images
+
+    train = [{"file_name": f"train_{i:05d}.jpg"} for i in range(100)]
+    val = _selected_images(train, LOWLABEL_VAL_IMAGES, "vader_lowlabel_val", "train")
+    budget_30 = _selected_images(train, (0, 30), "vader_lowlabel_train_30", "train")
+    assert val == train[50:]
+    assert not {d["file_name"] for d in val} & {d["file_name"] for d in budget_30}
 
 
 @pytest.mark.parametrize("option, value", [("--num-unlabeled", "0"), ("--num-train", "-3"), ("--num-test", "0")])

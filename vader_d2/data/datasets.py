@@ -16,7 +16,8 @@ registered when this module is imported:
 - ``vader_lowlabel_unlabeled``: unlabeled cut-paste images for in-domain pretraining;
   ``vader_lowlabel_train_10`` / ``_30`` / ``_100`` and ``vader_lowlabel_sem_seg_train_10`` / ``_30`` /
   ``_100``: the first 10 / 30 / 100 labelled train images (each budget holds the smaller ones), as
-  instances and as semantic masks; ``vader_lowlabel_test`` / ``vader_lowlabel_sem_seg_test``: the test
+  instances and as semantic masks; ``vader_lowlabel_val`` / ``vader_lowlabel_sem_seg_val``: train images
+  51-100, for choosing a recipe at the 10 and 30 budgets; ``vader_lowlabel_test`` / ``vader_lowlabel_sem_seg_test``: the test
   images. All from ``datasets/prepare_lowlabel.py``; no stamp or background photo of the unlabeled images
   is in a labelled one, and the test images' backgrounds are in no other split.
 
@@ -66,6 +67,9 @@ CUTPASTE_KEYPOINT_FLIP_MAP = (("left", "right"),)
 CUTPASTE_KEYPOINT_OKS_SIGMAS = (0.05, 0.05, 0.05, 0.05)
 # Label budgets of vader_lowlabel: vader_lowlabel_train_N is the first N labelled train images.
 LOWLABEL_BUDGETS = (10, 30, 100)
+# vader_lowlabel_val: train images 51-100, for choosing a recipe at the 10 and 30 budgets without the
+# test split (they are in the 100-image budget, which therefore has no validation split).
+LOWLABEL_VAL_IMAGES = (50, 100)
 
 _PREPARE_DEMO_PHOTOS = "run `python datasets/prepare_demo_photos.py` (it writes under $DETECTRON2_DATASETS)"
 _PREPARE_CUTPASTE = "run `python datasets/prepare_cutpaste.py` (it writes under $DETECTRON2_DATASETS)"
@@ -191,8 +195,9 @@ def register_all_builtin(root):
         missing_hint=_PREPARE_LOWLABEL,
         conflict_hint=_BUILTIN_CONFLICT_HINT,
     )
-    for suffix, split, first in [
-        *((f"train_{budget}", "train", budget) for budget in LOWLABEL_BUDGETS),
+    for suffix, split, images in [
+        *((f"train_{budget}", "train", (0, budget)) for budget in LOWLABEL_BUDGETS),
+        ("val", "train", LOWLABEL_VAL_IMAGES),
         ("test", "test", None),
     ]:
         _register_cutpaste_instances(
@@ -200,14 +205,14 @@ def register_all_builtin(root):
             json_file=os.path.join(lowlabel_dir, "annotations", f"instances_{split}.json"),
             image_root=os.path.join(lowlabel_dir, split),
             prepare_hint=_PREPARE_LOWLABEL,
-            first=first,
+            images=images,
         )
         _register_cutpaste_sem_seg(
             f"vader_lowlabel_sem_seg_{suffix}",
             image_root=os.path.join(lowlabel_dir, split),
             sem_seg_root=os.path.join(lowlabel_dir, "sem_seg", split),
             prepare_hint=_PREPARE_LOWLABEL,
-            first=first,
+            images=images,
         )
 
 
@@ -222,8 +227,8 @@ def _register_image_folder(name, root, missing_hint, conflict_hint):
     )
 
 
-def _register_cutpaste_instances(name, json_file, image_root, prepare_hint=_PREPARE_CUTPASTE, first=None):
-    """Cut-paste instances; with ``first``, only the first ``first`` images of the split (a label budget)."""
+def _register_cutpaste_instances(name, json_file, image_root, prepare_hint=_PREPARE_CUTPASTE, images=None):
+    """Cut-paste instances; with ``images=(start, stop)``, only those images of the split (a label budget)."""
 
     def load():
         _require_prepared(prepare_hint, json_file, image_root)
@@ -235,11 +240,11 @@ def _register_cutpaste_instances(name, json_file, image_root, prepare_hint=_PREP
                 f"{json_file} holds classes {list(found)}, this vader_d2 expects "
                 f"{list(CUTPASTE_CLASSES)}: {prepare_hint} again to rebuild it"
             )
-        return _first_images(load_coco_json(json_file, image_root, name), first, name, image_root)
+        return _selected_images(load_coco_json(json_file, image_root, name), images, name, image_root)
 
     # A budget leaves json_file out: COCOEvaluator would score it against every image of the json file,
     # and without it converts the budget's own images.
-    json_metadata = {"json_file": json_file} if first is None else {}
+    json_metadata = {"json_file": json_file} if images is None else {}
     _register_once(
         name,
         load,
@@ -254,13 +259,13 @@ def _register_cutpaste_instances(name, json_file, image_root, prepare_hint=_PREP
     )
 
 
-def _register_cutpaste_sem_seg(name, image_root, sem_seg_root, prepare_hint=_PREPARE_CUTPASTE, first=None):
-    """Cut-paste semantic masks; with ``first``, only those of the first ``first`` images (by file name)."""
+def _register_cutpaste_sem_seg(name, image_root, sem_seg_root, prepare_hint=_PREPARE_CUTPASTE, images=None):
+    """Cut-paste semantic masks; with ``images=(start, stop)``, only those of these images (by file name)."""
 
     def load():
         _require_prepared(prepare_hint, sem_seg_root, image_root)
-        return _first_images(
-            load_sem_seg(sem_seg_root, image_root, gt_ext="png", image_ext="jpg"), first, name, image_root
+        return _selected_images(
+            load_sem_seg(sem_seg_root, image_root, gt_ext="png", image_ext="jpg"), images, name, image_root
         )
 
     _register_once(
@@ -281,17 +286,18 @@ def _require_prepared(prepare_hint, *paths):
             raise UserError(f"{path} does not exist: {prepare_hint}")
 
 
-def _first_images(dicts, first, name, image_root):
-    """The label budget ``dicts[:first]`` (all of ``dicts`` when ``first`` is None). load_coco_json lists
+def _selected_images(dicts, images, name, image_root):
+    """``dicts[start:stop]`` for ``images=(start, stop)``, all of ``dicts`` for None. load_coco_json lists
     images by id and load_sem_seg by file name: both are the order prepare_lowlabel.py wrote them in."""
-    if first is None:
+    if images is None:
         return dicts
-    if len(dicts) < first:
+    start, stop = images
+    if len(dicts) < stop:
         raise UserError(
-            f"{name} is the first {first} images of {image_root}, which holds {len(dicts)}: run "
-            f"`python datasets/prepare_lowlabel.py --num-train {first}` (or more) to make them"
+            f"{name} is images {start + 1}-{stop} of {image_root}, which holds {len(dicts)}: run "
+            f"`python datasets/prepare_lowlabel.py --num-train {stop}` (or more) to make them"
         )
-    return dicts[:first]
+    return dicts[start:stop]
 
 
 def _register_once(name, loader, conflict_hint, **metadata):
