@@ -10,7 +10,7 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from vader_d2.checkpoint import detectron2_weights_from_vader
+from vader_d2.export import detectron2_weights_from_vader
 from vader_d2.evaluation import build_feature_extractor
 from vader_d2.modeling.momentum import pretraining_method, pretraining_methods
 from vader_d2.trainer import is_pretraining

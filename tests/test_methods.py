@@ -23,7 +23,8 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
-from vader_d2.checkpoint import check_weights_load, export_to_detectron2, load_weights
+from vader_d2.export import export_to_detectron2
+from vader_d2.load_checks import check_weights_load, load_weights
 from vader_d2.cli import build_config
 from vader_d2.config import check_vader_config
 from vader_d2.data import VADeRViewMapper

@@ -25,7 +25,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, TensorboardXWriter
 from torch.multiprocessing import ProcessExitedException
 
-from vader_d2.checkpoint import checkpoint_problem
+from vader_d2.atomic_io import checkpoint_problem
 from vader_d2.cli import build_config
 from vader_d2.config import check_solver_config
 from vader_d2.errors import UserError

@@ -20,7 +20,9 @@ import time
 import pytest
 import torch
 
-from vader_d2.checkpoint import VADeRCheckpointer, checkpoint_problem, export_to_detectron2
+from vader_d2.atomic_io import checkpoint_problem
+from vader_d2.checkpointer import VADeRCheckpointer
+from vader_d2.export import export_to_detectron2
 from vader_d2.cli import build_config
 from vader_d2.errors import UserError
 from vader_d2.output_dir import LOCK_FILE, OutputDirLock, claim_output_dir, select_resume_checkpoint

@@ -19,13 +19,8 @@ from detectron2.modeling import build_backbone, build_model
 from detectron2.utils.events import EventStorage
 
 from vader_d2 import add_vader_config
-from vader_d2.checkpoint import (
-    check_torchvision_conventions,
-    check_weights_load,
-    convert_resnet_to_vader_init,
-    export_to_detectron2,
-    load_weights,
-)
+from vader_d2.export import check_torchvision_conventions, convert_resnet_to_vader_init, export_to_detectron2
+from vader_d2.load_checks import check_weights_load, load_weights
 from vader_d2.data.datasets import (
     CUTPASTE_CLASSES,
     CUTPASTE_KEYPOINT_NAMES,

@@ -12,7 +12,8 @@ from detectron2.utils.events import JSONWriter, TensorboardXWriter
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.utils import comm
 
-from .checkpoint import EXPECTED_CHECKPOINT, VADeRCheckpointer, check_backbone_loaded, checkpoint_problem, short_error
+from .atomic_io import checkpoint_problem, short_error
+from .checkpointer import EXPECTED_CHECKPOINT, VADeRCheckpointer
 from .cli import USER_ERROR_EXIT
 from .config import check_solver_config, check_vader_config
 from .data import VADeRViewMapper
@@ -21,6 +22,7 @@ from .data.decoding import UnreadableImageError, read_source_image
 from .errors import UserError
 from .frozen_backbone import freeze_backbone
 from .hooks import NegativesWatch, RetainingPeriodicCheckpointer
+from .load_checks import check_backbone_loaded
 from .mixed_precision import build_step_trainer
 from .modeling.momentum import pretraining_method
 from .output_dir import select_resume_checkpoint
@@ -211,7 +213,7 @@ class VADeRTrainer(DefaultTrainer):
         # float32, or SOLVER.AMP on CUDA (Detectron2's AMPTrainer) or the CPU (bfloat16 autocast).
         self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        # Atomic saves; missing, damaged or foreign files reported as one line (vader_d2/checkpoint.py).
+        # Atomic saves; missing, damaged or foreign files reported as one line (vader_d2/checkpointer.py).
         self.checkpointer = VADeRCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
