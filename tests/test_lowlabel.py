@@ -197,6 +197,6 @@ def test_lowlabel_bad_counts_are_one_line(scripts, tmp_path, monkeypatch, capsys
     monkeypatch.setattr(sys, "argv", ["prepare_lowlabel.py", "--root", str(tmp_path), f"{option}={value}"])
     with pytest.raises(SystemExit) as exit_status:
         common.run_cli(prepare_lowlabel.prepare_lowlabel, "test", prepare_lowlabel.add_arguments)
-    assert exit_status.value.code == 1
-    assert capsys.readouterr().err == f"error: {option} must be at least 1, not {value}\n"
+    assert exit_status.value.code == 2
+    assert capsys.readouterr().err == f"vader_d2: {option} must be at least 1, not {value}\n"
     assert not any(tmp_path.iterdir()), "nothing is written"

@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from vader_d2.errors import UserError
+
 from .conftest import REPO
 
 
@@ -43,7 +45,7 @@ def test_finetune_result_reads_the_last_evaluation_and_leaves_out_classes(tmp_pa
     assert result["finetune"] == {"loss_first_record": 2.5, "loss_last_record": 2.0, "bbox/AP": 1.5, "segm/AP": 1.0}
     assert result["name"] == "vader_600" and result["seed"] == 2
     (tmp_path / "metrics.json").write_text(json.dumps(records[0]) + "\n")
-    with pytest.raises(SystemExit, match="no training loss or no evaluation"):
+    with pytest.raises(UserError, match="no training loss or no evaluation"):
         summarise.finetune_result("vader_600", 2, str(tmp_path))
 
 
