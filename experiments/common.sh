@@ -10,3 +10,11 @@ train_unless_done() {  # output folder, config, then KEY VALUE overrides
         "$PY" tools/train_net.py --config-file "$config" "$@" OUTPUT_DIR "$output"
     fi
 }
+
+# The model-zoo export of a pretraining run, beside its final checkpoint: output folder/d2.pkl.
+export_unless_done() {  # output folder
+    [ -f "$1/d2.pkl" ] || "$PY" tools/convert_vader_to_d2.py --input "$1/model_final.pth" --output "$1/d2.pkl"
+}
+
+# Pretraining on the in-domain unlabeled images (transfer_study.sh, select_lowlabel_vader_recipe.sh).
+LOWLABEL_PRETRAIN=(MODEL.DEVICE cpu DATASETS.TRAIN '("vader_lowlabel_unlabeled",)' SOLVER.CHECKPOINT_PERIOD 1000000)

@@ -51,7 +51,7 @@ for seed in $(seq 1 "$SEEDS"); do
             echo "missing $run/$pretrained/model_final.pth: run experiments/compare_pretraining.sh $ITERS $OUT $SEEDS first" >&2
             exit 1
         fi
-        [ -f "$run/$pretrained/d2.pkl" ] || "$PY" tools/convert_vader_to_d2.py --input "$run/$pretrained/model_final.pth" --output "$run/$pretrained/d2.pkl"
+        export_unless_done "$run/$pretrained"
     done
     for task in "${TASK_LIST[@]}"; do
         for model in "${MODELS[@]}"; do

@@ -21,6 +21,10 @@
 #                     correspondence)
 #   tau02_wide_crops  tau02 and wide_crops together
 #
+# Added after that grid, before its run: vader_resnet, stage1's export without its FPN tensors
+# (experiments/resnet_only_weights.py), so that the FPN starts from Detectron2's initialisation as it
+# does from the other methods' exports.
+#
 #   experiments/select_lowlabel_vader_recipe.sh [OUT]       (default output/lowlabel_vader_recipe)
 #
 # Results: RESULTS/seed1/frozen_10/<variant>.json (RESULTS defaults to
@@ -40,7 +44,6 @@ variant_overrides() {  # variant -> its changes to the study's VADeR recipe, one
         wide_crops) printf '%s\n' INPUT.VIEWS.CROP_SCALE "(0.2, 1.0)" INPUT.VIEWS.FLIP_PROB 0.5 ;;
         lr005) printf '%s\n' SOLVER.BASE_LR 0.05 ;;
         tau02_wide_crops) variant_overrides tau02; variant_overrides wide_crops ;;
-        *) echo "vader_d2: unknown variant '$1'" >&2; exit 2 ;;
     esac
 }
 
@@ -62,11 +65,12 @@ for variant in "${VARIANTS[@]}"; do
     [ ! -f "$(result_of "$variant")" ] || continue
     mapfile -t overrides < <(variant_overrides "$variant")
     run=$OUT/$variant
-    train_unless_done "$run" configs/vader_pretrain_demo.yaml MODEL.DEVICE cpu \
-        DATASETS.TRAIN '("vader_lowlabel_unlabeled",)' SOLVER.CHECKPOINT_PERIOD 1000000 SEED "$SEED" \
+    train_unless_done "$run" configs/vader_pretrain_demo.yaml "${LOWLABEL_PRETRAIN[@]}" SEED "$SEED" \
         SOLVER.MAX_ITER 160 SOLVER.WARMUP_ITERS 20 "${overrides[@]}"
-    [ -f "$run/d2.pkl" ] || "$PY" tools/convert_vader_to_d2.py --input "$run/model_final.pth" --output "$run/d2.pkl"
+    export_unless_done "$run"
     downstream "$variant" "$run/d2.pkl"
 done
+[ -f "$OUT/stage1/resnet.pkl" ] || "$PY" experiments/resnet_only_weights.py --input "$OUT/stage1/d2.pkl" --output "$OUT/stage1/resnet.pkl"
+downstream vader_resnet "$OUT/stage1/resnet.pkl"
 
 "$PY" experiments/summarise_transfer.py "$RESULTS" | tee "$RESULTS/table.md"

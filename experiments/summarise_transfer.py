@@ -27,7 +27,7 @@ HEADLINE = {  # task -> the numbers of Detectron2's evaluators reported
     "frozen": ("sem_seg/mIoU",),
     "mask_rcnn": ("segm/AP", "bbox/AP"),
 }
-INIT_ORDER = ("random_init", "moco_v2", "densecl", "pixpro", "vader")
+INIT_ORDER = ("random_init", "moco_v2", "densecl", "pixpro", "vader", "vader_resnet")
 MIN_SEEDS_FOR_A_CLAIM = 3
 
 

@@ -15,6 +15,9 @@
 #                the seconds per step of a 30-iteration calibration run of each (back to back, once per
 #                OUT, kept in OUT/calibration/): a ratio of step times, which a machine shared with other
 #                work changes less than it changes the step times themselves;
+#   vader_resnet (when METHODS names it) is no pretraining of its own: VADeR's export without its FPN
+#                tensors (experiments/resnet_only_weights.py), so that the downstream FPN starts from
+#                Detectron2's initialisation as from the other exports (docs/results.md, "VADeR's ResNet alone");
 #   downstream   for each initialisation, TASKS x BUDGETS with SEED s, evaluated on the test split:
 #                semantic      semantic FPN fine-tuned end to end (lowlabel_semantic_R_18_FPN.yaml)
 #                frozen        semantic FPN on the frozen pretrained ResNet (..._frozen.yaml)
@@ -49,6 +52,10 @@ declare -A PRETRAIN_CONFIG=(
 )
 read -r -a METHODS <<< "${METHODS:-moco_v2 densecl pixpro vader}"
 INITS=(random_init "${METHODS[@]}")
+# Initialisations made from another method's export rather than pretrained: name -> that method.
+declare -A DERIVED_FROM=([vader_resnet]=vader)
+PRETRAINED=()
+for method in "${METHODS[@]}"; do [ -n "${DERIVED_FROM[$method]:-}" ] || PRETRAINED+=("$method"); done
 declare -A TASK_CONFIG=(
     [semantic]=configs/downstream/lowlabel_semantic_R_18_FPN.yaml
     [frozen]=configs/downstream/lowlabel_semantic_R_18_FPN_frozen.yaml
@@ -60,18 +67,19 @@ fail() { echo "vader_d2: $*" >&2; exit 2; }
 [[ "$VADER_ITERS" =~ ^[1-9][0-9]*$ ]] && [ "$VADER_ITERS" -ge 30 ] || fail "VADER_ITERS must be a whole number of at least 30, not '$VADER_ITERS'"
 for seed in "${SEED_LIST[@]}"; do [[ "$seed" =~ ^[1-9][0-9]*$ ]] || fail "seeds must be whole numbers from 1, not '$seed'"; done
 for task in "${TASK_LIST[@]}"; do [ -n "${TASK_CONFIG[$task]:-}" ] || fail "TASKS: unknown task '$task' (known: ${!TASK_CONFIG[*]})"; done
-for method in "${METHODS[@]}"; do [ -n "${PRETRAIN_CONFIG[$method]:-}" ] || fail "METHODS: unknown method '$method' (known: ${!PRETRAIN_CONFIG[*]})"; done
+for method in "${METHODS[@]}"; do
+    [ -n "${PRETRAIN_CONFIG[$method]:-}${DERIVED_FROM[$method]:-}" ] || fail "METHODS: unknown method '$method' (known: ${!PRETRAIN_CONFIG[*]} ${!DERIVED_FROM[*]})"
+done
 [[ " ${METHODS[*]} " == *" vader "* ]] || fail "METHODS must include vader: the others get VADeR's pretraining time"
 for budget in "${BUDGET_LIST[@]}"; do [[ "$budget" =~ ^(10|30|100)$ ]] || fail "BUDGETS: the label budgets are 10, 30 and 100, not '$budget'"; done
 
 "$PY" datasets/prepare_lowlabel.py
-PRETRAIN=(MODEL.DEVICE cpu DATASETS.TRAIN '("vader_lowlabel_unlabeled",)' SOLVER.CHECKPOINT_PERIOD 1000000)
 
 # Seconds per pretraining step of each method on this machine: Detectron2's "Overall training speed"
 # line of a 30-iteration run (it leaves out the first iterations).
 seconds_per_step() {  # method
     local run=$OUT/calibration/$1
-    train_unless_done "$run" "${PRETRAIN_CONFIG[$1]}" "${PRETRAIN[@]}" SOLVER.MAX_ITER 30 SOLVER.WARMUP_ITERS 5 >&2
+    train_unless_done "$run" "${PRETRAIN_CONFIG[$1]}" "${LOWLABEL_PRETRAIN[@]}" SOLVER.MAX_ITER 30 SOLVER.WARMUP_ITERS 5 >&2
     local per_step
     per_step=$(grep -ho '([0-9.]* s / it)' "$run/log.txt" | tail -1 | tr -d '(' | cut -d' ' -f1)
     [ -n "$per_step" ] || fail "no training speed in $run/log.txt; delete $run and run again"
@@ -93,8 +101,8 @@ missing_results() {  # seed -> the number of downstream results not yet in RESUL
 declare -A MAX_ITER=()  # "=()": an array only declared is unbound under set -u
 calibrate() {
     declare -A per_step
-    for method in "${METHODS[@]}"; do per_step[$method]=$(seconds_per_step "$method"); done
-    for method in "${METHODS[@]}"; do
+    for method in "${PRETRAINED[@]}"; do per_step[$method]=$(seconds_per_step "$method"); done
+    for method in "${PRETRAINED[@]}"; do
         MAX_ITER[$method]=$("$PY" -c "print(round($VADER_ITERS * ${per_step[vader]} / ${per_step[$method]}))")
         echo "$method: ${per_step[$method]} s a calibration step -> ${MAX_ITER[$method]} iterations" >&2
     done
@@ -104,10 +112,16 @@ for seed in "${SEED_LIST[@]}"; do
     [ "$(missing_results "$seed")" -gt 0 ] || continue
     [ ${#MAX_ITER[@]} -gt 0 ] || calibrate
     run=$OUT/seed$seed
-    for method in "${METHODS[@]}"; do
-        train_unless_done "$run/$method" "${PRETRAIN_CONFIG[$method]}" "${PRETRAIN[@]}" SEED "$seed" \
+    for method in "${PRETRAINED[@]}"; do
+        train_unless_done "$run/$method" "${PRETRAIN_CONFIG[$method]}" "${LOWLABEL_PRETRAIN[@]}" SEED "$seed" \
             SOLVER.MAX_ITER "${MAX_ITER[$method]}" SOLVER.WARMUP_ITERS $((MAX_ITER[$method] / 8))
-        [ -f "$run/$method/d2.pkl" ] || "$PY" tools/convert_vader_to_d2.py --input "$run/$method/model_final.pth" --output "$run/$method/d2.pkl"
+        export_unless_done "$run/$method"
+    done
+    for method in "${METHODS[@]}"; do
+        source_method=${DERIVED_FROM[$method]:-}
+        [ -n "$source_method" ] && [ ! -f "$run/$method/d2.pkl" ] || continue
+        mkdir -p "$run/$method"
+        "$PY" experiments/resnet_only_weights.py --input "$run/$source_method/d2.pkl" --output "$run/$method/d2.pkl"
     done
     for task in "${TASK_LIST[@]}"; do
         for budget in "${BUDGET_LIST[@]}"; do
@@ -124,10 +138,13 @@ for seed in "${SEED_LIST[@]}"; do
             done
         done
     done
-    # The pretraining each model got, beside its results.
-    for method in "${METHODS[@]}"; do
-        echo "$method: $(grep -ho 'Overall training speed: .*' "$run/$method/log.txt" | tail -1)"
-    done > "$RESULTS/seed$seed/pretraining.txt"
+    # The pretraining each model got, beside its results (a run with fewer METHODS keeps the others' lines).
+    record=$RESULTS/seed$seed/pretraining.txt
+    for method in "${PRETRAINED[@]}"; do
+        { grep -v "^$method: " "$record" 2>/dev/null || true
+          echo "$method: $(grep -ho 'Overall training speed: .*' "$run/$method/log.txt" | tail -1)"; } > "$record.new"
+        mv "$record.new" "$record"
+    done
 done
 
 "$PY" experiments/summarise_transfer.py "$RESULTS" | tee "$RESULTS/table.md"

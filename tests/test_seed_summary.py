@@ -11,15 +11,15 @@ from vader_d2.errors import UserError
 from .conftest import REPO
 
 
-def load_summariser():
-    spec = importlib.util.spec_from_file_location("summarise_seeds", os.path.join(REPO, "experiments", "summarise_seeds.py"))
+def load_experiment_script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "experiments", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_table_gives_mean_and_sample_std_per_name_and_skips_bookkeeping():
-    summarise = load_summariser()
+    summarise = load_experiment_script("summarise_seeds")
     results = [
         {"name": "vader", "seed": s, "seconds": {"x": 9.0 * s}, "label_propagation_protocol": {"topk": 10},
          "label_propagation": {"head": {"J&F": jf, "objects": 22, "per_video": {"v": {"1": {"J": jf}}}}}}
@@ -33,7 +33,7 @@ def test_table_gives_mean_and_sample_std_per_name_and_skips_bookkeeping():
 
 
 def test_finetune_result_reads_the_last_evaluation_and_leaves_out_classes(tmp_path):
-    summarise = load_summariser()
+    summarise = load_experiment_script("summarise_seeds")
     records = [
         {"iteration": 19, "total_loss": 2.5, "fast_rcnn/cls_accuracy": 0.9},
         {"iteration": 39, "total_loss": 2.0, "bbox/AP": 1.5, "bbox/AP-bird": 3.0, "segm/AP": 1.0},
@@ -47,15 +47,6 @@ def test_finetune_result_reads_the_last_evaluation_and_leaves_out_classes(tmp_pa
     (tmp_path / "metrics.json").write_text(json.dumps(records[0]) + "\n")
     with pytest.raises(UserError, match="no training loss or no evaluation"):
         summarise.finetune_result("vader_600", 2, str(tmp_path))
-
-
-def load_transfer_summariser():
-    spec = importlib.util.spec_from_file_location(
-        "summarise_transfer", os.path.join(REPO, "experiments", "summarise_transfer.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_transfer_table_pairs_gains_by_seed_and_keeps_unknown_initialisations(tmp_path):
@@ -73,7 +64,8 @@ def test_transfer_table_pairs_gains_by_seed_and_keeps_unknown_initialisations(tm
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"name": init, "seed": seed, "finetune": {"sem_seg/mIoU": value}}))
 
-    table = load_transfer_summariser().tables(load_transfer_summariser().read_results(str(tmp_path))).splitlines()
+    summarise = load_experiment_script("summarise_transfer")
+    table = summarise.tables(summarise.read_results(str(tmp_path))).splitlines()
 
     assert table[0] == (
         "| task | labels | number | random_init | pixpro | vader | vader_lowlabel | "
