@@ -3,10 +3,23 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from vader_d2.training_metrics import read_metrics
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .helpers import REPO
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Torch's default of one thread per core makes every op several times slower when the cores are
+    shared with other jobs (a CI machine, this project's 2-core machine): these tests check behaviour,
+    not speed, so they use one thread, and restore the setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # A seeded run of the long demo recipe (128 px views), shared by every test that needs pretrained weights.
 # 600 iterations: with the 32-pair recipe of the time, after 120 the loss fell but the features did not

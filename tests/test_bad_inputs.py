@@ -20,8 +20,7 @@ from vader_d2.hooks import NegativesWatch
 from vader_d2.trainer import TrainingDivergedError, VADeRTrainer, check_some_image_readable
 from vader_d2.training_metrics import read_metrics
 
-from .helpers import demo_cfg
-from .test_config_errors import DEMO_CONFIG, TINY_OPTS, run_train_net, single_error_line, single_thread  # noqa: F401
+from .helpers import DEMO_CONFIG, TINY_OPTS, demo_cfg, run_train_net, single_error_line
 from .test_resume import FixedBatchTrainer, fixed_batch_cfg
 
 pytestmark = pytest.mark.usefixtures("single_thread")

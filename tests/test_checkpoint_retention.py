@@ -19,9 +19,10 @@ from vader_d2.errors import UserError
 from vader_d2.hooks import RetainingPeriodicCheckpointer
 from vader_d2.output_dir import prune_checkpoints
 
-from .helpers import demo_cfg
-from .test_config_errors import DEMO_CONFIG, single_thread, train_net  # noqa: F401
+from .helpers import DEMO_CONFIG, demo_cfg, load_tool
 from .test_resume import FixedBatchTrainer, fixed_batch_cfg
+
+train_net = load_tool("train_net")
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

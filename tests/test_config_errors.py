@@ -1,10 +1,5 @@
 """Config, data-path and checkpoint mistakes end `tools/train_net.py` with one line naming the key and the fix."""
 
-import importlib.util
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from detectron2.engine import default_argument_parser
@@ -16,72 +11,9 @@ from vader_d2.config import add_vader_config, check_vader_config
 from vader_d2.errors import UserError
 from vader_d2.trainer import check_checkpoint_matches_config
 
-from .helpers import FEW_PAIRS, demo_cfg
+from .helpers import DEMO_CONFIG, REPO, TINY_OPTS, demo_cfg, load_tool, run_train_net, single_error_line
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_CONFIG = "configs/vader_pretrain_demo.yaml"
-# A few seconds per run on 2 CPU cores: 64 px views, batch 4, 32 pairs, a 512-key queue, no loader workers.
-TINY_OPTS = [
-    *FEW_PAIRS,
-    "INPUT.VIEWS.CROP_SIZE", "64",
-    "SOLVER.IMS_PER_BATCH", "4",
-    "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "2",  # shuffle-BN groups that divide the batch of 1 or 2 processes
-    "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "512",
-    "DATALOADER.NUM_WORKERS", "0",
-    "SOLVER.WARMUP_ITERS", "2",
-]
-
-
-def train_net_env(env=None):
-    """The environment of a user's shell, plus: warnings that torch and fvcore print on this machine (a
-    deprecation at import, "No CUDA runtime is found") silenced, so that stderr holds exactly what
-    vader_d2 reports; and one thread per process (see ``single_thread``). A None value in ``env`` removes
-    the variable."""
-    full_env = dict(os.environ, PYTHONWARNINGS="ignore", TORCH_LOGS="-all", OMP_NUM_THREADS="1")
-    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
-    for name, value in (env or {}).items():
-        if value is None:
-            full_env.pop(name, None)
-        else:
-            full_env[name] = value
-    return full_env
-
-
-def run_train_net(*args, env=None, timeout=300):
-    """Run tools/train_net.py the way a user does."""
-    return subprocess.run(
-        [sys.executable, "tools/train_net.py", *args], cwd=REPO, env=train_net_env(env), capture_output=True, text=True, timeout=timeout
-    )
-
-
-@pytest.fixture(scope="module")
-def single_thread():
-    """Torch's default of one thread per core makes every op several times slower when the cores are
-    shared with other jobs (a CI machine, this project's 2-core machine): these tests check behaviour,
-    not speed, so they use one thread, and restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def single_error_line(result):
-    """The run failed with exit status 2 and exactly one line on stderr, which is returned."""
-    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr[-3000:]
-    assert lines[0].startswith("vader_d2: ")
-    return lines[0]
-
-
-def load_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "tools", "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_net = load_train_net()
+train_net = load_tool("train_net")
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,6 @@ from torch.utils._pytree import tree_flatten
 
 from vader_d2.solver import build_optimizer
 
-from .test_config_errors import single_thread  # noqa: F401
 from .test_methods import mapped_batches
 from .test_mixed_precision import METHODS, small_cfg
 

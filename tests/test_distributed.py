@@ -50,8 +50,7 @@ from detectron2.utils.events import EventStorage
 
 from vader_d2.training_metrics import read_metrics
 
-from .helpers import FEW_PAIRS, demo_cfg, fake_batch
-from .test_config_errors import DEMO_CONFIG, TINY_OPTS, run_train_net, single_thread  # noqa: F401
+from .helpers import DEMO_CONFIG, FEW_PAIRS, TINY_OPTS, demo_cfg, fake_batch, run_train_net
 
 # Every test here starts processes (about 20-60 s each on a shared 2-core machine).
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]

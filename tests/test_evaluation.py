@@ -1,9 +1,6 @@
 """The dense evaluation: correspondence benchmark, linear probe, feature extraction, pictures."""
 
 import json
-import os
-import subprocess
-import sys
 import zlib
 
 import numpy as np
@@ -13,7 +10,7 @@ import torch.nn.functional as F
 
 from detectron2.data import DatasetCatalog
 
-from tests.helpers import demo_cfg
+from tests.helpers import demo_cfg, run_tool
 from vader_d2.errors import UserError
 from vader_d2.evaluation import (
     CorrespondenceProtocol,
@@ -29,7 +26,6 @@ from vader_d2.evaluation.linear_probe import read_label_map
 from vader_d2.evaluation.visualization import plot_training_curves
 from vader_d2.evaluation.weight_change import weight_change
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE_VAL = "vader_cutpaste_sem_seg_val"
 NO_PHOTOMETRIC = dict(color_jitter=(0.0, 0.0, 0.0, 0.0), blur_prob=0.0, noise_prob=0.0)
 
@@ -143,12 +139,6 @@ def test_random_init_is_seeded():
     b = build_feature_extractor(demo_cfg(), seed=3)(image)["head"]
     c = build_feature_extractor(demo_cfg(), seed=4)(image)["head"]
     assert torch.equal(a, b) and not torch.equal(a, c)
-
-
-def run_tool(*args):
-    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
 
 
 @pytest.mark.slow

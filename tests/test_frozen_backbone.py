@@ -13,7 +13,7 @@ from vader_d2.export import export_to_detectron2
 from vader_d2.errors import UserError
 from vader_d2.trainer import VADeRTrainer, load_model_weights
 
-from .helpers import demo_cfg
+from .helpers import demo_cfg, run_train_net
 from .test_transfer import load_cfg
 
 FROZEN_CONFIG = "configs/downstream/cutpaste_semantic_R_18_FPN_frozen.yaml"
@@ -105,8 +105,6 @@ def test_train_net_keeps_the_loaded_backbone(initialisations, tmp_path):
     """Through tools/train_net.py as a user runs it: the final checkpoint holds the exported ResNet and
     FPN tensors unchanged."""
     import pickle
-
-    from .test_config_errors import run_train_net
 
     output_dir = str(tmp_path / "run")
     result = run_train_net(

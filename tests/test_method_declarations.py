@@ -15,7 +15,6 @@ from vader_d2.evaluation import build_feature_extractor
 from vader_d2.modeling.momentum import pretraining_method, pretraining_methods
 from vader_d2.trainer import is_pretraining
 
-from .test_config_errors import single_thread  # noqa: F401
 from .test_methods import mapped_batches
 from .test_mixed_precision import METHODS, small_cfg
 from .test_transfer import load_cfg

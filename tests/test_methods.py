@@ -39,8 +39,7 @@ from vader_d2.solver import LARS, build_optimizer
 from vader_d2.trainer import VADeRTrainer, load_model_weights
 from vader_d2.training_metrics import SKIPPED_IMAGES
 
-from .helpers import FEW_PAIRS
-from .test_config_errors import run_train_net, single_error_line, single_thread  # noqa: F401
+from .helpers import FEW_PAIRS, run_train_net, single_error_line
 from .test_resume import assert_same
 from .test_transfer import DOWNSTREAM, load_cfg, pretrained_part, randomize_, transfer_mismatches
 

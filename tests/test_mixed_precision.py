@@ -45,7 +45,6 @@ from vader_d2.errors import UserError
 from vader_d2.mixed_precision import CPUAutocastTrainer, build_step_trainer
 
 from .helpers import FEW_PAIRS
-from .test_config_errors import single_thread  # noqa: F401
 from .test_methods import mapped_batches
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -32,8 +32,7 @@ from vader_d2.errors import UserError
 from vader_d2.preemption import PREEMPTED_EXIT, RECORDER, PreemptionCheckpointer, StopOnWriteFailure, parse_signal_names
 from vader_d2.trainer import VADeRTrainer
 
-from .helpers import demo_cfg, fake_batch
-from .test_config_errors import DEMO_CONFIG, REPO, TINY_OPTS, single_thread, train_net_env  # noqa: F401
+from .helpers import DEMO_CONFIG, REPO, TINY_OPTS, demo_cfg, fake_batch, train_net_env
 from .test_resume import FixedBatchTrainer, assert_same, fixed_batch_cfg
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -30,8 +30,7 @@ from detectron2.modeling import build_model
 
 from vader_d2.trainer import VADeRTrainer
 
-from .helpers import FEW_PAIRS, demo_cfg, fake_batch
-from .test_config_errors import DEMO_CONFIG, REPO, TINY_OPTS, run_train_net, single_thread, train_net_env  # noqa: F401
+from .helpers import DEMO_CONFIG, FEW_PAIRS, REPO, TINY_OPTS, demo_cfg, fake_batch, run_train_net, train_net_env
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -28,8 +28,7 @@ from vader_d2.errors import UserError
 from vader_d2.output_dir import LOCK_FILE, OutputDirLock, claim_output_dir, select_resume_checkpoint
 from vader_d2.trainer import VADeRTrainer
 
-from .helpers import demo_cfg
-from .test_config_errors import DEMO_CONFIG, REPO, TINY_OPTS, run_train_net, single_error_line, single_thread, train_net_env  # noqa: F401
+from .helpers import DEMO_CONFIG, REPO, TINY_OPTS, demo_cfg, free_port, run_train_net, single_error_line, train_net_env
 from .test_resume import FixedBatchTrainer, assert_same, fixed_batch_cfg
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -349,12 +348,6 @@ def test_pkl_of_another_depth_fails_a_downstream_run_before_training(exported, t
 
 # ---------------------------------------------------------------------------------------------------
 # Distributed start-up
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_missing_machine_ends_with_one_line_within_the_timeout(tmp_path):

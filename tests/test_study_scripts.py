@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from .conftest import REPO
+from .helpers import REPO, assert_one_line_refusal
 
 TRANSFER_STUDY = os.path.join(REPO, "experiments", "transfer_study.sh")
 
@@ -25,9 +25,7 @@ def test_transfer_study_refuses_a_bad_value_in_one_line(tmp_path, environment, s
     # PY points nowhere: the refusal must come before the script runs Python at all.
     env = {**os.environ, **environment, "PY": str(tmp_path / "no_python")}
     result = subprocess.run(["bash", TRANSFER_STUDY, seeds, str(tmp_path / "out")], env=env, capture_output=True, text=True)
-    assert result.returncode == 2
-    assert result.stderr.startswith("vader_d2: ") and expected in result.stderr, result.stderr
-    assert result.stderr.count("\n") == 1
+    assert_one_line_refusal(result, expected)
     assert not (tmp_path / "out").exists()
 
 
@@ -49,7 +47,5 @@ def test_comparison_scripts_refuse_a_bad_value_in_one_line(tmp_path, script, arg
     env = {**os.environ, **environment, "PY": str(tmp_path / "no_python")}
     command = ["bash", os.path.join(REPO, "experiments", script), *(a.format(out=out) for a in arguments)]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
-    assert result.returncode == 2
-    assert result.stderr.startswith("vader_d2: ") and expected.format(out=out) in result.stderr, result.stderr
-    assert result.stderr.count("\n") == 1
+    assert_one_line_refusal(result, expected.format(out=out))
     assert not (tmp_path / "out").exists()

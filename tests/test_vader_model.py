@@ -18,7 +18,7 @@ from vader_d2.errors import UserError
 from vader_d2.modeling.losses import info_nce_loss
 from vader_d2.modeling.vader import sample_grid
 
-from .helpers import demo_cfg, fake_batch
+from .helpers import demo_cfg, fake_batch, unit
 
 
 def direct_info_nce(q, k, negatives, q_ids, neg_ids, t):
@@ -33,10 +33,6 @@ def direct_info_nce(q, k, negatives, q_ids, neg_ids, t):
         )
         total += -math.log(pos / (pos + neg))
     return total / q.shape[0]
-
-
-def unit(*shape):
-    return torch.nn.functional.normalize(torch.randn(*shape, dtype=torch.float64), dim=-1)
 
 
 @pytest.mark.parametrize("temperature", [0.07, 0.5])
