@@ -157,9 +157,8 @@ def test_vader_pretraining_beats_random_init_on_correspondence(pretrained_demo, 
     assert trained["head"]["median_error_px"] < random_init["head"]["median_error_px"]
 
 
-@pytest.mark.slow
-def test_command_lines_write_results_and_pictures(pretrained_demo, tmp_path):
-    weights = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", pretrained_demo["checkpoint"]]
+def test_command_lines_write_results_and_pictures(short_pretraining, tmp_path):
+    weights = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", short_pretraining["checkpoint"]]
     output = tmp_path / "vader.json"
     stdout = run_tool(
         "tools/evaluate_dense.py", "--config-file", "configs/vader_pretrain_demo.yaml", "--name", "short_vader",
@@ -201,15 +200,16 @@ def test_weight_change_per_part_is_the_direct_formula():
         weight_change(start, {k: v for k, v in end.items() if "head" not in k})
 
 
-@pytest.mark.slow
-def test_weight_change_tool_rebuilds_the_runs_initialisation(pretrained_demo, tmp_path):
+def test_weight_change_tool_rebuilds_the_runs_initialisation(short_pretraining, tmp_path):
     output = tmp_path / "change.json"
     run_tool("tools/weight_change.py", "--config-file", "configs/vader_pretrain_demo.yaml", "--output", str(output),
-             pretrained_demo["checkpoint"])
+             short_pretraining["checkpoint"])
     parts = json.loads(output.read_text())["parts"]
     assert set(parts) == {"stem", "res2", "res3", "res4", "res5", "fpn_lateral", "fpn_output", "head"}
     # A wrongly rebuilt start would be an independent random draw: cosine ~0 over millions of weights.
-    # Measured after the 600 demo iterations: 0.996 for res5, 0.54 for the stem.
+    # Measured after short_pretraining's 5 iterations: cosine 1.000 for res5, 0.976 for the stem, relative
+    # change 0.008 and 0.22, every other part between 0.003 and 0.035; after the 600 iterations of
+    # pretrained_demo cosine 0.996 for res5, 0.54 for the stem.
     assert parts["res5"]["cosine"] > 0.9
     assert all(0 < part["relative_change"] for part in parts.values())
     assert parts["stem"]["relative_change"] > parts["res5"]["relative_change"]
