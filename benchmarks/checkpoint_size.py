@@ -60,7 +60,7 @@ def main(args):
     try:
         cfg = build_config(args.config_file, [
             *args.opts,
-            "MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", "2", "MODEL.VADER.BN_GROUP_SIZE", "2",
+            "MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", "2", "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "2",
             "DATASETS.TRAIN", "('vader_demo_photos_train',)", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", output_dir,
         ])
         check_vader_config(cfg)

@@ -70,7 +70,7 @@ phase overhead 150 "$python" -m benchmarks.vader_overhead --device cuda --amp --
 t0=$(date +%s)
 echo "=== pretrain: 2 minutes, then SIGTERM (pre-emption: a checkpoint, exit status 75)" >> "$log"
 "$python" tools/train_net.py --config-file configs/vader_pretrain.yaml \
-  SOLVER.AMP.ENABLED True MODEL.VADER.CHANNELS_LAST True SOLVER.IMS_PER_BATCH 128 DATALOADER.NUM_WORKERS 16 \
+  SOLVER.AMP.ENABLED True MODEL.MOMENTUM_CONTRAST.CHANNELS_LAST True SOLVER.IMS_PER_BATCH 128 DATALOADER.NUM_WORKERS 16 \
   DATASETS.TRAIN "('folder:$work/photos',)" SOLVER.CHECKPOINT_PERIOD 100000 OUTPUT_DIR "$work/pretrain" >> "$log" 2>&1 &
 pretrain=$!
 ( sleep 120; kill -TERM $pretrain 2>/dev/null; sleep 30; kill -KILL $pretrain 2>/dev/null ) &

@@ -43,7 +43,7 @@ def main(args):
     log_path = os.path.join(output_dir, "train_net.out")
     command = [
         sys.executable, "tools/train_net.py", "--config-file", args.config_file, *args.opts,
-        "MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", "2", "MODEL.VADER.BN_GROUP_SIZE", "2",
+        "MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", "2", "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "2",
         "DATASETS.TRAIN", "('vader_demo_photos_train',)", "DATALOADER.NUM_WORKERS", "0",
         "OUTPUT_DIR", os.path.join(output_dir, "run"),
     ]

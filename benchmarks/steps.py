@@ -30,7 +30,8 @@ from vader_d2.config import check_vader_config
 from vader_d2.errors import UserError
 from vader_d2.modeling.shuffle_bn import forward_in_groups
 from vader_d2.mixed_precision import build_step_trainer
-from vader_d2.modeling.vader import VADeR, info_nce_loss, sample_grid
+from vader_d2.modeling.losses import info_nce_loss
+from vader_d2.modeling.vader import VADeR, sample_grid
 
 from .measure import StepMemory, median_time, medians, state_bytes, timed
 
@@ -73,18 +74,18 @@ def build_benchmark_config(
         "MODEL.RESNETS.RES2_OUT_CHANNELS", 64 if depth < 50 else 256,
         "INPUT.VIEWS.CROP_SIZE", crop_size,
         "SOLVER.IMS_PER_BATCH", batch_size,
-        "MODEL.VADER.QUEUE_SIZE", queue_size,
+        "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", queue_size,
         "MODEL.DEVICE", device,
         "SOLVER.AMP.ENABLED", amp,
-        "MODEL.VADER.CHANNELS_LAST", channels_last,
+        "MODEL.MOMENTUM_CONTRAST.CHANNELS_LAST", channels_last,
         "DATASETS.TRAIN", (dataset,),
         "DATALOADER.NUM_WORKERS", num_workers,
     ]
     # Shuffle-BN groups must divide the batch: the config's group size, or the largest that does.
-    sizes += ["MODEL.VADER.BN_GROUP_SIZE", math.gcd(batch_size, cfg.MODEL.VADER.BN_GROUP_SIZE)]
+    sizes += ["MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", math.gcd(batch_size, cfg.MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE)]
     merge_opts(cfg, sizes + list(opts))
-    if cfg.MODEL.VADER.LOSS != "dense":
-        raise UserError("the benchmark measures the dense loss; leave MODEL.VADER.LOSS at 'dense'")
+    if cfg.MODEL.META_ARCHITECTURE != "VADeR" or cfg.MODEL.VADER.LOSS != "dense":
+        raise UserError("the benchmark measures VADeR's dense loss; use a VADeR config (MODEL.META_ARCHITECTURE VADeR)")
     check_vader_config(cfg)
     return cfg
 

@@ -57,14 +57,14 @@ def build_parser():
                         help="side of the square views in pixels (INPUT.VIEWS.CROP_SIZE)")
     parser.add_argument("--batch", type=int, default=8, help="images per step (SOLVER.IMS_PER_BATCH)")
     parser.add_argument("--queue-sizes", type=int, nargs="+", default=[65536, 262144],
-                        help="one full step is timed per queue size (MODEL.VADER.QUEUE_SIZE); ratios are "
+                        help="one full step is timed per queue size (MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE); ratios are "
                              "taken against the first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="MODEL.DEVICE the steps run on")
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision (SOLVER.AMP.ENABLED: Detectron2's AMPTrainer on CUDA, bfloat16 autocast on the CPU)")
     parser.add_argument("--channels-last", action="store_true",
-                        help="encoders and inputs in channels_last memory order (MODEL.VADER.CHANNELS_LAST)")
+                        help="encoders and inputs in channels_last memory order (MODEL.MOMENTUM_CONTRAST.CHANNELS_LAST)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="intra-op CPU threads of the steps (torch.set_num_threads); on a CPU shared with other "
                              "jobs use 1 and read the CPU-time columns")
@@ -123,7 +123,7 @@ def run_benchmark(args, log=print):
             "batch": args.batch,
             "queue_sizes": queue_sizes,
             "pairs_per_image": cfg.MODEL.VADER.PAIRS_PER_IMAGE,
-            "embed_dim": cfg.MODEL.VADER.EMBED_DIM,
+            "embed_dim": cfg.MODEL.MOMENTUM_CONTRAST.EMBED_DIM,
             "device": str(device),
             "amp": args.amp,
             "channels_last": args.channels_last,

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -18,7 +17,8 @@ JPEG_QUALITY = 95
 
 
 class PrepareError(Exception):
-    """A failure the user can fix (network, missing tool, bad cache): printed as one line, no traceback."""
+    """A failure the user can fix (network, missing tool, bad cache): reported as every vader_d2 command
+    reports a mistake, one line and no traceback."""
 
 
 def default_root():
@@ -135,7 +135,8 @@ def add_common_arguments(parser):
 
 
 def run_cli(prepare, description, add_arguments=None):
-    """Parse the arguments and run ``prepare(args)``; user-fixable failures exit with one line."""
+    """Parse the arguments and run ``prepare(args)`` through vader_d2's command-line path: a failure the
+    user can fix ends with the one line ``vader_d2: ...`` on stderr and exit status 2."""
     parser = argparse.ArgumentParser(description=description)
     add_common_arguments(parser)
     if add_arguments is not None:
@@ -145,6 +146,9 @@ def run_cli(prepare, description, add_arguments=None):
         prepare(args)
     # OSError: an unwritable root or a full disk; its message names the path.
     except (PrepareError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        # vader_d2's own reporting, imported only on a failure: it brings torch and Detectron2 (seconds),
+        # which preparing data does not otherwise need.
+        from vader_d2.cli import report_user_error
+
+        report_user_error(e)
 

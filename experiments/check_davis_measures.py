@@ -7,7 +7,8 @@ on random mask pairs: noise masks, ellipses, empty masks, image sizes from 5 to 
     pip install scikit-image      # its f_measure dilates with skimage.morphology.disk
     python experiments/check_davis_measures.py /tmp/davis2017-evaluation [--pairs 3000]
 
-Prints the largest difference in J and in F over the pairs; exits 1 if either exceeds 1e-12.
+Prints the largest difference in J and in F over the pairs; exits 1 if either exceeds 1e-12. A clone
+that cannot be imported ends with one line `vader_d2: ...` and exit status 2, as every vader_d2 command.
 """
 
 import argparse
@@ -16,6 +17,8 @@ import sys
 import cv2
 import numpy as np
 
+from vader_d2.cli import run_cli
+from vader_d2.errors import UserError
 from vader_d2.evaluation.davis import boundary_f_measure, region_similarity
 
 
@@ -40,7 +43,7 @@ def main():
     try:
         from davis2017.metrics import db_eval_boundary, db_eval_iou
     except ImportError as e:
-        sys.exit(f"cannot import davis2017.metrics from {args.official!r}: {e}")
+        raise UserError(f"cannot import davis2017.metrics from {args.official!r}: {e}") from None
 
     rng = np.random.default_rng(args.seed)
     worst_j = worst_f = 0.0
@@ -57,4 +60,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

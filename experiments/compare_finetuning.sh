@@ -21,6 +21,9 @@ source experiments/common.sh
 ITERS=${1:-600}
 OUT=${2:-output/compare}
 SEEDS=${3:-3}
+require_whole_number ITERS "$ITERS" 1
+require_whole_number SEEDS "$SEEDS" 1
+[[ "${GLOBAL_EQUAL_TIME:-1}" =~ ^[01]$ ]] || fail "GLOBAL_EQUAL_TIME must be 1 or 0, not '$GLOBAL_EQUAL_TIME'"
 GLOBAL_RUN=moco_global_$ITERS
 [ "${GLOBAL_EQUAL_TIME:-1}" = 1 ] && GLOBAL_RUN=moco_global_$((ITERS * 3))  # the global run given VADeR's wall time
 PRETRAINED=("$GLOBAL_RUN" "densecl_$ITERS" "pixpro_$ITERS" "vader_$ITERS")
@@ -33,24 +36,21 @@ read -r -a TASK_LIST <<< "${TASKS:-mask_rcnn frozen_semantic}"
 SCHEDULE=()
 SUFFIX=""
 if [ -n "${FINETUNE_ITERS:-}" ]; then
-    [[ "$FINETUNE_ITERS" =~ ^[1-9][0-9]*$ ]] && [ "$FINETUNE_ITERS" -ge 10 ] \
-        || { echo "FINETUNE_ITERS must be a whole number of at least 10, not '$FINETUNE_ITERS'" >&2; exit 2; }
+    require_whole_number FINETUNE_ITERS "$FINETUNE_ITERS" 10
     n=$FINETUNE_ITERS
     # The configs' 300-iteration shape: warm-up for the first sixth, learning-rate drops at 2/3 and 9/10.
     SCHEDULE=(SOLVER.MAX_ITER "$n" SOLVER.WARMUP_ITERS $((n / 6)) SOLVER.STEPS "($((n * 2 / 3)),$((n * 9 / 10)))")
     SUFFIX=_${n}it
 fi
 for task in "${TASK_LIST[@]}"; do
-    [ -n "${CONFIGS[$task]:-}" ] || { echo "TASKS: unknown task '$task' (known: ${!CONFIGS[*]})" >&2; exit 2; }
+    [ -n "${CONFIGS[$task]:-}" ] || fail "TASKS: unknown task '$task' (known: ${!CONFIGS[*]})"
 done
 
 for seed in $(seq 1 "$SEEDS"); do
     run=$OUT/seed$seed
     for pretrained in "${PRETRAINED[@]}"; do
-        if [ ! -f "$run/$pretrained/model_final.pth" ]; then
-            echo "missing $run/$pretrained/model_final.pth: run experiments/compare_pretraining.sh $ITERS $OUT $SEEDS first" >&2
-            exit 1
-        fi
+        [ -f "$run/$pretrained/model_final.pth" ] \
+            || fail "missing $run/$pretrained/model_final.pth: run experiments/compare_pretraining.sh $ITERS $OUT $SEEDS first"
         export_unless_done "$run/$pretrained"
     done
     for task in "${TASK_LIST[@]}"; do

@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 source experiments/common.sh
 ITERS=${1:-600}
 OUT=${2:-output/compare_key_bn}
+require_whole_number ITERS "$ITERS" 1
 shift $(($# < 2 ? $# : 2))
 CONFIG=configs/vader_pretrain_demo_long.yaml  # 128 px views unless overridden
 COMMON=(MODEL.DEVICE cpu SOLVER.MAX_ITER "$ITERS" SOLVER.CHECKPOINT_PERIOD 100000 "$@")

@@ -23,6 +23,9 @@ OUT=${2:-output/compare}
 SEEDS=${3:-3}
 CROP=${CROP:-128}
 GLOBAL_EQUAL_TIME=${GLOBAL_EQUAL_TIME:-1}
+require_whole_number ITERS "$ITERS" 1
+require_whole_number SEEDS "$SEEDS" 1
+[[ "$GLOBAL_EQUAL_TIME" =~ ^[01]$ ]] || fail "GLOBAL_EQUAL_TIME must be 1 or 0, not '$GLOBAL_EQUAL_TIME'"
 VIDEOS=${VIDEOS:-${DETECTRON2_DATASETS:-datasets}/vader_videos/DAVIS}
 COMMON=(MODEL.DEVICE cpu SOLVER.CHECKPOINT_PERIOD 100000 INPUT.VIEWS.CROP_SIZE "$CROP")
 # Each pretrained model: its run name and the config it trains with (and is evaluated with).

@@ -19,9 +19,10 @@ import fnmatch
 import json
 import os
 import statistics
-import sys
 from collections import defaultdict
 
+from vader_d2.cli import run_cli
+from vader_d2.errors import UserError
 from vader_d2.training_metrics import read_metrics
 
 # Parts of a results file that are settings, counts or bookkeeping, not measurements.
@@ -85,7 +86,7 @@ def finetune_result(name, seed, run_dir):
     # An evaluation shares its record with the training scalars of the same iteration.
     evaluations = [m for m in metrics if any(k.startswith(EVALUATION_PREFIXES) for k in m)]
     if not losses or not evaluations:
-        sys.exit(f"{run_dir}/metrics.json has no training loss or no evaluation: did the run finish?")
+        raise UserError(f"{run_dir}/metrics.json has no training loss or no evaluation: did the run finish?")
     # The set-level numbers; per-class ones ("bbox/AP-bird", "sem_seg/IoU-fish") carry a "-class" suffix.
     final = {k: v for k, v in evaluations[-1].items() if k.startswith(EVALUATION_PREFIXES) and "-" not in k.split("/", 1)[1]}
     return {"name": name, "seed": seed, "run_dir": run_dir, "finetune": {"loss_first_record": losses[0], "loss_last_record": losses[-1], **final}}
@@ -119,4 +120,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -21,7 +21,6 @@ shift || true
 CONFIG=configs/vader_pretrain_demo.yaml
 TUNING_VIDEOS=(04_vegetable-fruit-flower 05_mammal-fruit 06_vegetable-fruit 07_mammal-flower-bird)
 TUNING_SEED=1
-mkdir -p "$OUT"
 
 evaluate() {  # name, then KEY VALUE overrides (MODEL.WEIGHTS among them)
     local name=$1
@@ -79,12 +78,10 @@ ORDER=(baseline lr0.1 lr0.02 warmup5 momentum0.9 queue4096 crop0.5 homography0.2
 RUNS=("$@")
 [ ${#RUNS[@]} -gt 0 ] || RUNS=("${ORDER[@]}")
 for name in "${RUNS[@]}"; do
-    if [ -z "${GRID[$name]+set}" ]; then
-        echo "vader_d2: no run named '$name' in the grid of $0 (runs: ${ORDER[*]})" >&2
-        exit 2
-    fi
+    [ -n "${GRID[$name]+set}" ] || fail "no run named '$name' in the grid of $0 (runs: ${ORDER[*]})"
 done
 
+mkdir -p "$OUT"
 evaluate random_init MODEL.WEIGHTS ""
 for name in "${RUNS[@]}"; do
     # shellcheck disable=SC2086  # the overrides are words

@@ -63,9 +63,8 @@ declare -A TASK_CONFIG=(
 )
 declare -A TRAIN_SET=([semantic]=vader_lowlabel_sem_seg_train [frozen]=vader_lowlabel_sem_seg_train [mask_rcnn]=vader_lowlabel_train)
 
-fail() { echo "vader_d2: $*" >&2; exit 2; }
-[[ "$VADER_ITERS" =~ ^[1-9][0-9]*$ ]] && [ "$VADER_ITERS" -ge 30 ] || fail "VADER_ITERS must be a whole number of at least 30, not '$VADER_ITERS'"
-for seed in "${SEED_LIST[@]}"; do [[ "$seed" =~ ^[1-9][0-9]*$ ]] || fail "seeds must be whole numbers from 1, not '$seed'"; done
+require_whole_number VADER_ITERS "$VADER_ITERS" 30
+for seed in "${SEED_LIST[@]}"; do require_whole_number "a seed" "$seed" 1; done
 for task in "${TASK_LIST[@]}"; do [ -n "${TASK_CONFIG[$task]:-}" ] || fail "TASKS: unknown task '$task' (known: ${!TASK_CONFIG[*]})"; done
 for method in "${METHODS[@]}"; do
     [ -n "${PRETRAIN_CONFIG[$method]:-}${DERIVED_FROM[$method]:-}" ] || fail "METHODS: unknown method '$method' (known: ${!PRETRAIN_CONFIG[*]} ${!DERIVED_FROM[*]})"

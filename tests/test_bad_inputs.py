@@ -20,8 +20,7 @@ from vader_d2.hooks import NegativesWatch
 from vader_d2.trainer import TrainingDivergedError, VADeRTrainer, check_some_image_readable
 from vader_d2.training_metrics import read_metrics
 
-from .helpers import demo_cfg
-from .test_config_errors import DEMO_CONFIG, TINY_OPTS, run_train_net, single_error_line, single_thread  # noqa: F401
+from .helpers import DEMO_CONFIG, TINY_OPTS, demo_cfg, run_train_net, single_error_line
 from .test_resume import FixedBatchTrainer, fixed_batch_cfg
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -110,7 +109,7 @@ def test_pretraining_on_a_folder_of_every_kind_completes_and_counts_skips(every_
     batch, steps = 4, 5  # 20 samples: the sampler's first pass over the 15 files is used up, so each is drawn
     result = run_train_net(
         "--config-file", DEMO_CONFIG, *TINY_OPTS, "DATALOADER.NUM_WORKERS", "2", "SOLVER.MAX_ITER", str(steps),
-        "MODEL.VADER.METRICS_PERIOD", "1", "OUTPUT_DIR", str(tmp_path),
+        "MODEL.MOMENTUM_CONTRAST.METRICS_PERIOD", "1", "OUTPUT_DIR", str(tmp_path),
         env={"DETECTRON2_DATASETS": str(every_kind["root"])},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -185,7 +184,7 @@ def test_queries_without_negatives_are_warned_about_when_the_share_stays_high(ca
                     assert watch.warnings == 0, iteration
     assert watch.warnings == 1  # at 30, the third record in a row above 0.5 (35 continues the same streak)
     assert "60% to 80% of the queries had no usable negative in the last 3 records (iterations 20..30" in caplog.text
-    assert "MODEL.VADER.QUEUE_SIZE" in caplog.text
+    assert "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE" in caplog.text
 
 
 def test_negatives_watch_ignores_a_model_without_the_scalar():
@@ -226,7 +225,7 @@ class PoisonWeight(HookBase):
 
 def test_non_finite_loss_stops_with_the_iteration_and_diagnostics(tmp_path):
     cfg = fixed_batch_cfg(tmp_path)
-    cfg.MODEL.VADER.METRICS_PERIOD = 1
+    cfg.MODEL.MOMENTUM_CONTRAST.METRICS_PERIOD = 1
     trainer = FixedBatchTrainer(cfg)
     trainer.register_hooks([PoisonWeight(iteration=2)])
     trainer.resume_or_load(resume=False)

@@ -14,11 +14,9 @@ from benchmarks import vader_overhead as cli
 from benchmarks.report import format_report
 from benchmarks.steps import BareNetworkStep, build_benchmark_config, build_step_model
 from vader_d2.errors import UserError
-from vader_d2.modeling.vader import NegativeLogSumExp, info_nce_loss
+from vader_d2.modeling.losses import NegativeLogSumExp, info_nce_loss
 
-from .helpers import demo_cfg, fake_batch
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .helpers import REPO, demo_cfg, fake_batch, unit
 
 
 def tiny_cfg(queue_size=128, **overrides):
@@ -65,10 +63,6 @@ def reference_info_nce(queries, keys, negatives, query_ids, negative_ids, temper
     excluded = (negative_ids[None, :] < 0) | (negative_ids[None, :] == query_ids[:, None])
     logits = logits.masked_fill(excluded, torch.finfo(logits.dtype).min)
     return (torch.logaddexp(positive, torch.logsumexp(logits, dim=1)) - positive).mean()
-
-
-def unit(*shape, dtype=torch.float64):
-    return torch.nn.functional.normalize(torch.randn(*shape, dtype=dtype), dim=-1)
 
 
 def test_loss_and_gradient_match_the_plain_formulation():
@@ -126,7 +120,7 @@ def test_channels_last_changes_the_memory_order_not_the_result():
     losses = {}
     for channels_last in (False, True):
         torch.manual_seed(0)
-        model = build_model(demo_cfg("MODEL.VADER.CHANNELS_LAST", channels_last, "INPUT.VIEWS.CROP_SIZE", 64))
+        model = build_model(demo_cfg("MODEL.MOMENTUM_CONTRAST.CHANNELS_LAST", channels_last, "INPUT.VIEWS.CROP_SIZE", 64))
         conv = model.query_encoder.backbone.bottom_up.stem.conv1.weight
         assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
         torch.manual_seed(1)

@@ -4,16 +4,11 @@ Every command shares one error path (vader_d2/cli.py): a mistake ends it with ex
 makes: weights that are not there, or an output path that cannot be written (under a file).
 """
 
-import importlib.util
-import os
-import subprocess
-import sys
-
 import pytest
 
 from vader_d2.errors import UserError
 
-from .test_config_errors import DEMO_CONFIG, REPO, single_error_line, train_net_env
+from .helpers import DEMO_CONFIG, load_tool, run_python, single_error_line
 
 MISTAKES = {
     "evaluate_dense-missing-weights": (
@@ -48,17 +43,10 @@ def test_each_tool_reports_a_mistake_in_one_line(name, tmp_path):
     (tmp_path / "a_file").write_text("a file, not a folder")
     args, expected = MISTAKES[name]
     args = [a.format(tmp=tmp_path) for a in args]
-    result = subprocess.run([sys.executable, *args], cwd=REPO, env=train_net_env(), capture_output=True, text=True, timeout=120)
+    result = run_python(*args, timeout=120)
     line = single_error_line(result)
     assert "Traceback" not in result.stdout + result.stderr
     assert line.startswith("vader_d2: " + expected.format(tmp=tmp_path)), line
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_more_mistakes_of_the_tools_are_user_errors(tmp_path):

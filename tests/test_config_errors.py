@@ -1,83 +1,19 @@
 """Config, data-path and checkpoint mistakes end `tools/train_net.py` with one line naming the key and the fix."""
 
-import importlib.util
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from detectron2.engine import default_argument_parser
 
+from detectron2.config import get_cfg
+
+from vader_d2.cli import build_config
+from vader_d2.config import add_vader_config, check_vader_config
 from vader_d2.errors import UserError
 from vader_d2.trainer import check_checkpoint_matches_config
 
-from .helpers import FEW_PAIRS, demo_cfg
+from .helpers import DEMO_CONFIG, REPO, TINY_OPTS, demo_cfg, load_tool, run_train_net, single_error_line
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_CONFIG = "configs/vader_pretrain_demo.yaml"
-# A few seconds per run on 2 CPU cores: 64 px views, batch 4, 32 pairs, a 512-key queue, no loader workers.
-TINY_OPTS = [
-    *FEW_PAIRS,
-    "INPUT.VIEWS.CROP_SIZE", "64",
-    "SOLVER.IMS_PER_BATCH", "4",
-    "MODEL.VADER.BN_GROUP_SIZE", "2",  # shuffle-BN groups that divide the batch of 1 or 2 processes
-    "MODEL.VADER.QUEUE_SIZE", "512",
-    "DATALOADER.NUM_WORKERS", "0",
-    "SOLVER.WARMUP_ITERS", "2",
-]
-
-
-def train_net_env(env=None):
-    """The environment of a user's shell, plus: warnings that torch and fvcore print on this machine (a
-    deprecation at import, "No CUDA runtime is found") silenced, so that stderr holds exactly what
-    vader_d2 reports; and one thread per process (see ``single_thread``). A None value in ``env`` removes
-    the variable."""
-    full_env = dict(os.environ, PYTHONWARNINGS="ignore", TORCH_LOGS="-all", OMP_NUM_THREADS="1")
-    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
-    for name, value in (env or {}).items():
-        if value is None:
-            full_env.pop(name, None)
-        else:
-            full_env[name] = value
-    return full_env
-
-
-def run_train_net(*args, env=None, timeout=300):
-    """Run tools/train_net.py the way a user does."""
-    return subprocess.run(
-        [sys.executable, "tools/train_net.py", *args], cwd=REPO, env=train_net_env(env), capture_output=True, text=True, timeout=timeout
-    )
-
-
-@pytest.fixture(scope="module")
-def single_thread():
-    """Torch's default of one thread per core makes every op several times slower when the cores are
-    shared with other jobs (a CI machine, this project's 2-core machine): these tests check behaviour,
-    not speed, so they use one thread, and restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def single_error_line(result):
-    """The run failed with exit status 2 and exactly one line on stderr, which is returned."""
-    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr[-3000:]
-    assert lines[0].startswith("vader_d2: ")
-    return lines[0]
-
-
-def load_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "tools", "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_net = load_train_net()
+train_net = load_tool("train_net")
 
 
 @pytest.mark.parametrize(
@@ -85,11 +21,11 @@ train_net = load_train_net()
     [
         (["--config-file", "configs/no_such.yaml"], ["--config-file", "configs/no_such.yaml", "does not exist"]),
         (["--config-file", DEMO_CONFIG, "MODEL.VADER.QUEUE_SIZ", "512"], ["command line: unknown config key MODEL.VADER.QUEUE_SIZ"]),
-        (["--config-file", DEMO_CONFIG, "MODEL.VADER.EMBED_DIM", "large"], ["MODEL.VADER.EMBED_DIM", "Type mismatch"]),
+        (["--config-file", DEMO_CONFIG, "MODEL.MOMENTUM_CONTRAST.EMBED_DIM", "large"], ["MODEL.MOMENTUM_CONTRAST.EMBED_DIM", "Type mismatch"]),
         (["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH"], ["odd length"]),
         (
-            ["--config-file", DEMO_CONFIG, "MODEL.VADER.QUEUE_SIZE", "1000"],
-            ["MODEL.VADER.QUEUE_SIZE=1000", "SOLVER.IMS_PER_BATCH", "e.g. 2048"],
+            ["--config-file", DEMO_CONFIG, "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "1000"],
+            ["MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE=1000", "SOLVER.IMS_PER_BATCH", "e.g. 2048"],
         ),
         (["--config-file", DEMO_CONFIG, "--num-gpus", "3"], ["SOLVER.IMS_PER_BATCH=8", "3 processes", "multiple of 3"]),
         (
@@ -146,7 +82,7 @@ def test_embedding_dim_of_weights_is_checked_through_the_cli(tmp_path):
     write_vader_checkpoint(weights, 512, 64)
     result = run_train_net("--config-file", DEMO_CONFIG, *TINY_OPTS, "MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(tmp_path / "out"))
     line = single_error_line(result)
-    assert "MODEL.VADER.EMBED_DIM=128" in line and "64-d" in line and "set MODEL.VADER.EMBED_DIM 64" in line
+    assert "MODEL.MOMENTUM_CONTRAST.EMBED_DIM=128" in line and "64-d" in line and "set MODEL.MOMENTUM_CONTRAST.EMBED_DIM 64" in line
 
 
 def test_checkpoint_checks(tmp_path):
@@ -159,7 +95,7 @@ def test_checkpoint_checks(tmp_path):
     write_vader_checkpoint(other_queue, 1024, 128)
     # Starting a new run from weights may change the queue; resuming must restore it exactly.
     check_checkpoint_matches_config(cfg, str(other_queue), resuming=False)
-    with pytest.raises(UserError, match=r"MODEL.VADER.QUEUE_SIZE=512 does not match the 1024 keys .*MODEL.VADER.QUEUE_SIZE 1024"):
+    with pytest.raises(UserError, match=r"MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE=512 does not match the 1024 keys .*MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE 1024"):
         check_checkpoint_matches_config(cfg, str(other_queue), resuming=True)
 
     with pytest.raises(UserError, match=r"^MODEL.WEIGHTS '.*nowhere.pth' does not exist"):
@@ -182,10 +118,10 @@ PRETRAIN_VALUES = [
     (["SOLVER.CHECKPOINT_PERIOD", "0"], "SOLVER.CHECKPOINT_PERIOD must be at least 1"),
     (["SOLVER.LR_SCHEDULER_NAME", "Cosine"], "SOLVER.LR_SCHEDULER_NAME must be one of"),
     (["MODEL.VADER.PAIRS_PER_IMAGE", "0"], "MODEL.VADER.PAIRS_PER_IMAGE must be at least 1, got 0"),
-    (["MODEL.VADER.EMBED_DIM", "-128"], "MODEL.VADER.EMBED_DIM must be at least 1, got -128"),
-    (["MODEL.VADER.QUEUE_SIZE", "0"], "MODEL.VADER.QUEUE_SIZE must be at least 1, got 0"),
-    (["MODEL.VADER.METRICS_PERIOD", "0"], "MODEL.VADER.METRICS_PERIOD must be at least 1"),
-    (["MODEL.VADER.ENQUEUE", "after"], "MODEL.VADER.ENQUEUE must be 'before_loss' or 'after_loss', got 'after'"),
+    (["MODEL.MOMENTUM_CONTRAST.EMBED_DIM", "-128"], "MODEL.MOMENTUM_CONTRAST.EMBED_DIM must be at least 1, got -128"),
+    (["MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "0"], "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE must be at least 1, got 0"),
+    (["MODEL.MOMENTUM_CONTRAST.METRICS_PERIOD", "0"], "MODEL.MOMENTUM_CONTRAST.METRICS_PERIOD must be at least 1"),
+    (["MODEL.MOMENTUM_CONTRAST.ENQUEUE", "after"], "MODEL.MOMENTUM_CONTRAST.ENQUEUE must be 'before_loss' or 'after_loss', got 'after'"),
     (["MODEL.VADER.HEAD.IN_FEATURES", "['p3', 'p4']"], "MODEL.VADER.HEAD.IN_FEATURES must be FPN outputs"),
     (["MODEL.VADER.HEAD.NORM", "GroupNorm"], "MODEL.VADER.HEAD.NORM='GroupNorm' cannot normalise"),
     (["INPUT.VIEWS.MAX_REDRAWS", "-1"], "INPUT.VIEWS.MAX_REDRAWS must be at least 1, got -1"),
@@ -206,7 +142,7 @@ PRETRAIN_VALUES = [
     (["INPUT.VIEWS.SOLARIZE_PROB", "(0.2,)"], "INPUT.VIEWS.SOLARIZE_PROB must be two probabilities in [0, 1] (view 1, view 2), got (0.2,)"),
     (["INPUT.VIEWS.BLUR_PROB_PER_VIEW", "(1.5, 0.1)"], "INPUT.VIEWS.BLUR_PROB_PER_VIEW must be () or two probabilities in [0, 1]"),
     # One image per global batch and a queue of one step's keys: every negative is the query's own image.
-    (["SOLVER.IMS_PER_BATCH", "1", "MODEL.VADER.BN_GROUP_SIZE", "1", "MODEL.VADER.QUEUE_SIZE", "256"], "with SOLVER.IMS_PER_BATCH=1 and MODEL.VADER.QUEUE_SIZE=256 (the keys of one step) the queue only ever holds keys of the query's own image"),
+    (["SOLVER.IMS_PER_BATCH", "1", "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "1", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "256"], "with SOLVER.IMS_PER_BATCH=1 and MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE=256 (the keys of one step) the queue only ever holds keys of the query's own image"),
 ]
 
 
@@ -222,16 +158,16 @@ def test_values_that_cannot_work_are_one_line(opts, expected):
 def test_queries_have_negatives_from_the_second_step_of_a_one_image_batch():
     # Two steps' keys in the queue: the previous image's keys are negatives.
     train_net.check_before_launch(train_net.parse_args(
-        ["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH", "1", "MODEL.VADER.BN_GROUP_SIZE", "1", "MODEL.VADER.QUEUE_SIZE", "512"]
+        ["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH", "1", "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "1", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "512"]
     ))
     # Two images per batch, one step in the queue: the other image's keys are negatives.
     train_net.check_before_launch(train_net.parse_args(
-        ["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH", "2", "MODEL.VADER.BN_GROUP_SIZE", "1", "MODEL.VADER.QUEUE_SIZE", "512"]
+        ["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH", "2", "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "1", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "512"]
     ))
     # MoCo's order: one step in the queue holds the previous step's image, another image.
     train_net.check_before_launch(train_net.parse_args(
-        ["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH", "1", "MODEL.VADER.BN_GROUP_SIZE", "1", "MODEL.VADER.QUEUE_SIZE", "256",
-         "MODEL.VADER.ENQUEUE", "after_loss"]
+        ["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH", "1", "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "1", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "256",
+         "MODEL.MOMENTUM_CONTRAST.ENQUEUE", "after_loss"]
     ))
 
 
@@ -262,3 +198,41 @@ def test_output_folder_that_cannot_be_created_is_one_line(tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     line = single_error_line(run_train_net("--config-file", DEMO_CONFIG, *TINY_OPTS, "OUTPUT_DIR", str(tmp_path / "a_file" / "out")))
     assert f"cannot create OUTPUT_DIR '{tmp_path}/a_file/out': Not a directory" in line
+
+
+def test_a_moved_key_keeps_its_old_name(tmp_path):
+    """MODEL.VADER.MIN_SHARED_CELLS is INPUT.VIEWS.MIN_SHARED_CELLS now, MODEL.VADER.QUEUE_SIZE (and the
+    other shared momentum keys) MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE: the old names still work on the command
+    line and in a config file; a file that gives both names, or a config built without
+    vader_d2.cli.build_config (which moves them), is one line."""
+    cfg = demo_cfg("MODEL.VADER.MIN_SHARED_CELLS", "300", "MODEL.VADER.QUEUE_SIZE", "4096", "MODEL.VADER.KEY_BN", "sync")
+    assert cfg.INPUT.VIEWS.MIN_SHARED_CELLS == 300 and cfg.MODEL.VADER.MIN_SHARED_CELLS is None
+    assert (cfg.MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE, cfg.MODEL.MOMENTUM_CONTRAST.KEY_BN) == (4096, "sync")
+    assert cfg.MODEL.VADER.QUEUE_SIZE is None and cfg.MODEL.VADER.KEY_BN is None
+    check_vader_config(cfg)
+    old_file = tmp_path / "old.yaml"
+    old_file.write_text(
+        f'_BASE_: "{REPO}/configs/vader_pretrain.yaml"\nMODEL:\n  VADER:\n    MIN_SHARED_CELLS: 64\n    MOMENTUM: 0.99\n'
+    )
+    assert build_config(str(old_file)).INPUT.VIEWS.MIN_SHARED_CELLS == 64
+    assert build_config(str(old_file)).MODEL.MOMENTUM_CONTRAST.MOMENTUM == 0.99
+    assert build_config(str(old_file), ["INPUT.VIEWS.MIN_SHARED_CELLS", "48"]).INPUT.VIEWS.MIN_SHARED_CELLS == 48
+    with pytest.raises(UserError, match="Type mismatch"):
+        demo_cfg("MODEL.VADER.MIN_SHARED_CELLS", "many")
+
+    # An older leaf on top of a shipped config, which gives the new name: the leaf's old name wins.
+    older_leaf = tmp_path / "older_leaf.yaml"
+    older_leaf.write_text(f'_BASE_: "{REPO}/{DEMO_CONFIG}"\nMODEL:\n  VADER:\n    MIN_SHARED_CELLS: 300\n    QUEUE_SIZE: 4096\n')
+    leaf_cfg = build_config(str(older_leaf))
+    assert (leaf_cfg.INPUT.VIEWS.MIN_SHARED_CELLS, leaf_cfg.MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE) == (300, 4096)
+    both = tmp_path / "both.yaml"
+    both.write_text(f'_BASE_: "{REPO}/{DEMO_CONFIG}"\nMODEL:\n  VADER:\n    MIN_SHARED_CELLS: 128\nINPUT:\n  VIEWS:\n    MIN_SHARED_CELLS: 300\n')
+    with pytest.raises(UserError, match=r"^the config gives both INPUT.VIEWS.MIN_SHARED_CELLS and its old name MODEL.VADER.MIN_SHARED_CELLS; give INPUT.VIEWS.MIN_SHARED_CELLS only$"):
+        build_config(str(both))
+
+    by_hand = get_cfg()
+    add_vader_config(by_hand)
+    by_hand.merge_from_file(DEMO_CONFIG)
+    by_hand.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.VADER.MIN_SHARED_CELLS", "64"])
+    with pytest.raises(UserError, match=r"^MODEL.VADER.MIN_SHARED_CELLS is now INPUT.VIEWS.MIN_SHARED_CELLS; set that$"):
+        check_vader_config(by_hand)

@@ -3,8 +3,6 @@
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import uuid
 
 import numpy as np
@@ -23,9 +21,7 @@ from vader_d2.data.datasets import (
 )
 from vader_d2.errors import UserError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The builtin datasets were registered at import under this root, relative to the current folder.
-DATASETS_ROOT = os.path.abspath(os.getenv("DETECTRON2_DATASETS", "datasets"))
+from .helpers import assert_second_preparation_is_a_no_op, datasets_script_json, prepare_dataset
 
 
 @pytest.fixture
@@ -129,15 +125,7 @@ print(json.dumps(errors))
         "vader_lowlabel_test": "prepare_lowlabel.py",
         "vader_lowlabel_sem_seg_test": "prepare_lowlabel.py",
     }
-    result = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", script, *expected_hint],
-        cwd=REPO,
-        env={**os.environ, "DETECTRON2_DATASETS": str(tmp_path)},
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    errors = json.loads(result.stdout.strip().splitlines()[-1])
+    errors = datasets_script_json(script, *expected_hint, datasets_root=tmp_path)
     assert set(errors) == set(expected_hint)
     for name, hint in expected_hint.items():
         message = errors[name]
@@ -153,23 +141,14 @@ def test_cutpaste_constants_agree():
 # The prepared datasets. `make test` prepares them first; a bare pytest run prepares what is missing.
 
 
-def prepare(script, dataset):
-    if not os.path.exists(os.path.join(DATASETS_ROOT, dataset, "manifest.json")):
-        command = [sys.executable, os.path.join(REPO, "datasets", script), "--root", DATASETS_ROOT]
-        result = subprocess.run(command, capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    with open(os.path.join(DATASETS_ROOT, dataset, "manifest.json")) as f:
-        return json.load(f)
-
-
 @pytest.fixture(scope="module")
 def demo_manifest():
-    return prepare("prepare_demo_photos.py", "vader_demo_photos")
+    return prepare_dataset("prepare_demo_photos.py", "vader_demo_photos")
 
 
 @pytest.fixture(scope="module")
 def cutpaste_manifest(demo_manifest):
-    return prepare("prepare_cutpaste.py", "vader_cutpaste")
+    return prepare_dataset("prepare_cutpaste.py", "vader_cutpaste")
 
 
 def sha256(path):
@@ -191,9 +170,7 @@ def test_demo_photos_splits_are_decodable_and_disjoint(demo_manifest):
 
 
 def test_demo_photos_second_run_is_a_no_op(demo_manifest):
-    script = os.path.join(REPO, "datasets", "prepare_demo_photos.py")
-    result = subprocess.run([sys.executable, script, "--root", DATASETS_ROOT], capture_output=True, text=True)
-    assert result.returncode == 0 and "up to date" in result.stdout, result.stdout + result.stderr
+    assert_second_preparation_is_a_no_op("prepare_demo_photos.py")
 
 
 def mask_of(segmentation):

@@ -1,6 +1,6 @@
 """
 Device audit of one training step of every method: nothing the step makes lands on another device than
-the model's, nothing waits for the device outside the MODEL.VADER.METRICS_PERIOD steps, and no float64
+the model's, nothing waits for the device outside the MODEL.MOMENTUM_CONTRAST.METRICS_PERIOD steps, and no float64
 work runs on the device.
 
 This machine has no GPU, so the step runs with the model on PyTorch's ``meta`` device (tensors with
@@ -31,7 +31,6 @@ from torch.utils._pytree import tree_flatten
 
 from vader_d2.solver import build_optimizer
 
-from .test_config_errors import single_thread  # noqa: F401
 from .test_methods import mapped_batches
 from .test_mixed_precision import METHODS, small_cfg
 

@@ -25,7 +25,7 @@ What must hold, and why it can be tested exactly or only within float tolerance:
   NaiveSyncBatchNorm tracks the biased variance, torch's BatchNorm2d the unbiased one; they only
   matter after pretraining (PreciseBN re-estimates them downstream). Checked exactly below.
 
-Which mode each equivalence covers (MODEL.VADER.KEY_BN):
+Which mode each equivalence covers (MODEL.MOMENTUM_CONTRAST.KEY_BN):
 
 * ``sync`` with ``naiveSyncBN``: N processes compute what one process computes on the global batch
   (above);
@@ -50,8 +50,7 @@ from detectron2.utils.events import EventStorage
 
 from vader_d2.training_metrics import read_metrics
 
-from .helpers import FEW_PAIRS, demo_cfg, fake_batch
-from .test_config_errors import DEMO_CONFIG, TINY_OPTS, run_train_net, single_thread  # noqa: F401
+from .helpers import DEMO_CONFIG, FEW_PAIRS, TINY_OPTS, demo_cfg, fake_batch, run_train_net
 
 # Every test here starts processes (about 20-60 s each on a shared 2-core machine).
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
@@ -74,11 +73,11 @@ def tiny_cfg(mode):
         *FEW_PAIRS,
         "INPUT.VIEWS.CROP_SIZE", str(CROP),
         "SOLVER.IMS_PER_BATCH", str(GLOBAL_BATCH),
-        "MODEL.VADER.QUEUE_SIZE", "256",
+        "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "256",
         "MODEL.RESNETS.NORM", norm,
         "MODEL.FPN.NORM", norm,
-        "MODEL.VADER.KEY_BN", "shuffle" if shuffle else "sync",
-        "MODEL.VADER.BN_GROUP_SIZE", str(GLOBAL_BATCH // 2),
+        "MODEL.MOMENTUM_CONTRAST.KEY_BN", "shuffle" if shuffle else "sync",
+        "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", str(GLOBAL_BATCH // 2),
     )
 
 

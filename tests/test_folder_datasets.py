@@ -4,10 +4,7 @@ resolved (train_net's checks, the trainer's data loader in each launched process
 visualize.py), with the one-line errors of any folder; and the builtin unlabeled COCO image lists.
 """
 
-import json
 import os
-import subprocess
-import sys
 import uuid
 
 import pytest
@@ -17,10 +14,10 @@ from vader_d2.data.datasets import register_named_folders
 from vader_d2.errors import UserError
 from vader_d2.trainer import VADeRTrainer
 
-from .helpers import demo_cfg
+from .helpers import DEMO_CONFIG, TINY_OPTS, datasets_script_json, demo_cfg, load_tool, run_python, run_train_net, single_error_line
 from .test_bad_inputs import photo
-from .test_cli_errors import load_tool
-from .test_config_errors import DEMO_CONFIG, REPO, TINY_OPTS, run_train_net, single_error_line, train_net, train_net_env
+
+train_net = load_tool("train_net")
 
 
 @pytest.fixture(autouse=True)
@@ -106,10 +103,9 @@ def test_evaluate_dense_and_visualize_resolve_folder_names(photo_folder):
 
 def test_visualize_resolves_a_folder_name_from_the_command_line(photo_folder, tmp_path):
     """The whole tool in a new process: the name is found, with its two images, and an index past them is one line."""
-    result = subprocess.run(
-        [sys.executable, "tools/visualize.py", "--config-file", DEMO_CONFIG, "--output-dir", str(tmp_path / "pictures"),
-         "--dataset", f"folder:{photo_folder}", "--image-index", "2", "MODEL.DEVICE", "cpu"],
-        cwd=REPO, env=train_net_env(), capture_output=True, text=True, timeout=300,
+    result = run_python(
+        "tools/visualize.py", "--config-file", DEMO_CONFIG, "--output-dir", str(tmp_path / "pictures"),
+        "--dataset", f"folder:{photo_folder}", "--image-index", "2", "MODEL.DEVICE", "cpu", timeout=300,
     )
     assert single_error_line(result) == f"vader_d2: --image-index 2 is out of range: folder:{photo_folder} has 2 images"
 
@@ -142,12 +138,7 @@ print(json.dumps({
     "detectron2": MetadataCatalog.get("coco_2017_train").json_file,
 }))
 """
-    result = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", script], cwd=REPO, env={**os.environ, "DETECTRON2_DATASETS": str(tmp_path)},
-        capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    found = json.loads(result.stdout.strip().splitlines()[-1])
+    found = datasets_script_json(script, datasets_root=tmp_path, timeout=120)
     assert found["coco_2017_train_images"] == [str(tmp_path / "coco/train2017/000000000009.jpg"), str(tmp_path / "coco/train2017/000000000025.jpg")]
     assert found["coco_2017_unlabeled_images"] == [str(tmp_path / "coco/unlabeled2017/000000000008.jpg")]
     assert found["detectron2"] == str(tmp_path / "coco/annotations/instances_train2017.json")

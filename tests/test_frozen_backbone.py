@@ -9,11 +9,11 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from vader_d2.checkpoint import export_to_detectron2
+from vader_d2.export import export_to_detectron2
 from vader_d2.errors import UserError
 from vader_d2.trainer import VADeRTrainer, load_model_weights
 
-from .helpers import demo_cfg
+from .helpers import demo_cfg, run_train_net
 from .test_transfer import load_cfg
 
 FROZEN_CONFIG = "configs/downstream/cutpaste_semantic_R_18_FPN_frozen.yaml"
@@ -40,9 +40,9 @@ def export_initialised_model(cfg, folder, seed):
 def initialisations(tmp_path_factory):
     """What a user fine-tunes from: a VADeR export (ResNet + FPN), a global MoCo export (ResNet only, its
     FPN is never trained) and the random initialisation."""
-    moco_cfg = demo_cfg("MODEL.VADER.LOSS", "global", "MODEL.VADER.QUEUE_SIZE", "64")
+    moco_cfg = demo_cfg("MODEL.VADER.LOSS", "global", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "64")
     return {
-        "vader": export_initialised_model(demo_cfg("MODEL.VADER.QUEUE_SIZE", "256"), tmp_path_factory.mktemp("vader"), seed=11),
+        "vader": export_initialised_model(demo_cfg("MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "256"), tmp_path_factory.mktemp("vader"), seed=11),
         "moco": export_initialised_model(moco_cfg, tmp_path_factory.mktemp("moco"), seed=12),
         "random": "",
     }
@@ -105,8 +105,6 @@ def test_train_net_keeps_the_loaded_backbone(initialisations, tmp_path):
     """Through tools/train_net.py as a user runs it: the final checkpoint holds the exported ResNet and
     FPN tensors unchanged."""
     import pickle
-
-    from .test_config_errors import run_train_net
 
     output_dir = str(tmp_path / "run")
     result = run_train_net(

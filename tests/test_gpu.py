@@ -18,7 +18,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from vader_d2.checkpoint import export_to_detectron2
+from vader_d2.export import export_to_detectron2
 from vader_d2.mixed_precision import CPUAutocastTrainer, build_step_trainer
 from vader_d2.solver import build_optimizer
 from vader_d2.trainer import load_model_weights
@@ -32,10 +32,10 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 # Every cell of the 64 px fake views is a valid pair: all 16 x 16 are drawn, in whatever order.
 DETERMINISTIC = {
-    "VADeR": ["MODEL.VADER.KEY_BN", "sync", "INPUT.VIEWS.CROP_SIZE", "64", "MODEL.VADER.PAIRS_PER_IMAGE", "256",
-              "MODEL.VADER.MIN_SHARED_CELLS", "256", "MODEL.VADER.QUEUE_SIZE", "4096"],
-    "MoCo": ["MODEL.VADER.KEY_BN", "sync"],
-    "DenseCL": ["MODEL.VADER.KEY_BN", "sync"],
+    "VADeR": ["MODEL.MOMENTUM_CONTRAST.KEY_BN", "sync", "INPUT.VIEWS.CROP_SIZE", "64", "MODEL.VADER.PAIRS_PER_IMAGE", "256",
+              "INPUT.VIEWS.MIN_SHARED_CELLS", "256", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "4096"],
+    "MoCo": ["MODEL.MOMENTUM_CONTRAST.KEY_BN", "sync"],
+    "DenseCL": ["MODEL.MOMENTUM_CONTRAST.KEY_BN", "sync"],
     "PixPro": [],
 }
 
@@ -100,7 +100,7 @@ def test_amp_steps_on_cuda(method, precision, tmp_path):
 
 def test_shuffle_bn_groups_on_one_gpu_match_the_cpu_for_the_same_permutation():
     """Two BN groups of 2 in one process, the key encoder on a fixed permutation of the batch, both devices."""
-    cfg = small_cfg("VADeR", *DETERMINISTIC["VADeR"][2:], "MODEL.VADER.KEY_BN", "shuffle")
+    cfg = small_cfg("VADeR", *DETERMINISTIC["VADeR"][2:], "MODEL.MOMENTUM_CONTRAST.KEY_BN", "shuffle")
     torch.manual_seed(0)
     cpu_model = build_model(cfg).train()
     cuda_model = copy.deepcopy(cpu_model).cuda()

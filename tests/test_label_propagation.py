@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -27,10 +25,7 @@ from vader_d2.evaluation.davis import (
 )
 from vader_d2.evaluation.label_propagation import PropagationProtocol, oracle_features, propagate_labels
 
-from .conftest import REPO
-from .test_config_errors import train_net_env
-
-DATASETS_ROOT = os.path.abspath(os.getenv("DETECTRON2_DATASETS", "datasets"))
+from .helpers import DATASETS_ROOT, REPO, assert_second_preparation_is_a_no_op, load_tool, prepare_dataset, train_net_env
 
 
 def square(shape, top, left, side):
@@ -327,13 +322,8 @@ def test_offline_video_masks_are_exact(prepare_videos):
 @pytest.fixture(scope="module")
 def offline_videos():
     """The prepared offline videos (`make data`; prepared here if missing, as test_datasets does)."""
-    dataset_dir = os.path.join(DATASETS_ROOT, "vader_videos")
-    if not os.path.exists(os.path.join(dataset_dir, "manifest.json")):
-        command = [sys.executable, os.path.join(REPO, "datasets", "prepare_videos.py"), "--root", DATASETS_ROOT]
-        result = subprocess.run(command, capture_output=True, text=True, env=train_net_env())
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    with open(os.path.join(dataset_dir, "manifest.json")) as f:
-        return os.path.join(dataset_dir, "DAVIS"), json.load(f)
+    manifest = prepare_dataset("prepare_videos.py", "vader_videos", env=train_net_env())
+    return os.path.join(DATASETS_ROOT, "vader_videos", "DAVIS"), manifest
 
 
 def test_offline_videos_read_as_davis(offline_videos):
@@ -353,9 +343,7 @@ def test_offline_videos_read_as_davis(offline_videos):
 
 
 def test_offline_videos_second_run_is_a_no_op(offline_videos):
-    script = os.path.join(REPO, "datasets", "prepare_videos.py")
-    result = subprocess.run([sys.executable, script, "--root", DATASETS_ROOT], capture_output=True, text=True, env=train_net_env())
-    assert result.returncode == 0 and "up to date" in result.stdout, result.stdout + result.stderr
+    assert_second_preparation_is_a_no_op("prepare_videos.py", env=train_net_env())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -363,8 +351,6 @@ def test_offline_videos_second_run_is_a_no_op(offline_videos):
 
 
 def test_tool_scores_every_feature_source_and_the_ceiling(tmp_path, capsys):
-    from .test_cli_errors import load_tool
-
     root = str(tmp_path / "DAVIS")
     truth = []
     for t in range(4):
@@ -408,8 +394,6 @@ def test_vader_pretraining_beats_random_init_on_the_offline_videos(pretrained_de
     # `tools/propagate_labels.py`, against 22.1 / 26.5 for the seeded random initialisation: 14.1 / 16.2
     # points. The test asks the longer shared fixture for half of each. With DAVIS's boundary map the
     # short recipe's 160 iterations score 33.1 / 42.3 against 22.7 / 27.1 (docs/results.md, seed 1).
-    from .test_cli_errors import load_tool
-
     root, _ = offline_videos
     tool = load_tool("propagate_labels")
     scores = {}
@@ -426,8 +410,6 @@ def test_vader_pretraining_beats_random_init_on_the_offline_videos(pretrained_de
 
 
 def test_tool_checks_every_video_before_it_starts(tmp_path):
-    from .test_cli_errors import load_tool
-
     root = str(tmp_path / "DAVIS")
     labels = np.zeros((12, 16), np.uint8)
     labels[2:6, 2:6] = 1

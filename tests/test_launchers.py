@@ -11,7 +11,6 @@ Slow (several training processes each): torchrun and simulated srun tasks comput
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,9 @@ from vader_d2.launchers import (
 )
 from vader_d2.output_dir import OutputDirLock
 
-from .test_config_errors import DEMO_CONFIG, REPO, TINY_OPTS, run_train_net, single_error_line, train_net, train_net_env
+from .helpers import DEMO_CONFIG, REPO, TINY_OPTS, free_port, load_tool, run_python, run_tool, run_train_net, single_error_line, train_net_env
+
+train_net = load_tool("train_net")
 
 TORCHRUN_ENV = {
     "TORCHELASTIC_RUN_ID": "none", "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
@@ -158,7 +159,7 @@ def test_launcher_mistakes_are_one_line(env, flags, message):
     "opts, message",
     [
         (["SOLVER.IMS_PER_BATCH", "6"], "SOLVER.IMS_PER_BATCH=6 is not divisible by the 4 processes"),
-        (["MODEL.VADER.BN_GROUP_SIZE", "2", "SOLVER.IMS_PER_BATCH", "4"], "MODEL.VADER.BN_GROUP_SIZE=2 must divide the 1 images each of the 4 processes gets"),
+        (["MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "2", "SOLVER.IMS_PER_BATCH", "4"], "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE=2 must divide the 1 images each of the 4 processes gets"),
     ],
 )
 def test_config_mistakes_under_torchrun_are_found_before_the_processes_meet(monkeypatch, tmp_path, opts, message):
@@ -276,23 +277,14 @@ print(gloo_threads())
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the thread names in /proc")
 def test_leaving_the_process_group_ends_its_threads():
     """Gloo threads still running when the interpreter exits can abort a process after its last line."""
-    result = subprocess.run(
-        [sys.executable, "-c", LEAVE_SCRIPT, str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split("\n")[:2] == ["True 1", "[]"]
+    stdout = run_tool("-c", LEAVE_SCRIPT, str(free_port()), timeout=120)
+    assert stdout.split("\n")[:2] == ["True 1", "[]"]
 
 
 # ---------------------------------------------------------------------------------------------------
 # Whole runs (slow: two training processes each)
 
 RUN_OPTS = [*TINY_OPTS, "SOLVER.MAX_ITER", "3", "SEED", "3"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def srun_tasks(args, tmp_path, ranks=(0, 1), port=None, **variables):
@@ -344,10 +336,9 @@ def two_gpu_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_torchrun_computes_what_num_gpus_computes(two_gpu_run, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "tools/train_net.py",
-         "--config-file", DEMO_CONFIG, *RUN_OPTS, "OUTPUT_DIR", str(tmp_path)],
-        cwd=REPO, env=train_net_env(), capture_output=True, text=True, timeout=300,
+    result = run_python(
+        "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "tools/train_net.py",
+        "--config-file", DEMO_CONFIG, *RUN_OPTS, "OUTPUT_DIR", str(tmp_path), timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Rank of current process: 0. World size: 2" in result.stdout + result.stderr

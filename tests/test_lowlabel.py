@@ -5,14 +5,13 @@ of each split) in a temporary root stands in for the 2000-image set."""
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 from vader_d2.data.datasets import CUTPASTE_CLASSES
 
-from .conftest import REPO
+from .helpers import REPO, datasets_script_json
 
 DATASETS_DIR = os.path.join(REPO, "datasets")
 COUNTS = {"unlabeled": 4, "train": 30, "test": 3}
@@ -126,15 +125,7 @@ def test_lowlabel_registration_and_budgets(tiny_build):
         *(f"vader_lowlabel{kind}_train_{budget}" for kind in ("", "_sem_seg") for budget in (10, 30, 100)),
         "vader_lowlabel_val", "vader_lowlabel_sem_seg_val",
     ]
-    result = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", REGISTERED, *names],
-        cwd=REPO,
-        env={**os.environ, "DETECTRON2_DATASETS": str(root)},
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    found = json.loads(result.stdout.strip().splitlines()[-1])
+    found = datasets_script_json(REGISTERED, *names, datasets_root=root)
 
     def images(split, count):
         return [f"vader_lowlabel/{split}/{split}_{i:05d}.jpg" for i in range(count)]
@@ -197,6 +188,6 @@ def test_lowlabel_bad_counts_are_one_line(scripts, tmp_path, monkeypatch, capsys
     monkeypatch.setattr(sys, "argv", ["prepare_lowlabel.py", "--root", str(tmp_path), f"{option}={value}"])
     with pytest.raises(SystemExit) as exit_status:
         common.run_cli(prepare_lowlabel.prepare_lowlabel, "test", prepare_lowlabel.add_arguments)
-    assert exit_status.value.code == 1
-    assert capsys.readouterr().err == f"error: {option} must be at least 1, not {value}\n"
+    assert exit_status.value.code == 2
+    assert capsys.readouterr().err == f"vader_d2: {option} must be at least 1, not {value}\n"
     assert not any(tmp_path.iterdir()), "nothing is written"

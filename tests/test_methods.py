@@ -23,7 +23,8 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
-from vader_d2.checkpoint import check_weights_load, export_to_detectron2, load_weights
+from vader_d2.export import export_to_detectron2
+from vader_d2.load_checks import check_weights_load, load_weights
 from vader_d2.cli import build_config
 from vader_d2.config import check_vader_config
 from vader_d2.data import VADeRViewMapper
@@ -38,8 +39,7 @@ from vader_d2.solver import LARS, build_optimizer
 from vader_d2.trainer import VADeRTrainer, load_model_weights
 from vader_d2.training_metrics import SKIPPED_IMAGES
 
-from .helpers import FEW_PAIRS
-from .test_config_errors import run_train_net, single_error_line, single_thread  # noqa: F401
+from .helpers import FEW_PAIRS, run_train_net, single_error_line
 from .test_resume import assert_same
 from .test_transfer import DOWNSTREAM, load_cfg, pretrained_part, randomize_, transfer_mismatches
 
@@ -53,9 +53,9 @@ TINY = [
     *FEW_PAIRS,
     "INPUT.VIEWS.CROP_SIZE", str(CROP),
     "SOLVER.IMS_PER_BATCH", "4",
-    "MODEL.VADER.BN_GROUP_SIZE", "2",
-    "MODEL.VADER.QUEUE_SIZE", "16",
-    "MODEL.VADER.METRICS_PERIOD", "1",
+    "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "2",
+    "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "16",
+    "MODEL.MOMENTUM_CONTRAST.METRICS_PERIOD", "1",
     "MODEL.DENSECL.HIDDEN_DIM", "64",
     "MODEL.PIXPRO.HIDDEN_DIM", "64",
     "MODEL.PIXPRO.EMBED_DIM", "32",
@@ -175,7 +175,7 @@ def test_densecl_geometric_positives_equal_the_views_transforms():
 def test_densecl_model_loss_is_the_weighted_sum_of_the_papers_two_losses(enqueue):
     """The model's two loss terms, recomputed in float64 from its own encoders' outputs (gradient too).
     With ENQUEUE after_loss (DenseCL's order) the negatives are both queues as an earlier step left them."""
-    cfg = method_cfg("DenseCL", "MODEL.VADER.KEY_BN", "sync", "MODEL.VADER.ENQUEUE", enqueue)
+    cfg = method_cfg("DenseCL", "MODEL.MOMENTUM_CONTRAST.KEY_BN", "sync", "MODEL.MOMENTUM_CONTRAST.ENQUEUE", enqueue)
     torch.manual_seed(0)
     model = build_model(cfg).train()
     model.momentum = 1.0  # the key encoder stays what it is, so the recomputation sees the same weights
@@ -252,7 +252,7 @@ def brute_force_positive_mask(first_transform, second_transform, height, width, 
 @pytest.mark.parametrize("radius", [0.7, 2.0])
 def test_pixpro_positive_mask_equals_a_brute_force_distance_computation(radius):
     # Large scale range and every geometric augmentation of the demo: crops, flips, affine, homography.
-    cfg = method_cfg("PixPro", "INPUT.VIEWS.CROP_SCALE", "(0.08, 1.0)", "MODEL.VADER.MIN_SHARED_CELLS", "32")
+    cfg = method_cfg("PixPro", "INPUT.VIEWS.CROP_SCALE", "(0.08, 1.0)", "INPUT.VIEWS.MIN_SHARED_CELLS", "32")
     geometry = view_geometry(cfg, 8, seed=3)
     mask = pixpro_positive_mask(*matrices_and_sizes(geometry), CELLS, CELLS, STRIDE, radius)
     for n, (pair, height, width) in enumerate(geometry):
@@ -645,8 +645,8 @@ def test_frozen_feature_tools_read_the_trained_resnet_through_p2(method, tmp_pat
 
 def test_densecl_weights_start_a_run_with_other_queue_sizes(tmp_path):
     """MODEL.WEIGHTS from a DenseCL checkpoint: weights load, both queues are sized by the new config."""
-    torch.save({"model": build_model(method_cfg("DenseCL", "MODEL.VADER.QUEUE_SIZE", "16")).state_dict()}, tmp_path / "d.pth")
-    cfg = method_cfg("DenseCL", "MODEL.VADER.QUEUE_SIZE", "32")
+    torch.save({"model": build_model(method_cfg("DenseCL", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "16")).state_dict()}, tmp_path / "d.pth")
+    cfg = method_cfg("DenseCL", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "32")
     model = build_model(cfg)
     load_model_weights(cfg, model, str(tmp_path / "d.pth"))
     assert model.queue.shape[0] == model.dense_queue.shape[0] == 32
@@ -662,7 +662,7 @@ def test_densecl_weights_start_a_run_with_other_queue_sizes(tmp_path):
         ("DenseCL", ["MODEL.DENSECL.POSITIVE", "nearest"], "MODEL.DENSECL.POSITIVE must be 'feature' or 'geometric', got 'nearest'"),
         ("DenseCL", ["MODEL.DENSECL.LOSS_WEIGHT", "1.5"], "MODEL.DENSECL.LOSS_WEIGHT must be a probability"),
         ("DenseCL", ["MODEL.DENSECL.TEMPERATURE", "0.0"], "MODEL.DENSECL.TEMPERATURE must be positive"),
-        ("DenseCL", ["MODEL.VADER.QUEUE_SIZE", "6"], "MODEL.VADER.QUEUE_SIZE=6 must be a positive multiple of the keys enqueued per step (4 = SOLVER.IMS_PER_BATCH x 1 key per image)"),
+        ("DenseCL", ["MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "6"], "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE=6 must be a positive multiple of the keys enqueued per step (4 = SOLVER.IMS_PER_BATCH x 1 key per image)"),
         ("DenseCL", ["INPUT.VIEWS.CROP_SIZE", "80"], "INPUT.VIEWS.CROP_SIZE=80 must be a multiple of 32, the stride of res5"),
         ("PixPro", ["MODEL.PIXPRO.TRANSFORM_LAYERS", "3"], "MODEL.PIXPRO.TRANSFORM_LAYERS must be 0, 1 or 2, got 3"),
         ("PixPro", ["MODEL.PIXPRO.POSITIVE_RADIUS", "-1.0"], "MODEL.PIXPRO.POSITIVE_RADIUS must be positive"),
@@ -700,7 +700,7 @@ def gloo_cfg(method):
     # DenseCL: shuffle-BN with one group of 2 images per rank, i.e. 2 groups in one process. PixPro:
     # batch norm over the global batch (naiveSyncBN), as its recipe has it.
     if method == "DenseCL":
-        return method_cfg(method, "MODEL.VADER.BN_GROUP_SIZE", "2")
+        return method_cfg(method, "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "2")
     norm = ["MODEL.RESNETS.NORM", "naiveSyncBN", "MODEL.FPN.NORM", "naiveSyncBN", "MODEL.PIXPRO.NORM", "naiveSyncBN"]
     return method_cfg(method, *norm)
 
@@ -832,10 +832,10 @@ def test_paper_configs_draw_their_crops_without_an_overlap_constraint(config):
 
 
 def test_unconstrained_views_only_where_no_matched_pairs_are_drawn():
-    cfg = method_cfg("DenseCL", "MODEL.VADER.MIN_SHARED_CELLS", "0")
+    cfg = method_cfg("DenseCL", "INPUT.VIEWS.MIN_SHARED_CELLS", "0")
     check_vader_config(cfg)
-    check_vader_config(build_config("configs/moco_global_demo.yaml", ["MODEL.VADER.MIN_SHARED_CELLS", "0"]))
-    with pytest.raises(UserError, match=r"^MODEL.VADER.MIN_SHARED_CELLS must be at least 1, got 0$"):
-        check_vader_config(build_config("configs/vader_pretrain_demo.yaml", ["MODEL.VADER.MIN_SHARED_CELLS", "0"]))
-    with pytest.raises(UserError, match=r"^MODEL.VADER.MIN_SHARED_CELLS=577 must lie between 0 and the 576 cells of a view$"):
-        check_vader_config(method_cfg("PixPro", "MODEL.VADER.MIN_SHARED_CELLS", "577"))
+    check_vader_config(build_config("configs/moco_global_demo.yaml", ["INPUT.VIEWS.MIN_SHARED_CELLS", "0"]))
+    with pytest.raises(UserError, match=r"^INPUT.VIEWS.MIN_SHARED_CELLS must be at least 1, got 0$"):
+        check_vader_config(build_config("configs/vader_pretrain_demo.yaml", ["INPUT.VIEWS.MIN_SHARED_CELLS", "0"]))
+    with pytest.raises(UserError, match=r"^INPUT.VIEWS.MIN_SHARED_CELLS=577 must lie between 0 and the 576 cells of a view$"):
+        check_vader_config(method_cfg("PixPro", "INPUT.VIEWS.MIN_SHARED_CELLS", "577"))

@@ -35,6 +35,8 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 import vader_d2.modeling.densecl as densecl_module
+import vader_d2.modeling.losses as losses_module
+import vader_d2.modeling.moco as moco_module
 import vader_d2.modeling.pixpro as pixpro_module
 import vader_d2.modeling.vader as vader_module
 from vader_d2.cli import build_config
@@ -43,7 +45,6 @@ from vader_d2.errors import UserError
 from vader_d2.mixed_precision import CPUAutocastTrainer, build_step_trainer
 
 from .helpers import FEW_PAIRS
-from .test_config_errors import single_thread  # noqa: F401
 from .test_methods import mapped_batches
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -52,17 +53,17 @@ SMALL = [
     "MODEL.DEVICE", "cpu", *FEW_PAIRS,
     "INPUT.VIEWS.CROP_SIZE", "96",
     "SOLVER.IMS_PER_BATCH", "4",
-    "MODEL.VADER.BN_GROUP_SIZE", "2",
-    "MODEL.VADER.METRICS_PERIOD", "5",
+    "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "2",
+    "MODEL.MOMENTUM_CONTRAST.METRICS_PERIOD", "5",
     "MODEL.DENSECL.HIDDEN_DIM", "64",
     "MODEL.PIXPRO.HIDDEN_DIM", "64",
     "MODEL.PIXPRO.EMBED_DIM", "32",
     "DATALOADER.NUM_WORKERS", "0",
 ]
 METHODS = {
-    "VADeR": ("configs/vader_pretrain_demo.yaml", ["MODEL.VADER.QUEUE_SIZE", "1024"]),
-    "MoCo": ("configs/moco_global_demo.yaml", ["MODEL.VADER.QUEUE_SIZE", "16"]),
-    "DenseCL": ("configs/densecl_demo.yaml", ["MODEL.VADER.QUEUE_SIZE", "16"]),
+    "VADeR": ("configs/vader_pretrain_demo.yaml", ["MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "1024"]),
+    "MoCo": ("configs/moco_global_demo.yaml", ["MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "16"]),
+    "DenseCL": ("configs/densecl_demo.yaml", ["MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "16"]),
     "PixPro": ("configs/pixpro_demo.yaml", []),
 }
 # A step that is not a metrics step: the step training runs almost always.
@@ -84,7 +85,7 @@ class LossRecorder:
 
     def __init__(self, monkeypatch):
         self.calls = []
-        info_nce, pixpro = vader_module.info_nce_loss, pixpro_module.pixpro_loss
+        info_nce, pixpro = losses_module.info_nce_loss, pixpro_module.pixpro_loss
 
         def recorded_info_nce(queries, keys, negatives, *rest, **kwargs):
             result = info_nce(queries, keys, negatives, *rest, **kwargs)
@@ -96,7 +97,7 @@ class LossRecorder:
             self.calls.append(("pixpro", snapshot(predictions, targets, positive), {}, result))
             return result
 
-        for module in (vader_module, densecl_module):
+        for module in (vader_module, moco_module, densecl_module):
             monkeypatch.setattr(module, "info_nce_loss", recorded_info_nce)
         monkeypatch.setattr(pixpro_module, "pixpro_loss", recorded_pixpro)
         self.functions = {"info_nce": lambda *a, **k: info_nce(*a, **k)[0], "pixpro": pixpro}
@@ -204,7 +205,7 @@ def test_three_amp_iterations_through_the_trainer_end_normally(method, tmp_path)
     from .test_methods import trainer_for
 
     cfg = small_cfg(method, "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1",
-                    "MODEL.VADER.METRICS_PERIOD", "1", "OUTPUT_DIR", str(tmp_path))
+                    "MODEL.MOMENTUM_CONTRAST.METRICS_PERIOD", "1", "OUTPUT_DIR", str(tmp_path))
     trainer = trainer_for(cfg, mapped_batches(cfg, 1))
     assert isinstance(trainer._trainer, CPUAutocastTrainer)
     trainer.resume_or_load(resume=False)

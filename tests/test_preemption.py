@@ -25,15 +25,14 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, TensorboardXWriter
 from torch.multiprocessing import ProcessExitedException
 
-from vader_d2.checkpoint import checkpoint_problem
+from vader_d2.atomic_io import checkpoint_problem
 from vader_d2.cli import build_config
 from vader_d2.config import check_solver_config
 from vader_d2.errors import UserError
 from vader_d2.preemption import PREEMPTED_EXIT, RECORDER, PreemptionCheckpointer, StopOnWriteFailure, parse_signal_names
 from vader_d2.trainer import VADeRTrainer
 
-from .helpers import demo_cfg, fake_batch
-from .test_config_errors import DEMO_CONFIG, REPO, TINY_OPTS, single_thread, train_net_env  # noqa: F401
+from .helpers import DEMO_CONFIG, REPO, TINY_OPTS, demo_cfg, fake_batch, train_net_env
 from .test_resume import FixedBatchTrainer, assert_same, fixed_batch_cfg
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -404,7 +403,7 @@ def two_process_fixed_batch_worker(output_dir, signal_at, resume, result_path):
     ShareOfFixedBatchTrainer.signal_at = signal_at
     torch.manual_seed(0)
     cfg = fixed_batch_cfg(output_dir)
-    cfg.MODEL.VADER.BN_GROUP_SIZE = 2  # the per-process batch
+    cfg.MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE = 2  # the per-process batch
     trainer = ShareOfFixedBatchTrainer(cfg)
     trainer.resume_or_load(resume=resume)
     trainer.train()

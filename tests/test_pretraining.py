@@ -8,16 +8,15 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from .conftest import PRETRAIN_ITERS, PRETRAIN_OPTS
+from .conftest import PRETRAIN_ITERS, SHORT_PRETRAIN_ITERS, SHORT_PRETRAIN_OPTS
 from .helpers import demo_cfg
-
-pytestmark = pytest.mark.slow
 
 
 def series(metrics, name):
     return [(m["iteration"], m[name]) for m in metrics if name in m]
 
 
+@pytest.mark.slow
 def test_demo_pretraining_lowers_loss_and_raises_top1(pretrained_demo):
     # The queue (16384 keys, 2048 per step) is full from iteration 8 on: compare the first record after
     # that with the last one, so the change reflects learning rather than a growing set of negatives.
@@ -35,18 +34,18 @@ def test_demo_pretraining_lowers_loss_and_raises_top1(pretrained_demo):
     assert all(m >= 32 for _, m in matches)
 
 
-def test_demo_pretraining_leaves_checkpoint_metrics_and_events(pretrained_demo):
-    files = os.listdir(pretrained_demo["output_dir"])
+def test_demo_pretraining_leaves_checkpoint_metrics_and_events(short_pretraining):
+    files = os.listdir(short_pretraining["output_dir"])
     assert "model_final.pth" in files and "metrics.json" in files and "last_checkpoint" in files
     assert any(f.startswith("events.out.tfevents") for f in files)
-    assert "eta:" in pretrained_demo["log"]  # D2's progress / ETA logging
+    assert "eta:" in short_pretraining["log"]  # D2's progress / ETA logging
 
 
-def test_checkpoint_restores_key_encoder_and_queue_exactly(pretrained_demo):
-    saved = torch.load(pretrained_demo["checkpoint"], map_location="cpu", weights_only=False)
-    assert saved["iteration"] == PRETRAIN_ITERS - 1
-    model = build_model(demo_cfg(*PRETRAIN_OPTS))
-    DetectionCheckpointer(model).load(pretrained_demo["checkpoint"])
+def test_checkpoint_restores_key_encoder_and_queue_exactly(short_pretraining):
+    saved = torch.load(short_pretraining["checkpoint"], map_location="cpu", weights_only=False)
+    assert saved["iteration"] == SHORT_PRETRAIN_ITERS - 1
+    model = build_model(demo_cfg(*SHORT_PRETRAIN_OPTS))
+    DetectionCheckpointer(model).load(short_pretraining["checkpoint"])
     state = model.state_dict()
     key_entries = [k for k in saved["model"] if k.startswith("key_encoder.")]
     assert key_entries

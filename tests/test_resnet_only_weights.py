@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from .conftest import REPO
+from .helpers import REPO, assert_one_line_refusal
 
 SCRIPT = os.path.join(REPO, "experiments", "resnet_only_weights.py")
 
@@ -43,7 +43,5 @@ def test_a_file_without_fpn_or_not_a_pickle_is_one_line(tmp_path):
     text.write_text("not weights")
     for source, expected in ((no_fpn, "has no FPN tensors"), (text, "is not a Detectron2 model-zoo .pkl")):
         result = run("--input", str(source), "--output", str(tmp_path / "out.pkl"))
-        assert result.returncode == 2
-        assert result.stderr.startswith("vader_d2: ") and expected in result.stderr
-        assert result.stderr.count("\n") == 1, result.stderr
+        assert_one_line_refusal(result, expected)
         assert not (tmp_path / "out.pkl").exists()

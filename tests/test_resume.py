@@ -30,8 +30,7 @@ from detectron2.modeling import build_model
 
 from vader_d2.trainer import VADeRTrainer
 
-from .helpers import FEW_PAIRS, demo_cfg, fake_batch
-from .test_config_errors import DEMO_CONFIG, REPO, TINY_OPTS, run_train_net, single_thread, train_net_env  # noqa: F401
+from .helpers import DEMO_CONFIG, FEW_PAIRS, REPO, TINY_OPTS, demo_cfg, fake_batch, run_train_net, train_net_env
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -73,7 +72,7 @@ class SeedFromIteration(HookBase):
 def fixed_batch_cfg(output_dir):
     # The LR changes at every step (warmup, then cosine), the 256-key queue wraps at the third step.
     return demo_cfg(
-        *FEW_PAIRS, "INPUT.VIEWS.CROP_SIZE", "32", "SOLVER.IMS_PER_BATCH", "4", "MODEL.VADER.QUEUE_SIZE", "256",
+        *FEW_PAIRS, "INPUT.VIEWS.CROP_SIZE", "32", "SOLVER.IMS_PER_BATCH", "4", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "256",
         "SOLVER.MAX_ITER", "5", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WARMUP_ITERS", "2",
         "OUTPUT_DIR", str(output_dir),
     )
@@ -109,7 +108,7 @@ def test_steps_after_resume_equal_the_uninterrupted_steps(tmp_path):
 def resume_opts(output_dir):
     # 12 steps of 4 images x 32 keys: the 640-key queue wraps, and its pointer ends at 256, not 0.
     return [
-        "--config-file", DEMO_CONFIG, *TINY_OPTS, "INPUT.VIEWS.CROP_SIZE", "32", "MODEL.VADER.QUEUE_SIZE", "640",
+        "--config-file", DEMO_CONFIG, *TINY_OPTS, "INPUT.VIEWS.CROP_SIZE", "32", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "640",
         "SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "3", "SEED", "5", "OUTPUT_DIR", str(output_dir),
     ]
 

@@ -20,14 +20,15 @@ import time
 import pytest
 import torch
 
-from vader_d2.checkpoint import VADeRCheckpointer, checkpoint_problem, export_to_detectron2
+from vader_d2.atomic_io import checkpoint_problem
+from vader_d2.checkpointer import VADeRCheckpointer
+from vader_d2.export import export_to_detectron2
 from vader_d2.cli import build_config
 from vader_d2.errors import UserError
 from vader_d2.output_dir import LOCK_FILE, OutputDirLock, claim_output_dir, select_resume_checkpoint
 from vader_d2.trainer import VADeRTrainer
 
-from .helpers import demo_cfg
-from .test_config_errors import DEMO_CONFIG, REPO, TINY_OPTS, run_train_net, single_error_line, single_thread, train_net_env  # noqa: F401
+from .helpers import DEMO_CONFIG, REPO, TINY_OPTS, demo_cfg, free_port, run_train_net, single_error_line, train_net_env
 from .test_resume import FixedBatchTrainer, assert_same, fixed_batch_cfg
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -296,7 +297,7 @@ def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("exported")
     files = {}
     for depth in (18, 34):
-        model = VADeRTrainer.build_model(demo_cfg("MODEL.RESNETS.DEPTH", str(depth), "MODEL.VADER.QUEUE_SIZE", "256"))
+        model = VADeRTrainer.build_model(demo_cfg("MODEL.RESNETS.DEPTH", str(depth), "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "256"))
         VADeRCheckpointer(model, str(folder)).save(f"r{depth}")
         files[depth] = str(folder / f"r{depth}.pkl")
         export_to_detectron2(str(folder / f"r{depth}.pth"), files[depth])
@@ -347,12 +348,6 @@ def test_pkl_of_another_depth_fails_a_downstream_run_before_training(exported, t
 
 # ---------------------------------------------------------------------------------------------------
 # Distributed start-up
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_missing_machine_ends_with_one_line_within_the_timeout(tmp_path):

@@ -1,23 +1,16 @@
 """experiments/summarise_seeds.py: mean and standard deviation over seeds of every reported number."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 
-from .conftest import REPO
+from vader_d2.errors import UserError
 
-
-def load_experiment_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "experiments", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .helpers import load_tool
 
 
 def test_table_gives_mean_and_sample_std_per_name_and_skips_bookkeeping():
-    summarise = load_experiment_script("summarise_seeds")
+    summarise = load_tool("summarise_seeds", folder="experiments")
     results = [
         {"name": "vader", "seed": s, "seconds": {"x": 9.0 * s}, "label_propagation_protocol": {"topk": 10},
          "label_propagation": {"head": {"J&F": jf, "objects": 22, "per_video": {"v": {"1": {"J": jf}}}}}}
@@ -31,7 +24,7 @@ def test_table_gives_mean_and_sample_std_per_name_and_skips_bookkeeping():
 
 
 def test_finetune_result_reads_the_last_evaluation_and_leaves_out_classes(tmp_path):
-    summarise = load_experiment_script("summarise_seeds")
+    summarise = load_tool("summarise_seeds", folder="experiments")
     records = [
         {"iteration": 19, "total_loss": 2.5, "fast_rcnn/cls_accuracy": 0.9},
         {"iteration": 39, "total_loss": 2.0, "bbox/AP": 1.5, "bbox/AP-bird": 3.0, "segm/AP": 1.0},
@@ -43,7 +36,7 @@ def test_finetune_result_reads_the_last_evaluation_and_leaves_out_classes(tmp_pa
     assert result["finetune"] == {"loss_first_record": 2.5, "loss_last_record": 2.0, "bbox/AP": 1.5, "segm/AP": 1.0}
     assert result["name"] == "vader_600" and result["seed"] == 2
     (tmp_path / "metrics.json").write_text(json.dumps(records[0]) + "\n")
-    with pytest.raises(SystemExit, match="no training loss or no evaluation"):
+    with pytest.raises(UserError, match="no training loss or no evaluation"):
         summarise.finetune_result("vader_600", 2, str(tmp_path))
 
 
@@ -62,7 +55,7 @@ def test_transfer_table_pairs_gains_by_seed_and_keeps_unknown_initialisations(tm
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"name": init, "seed": seed, "finetune": {"sem_seg/mIoU": value}}))
 
-    summarise = load_experiment_script("summarise_transfer")
+    summarise = load_tool("summarise_transfer", folder="experiments")
     table = summarise.tables(summarise.read_results(str(tmp_path))).splitlines()
 
     assert table[0] == (

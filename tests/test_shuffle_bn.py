@@ -1,5 +1,5 @@
 """
-Shuffle-BN in one process (MODEL.VADER.KEY_BN shuffle): the key encoder normalises over groups of a random
+Shuffle-BN in one process (MODEL.MOMENTUM_CONTRAST.KEY_BN shuffle): the key encoder normalises over groups of a random
 permutation of the batch, the query encoder over contiguous groups. The two-process version is checked
 in tests/test_distributed.py.
 """
@@ -24,7 +24,7 @@ PAIRS = 32
 def tiny_model(*opts, seed=0):
     cfg = demo_cfg(
         *FEW_PAIRS, "INPUT.VIEWS.CROP_SIZE", str(CROP), "SOLVER.IMS_PER_BATCH", str(BATCH),
-        "MODEL.VADER.QUEUE_SIZE", str(BATCH * PAIRS), *opts,
+        "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", str(BATCH * PAIRS), *opts,
     )
     torch.manual_seed(seed)
     model = build_model(cfg)
@@ -47,7 +47,7 @@ def one_step(model, batch, seed):
 
 @pytest.mark.parametrize("group_size", [2, 4])
 def test_keys_are_those_of_their_permuted_group_and_queries_of_their_contiguous_group(group_size):
-    model = tiny_model("MODEL.VADER.BN_GROUP_SIZE", str(group_size))
+    model = tiny_model("MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", str(group_size))
     torch.manual_seed(5)
     batch = fake_batch(BATCH, CROP, first_image_id=100)
     query_inputs, key_inputs = record_inputs(model.query_encoder), record_inputs(model.key_encoder)
@@ -93,7 +93,7 @@ def test_one_group_is_the_plain_batch_norm_step():
     batch = fake_batch(BATCH, CROP)
     runs = {}
     for key_bn in ("shuffle", "sync"):
-        model = tiny_model("MODEL.VADER.KEY_BN", key_bn, "MODEL.VADER.BN_GROUP_SIZE", str(BATCH))
+        model = tiny_model("MODEL.MOMENTUM_CONTRAST.KEY_BN", key_bn, "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", str(BATCH))
         loss = one_step(model, batch, seed=3)
         loss.backward()
         runs[key_bn] = (loss, model)
@@ -104,12 +104,12 @@ def test_one_group_is_the_plain_batch_norm_step():
         assert torch.equal(a.grad, b.grad), name
 
     # The control: two groups give another loss.
-    two_groups = tiny_model("MODEL.VADER.BN_GROUP_SIZE", str(BATCH // 2))
+    two_groups = tiny_model("MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", str(BATCH // 2))
     assert one_step(two_groups, batch, seed=3).item() != pytest.approx(sync_loss.item(), rel=1e-4)
 
 
 def test_global_baseline_shuffles_its_image_keys_too():
-    model = tiny_model("MODEL.VADER.LOSS", "global", "MODEL.VADER.QUEUE_SIZE", str(BATCH), "MODEL.VADER.BN_GROUP_SIZE", "2")
+    model = tiny_model("MODEL.VADER.LOSS", "global", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", str(BATCH), "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "2")
     key_inputs = record_inputs(model.key_encoder)
     batch = fake_batch(BATCH, CROP)
     torch.manual_seed(1)
@@ -129,12 +129,12 @@ def test_global_baseline_shuffles_its_image_keys_too():
 @pytest.mark.parametrize(
     "opts, world_size, expected",
     [
-        (["MODEL.VADER.BN_GROUP_SIZE", "3"], 1, "BN_GROUP_SIZE=3 must divide the 8 images"),
-        (["MODEL.VADER.BN_GROUP_SIZE", "4"], 4, "e.g. MODEL.VADER.BN_GROUP_SIZE 2"),
-        (["MODEL.VADER.BN_GROUP_SIZE", "0"], 1, "BN_GROUP_SIZE=0"),
+        (["MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "3"], 1, "BN_GROUP_SIZE=3 must divide the 8 images"),
+        (["MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "4"], 4, "e.g. MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE 2"),
+        (["MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "0"], 1, "BN_GROUP_SIZE=0"),
         (["MODEL.RESNETS.NORM", "naiveSyncBN"], 1, "KEY_BN shuffle needs per-process batch norm"),
-        (["MODEL.VADER.KEY_BN", "sync"], 2, "needs synchronised batch norm"),
-        (["MODEL.VADER.KEY_BN", "shufle"], 1, "must be 'shuffle' or 'sync'"),
+        (["MODEL.MOMENTUM_CONTRAST.KEY_BN", "sync"], 2, "needs synchronised batch norm"),
+        (["MODEL.MOMENTUM_CONTRAST.KEY_BN", "shufle"], 1, "must be 'shuffle' or 'sync'"),
     ],
 )
 def test_batch_norm_settings_that_cannot_work_are_refused(opts, world_size, expected):
@@ -144,7 +144,7 @@ def test_batch_norm_settings_that_cannot_work_are_refused(opts, world_size, expe
 
 def test_demo_config_has_two_groups_per_process_and_passes_its_checks():
     cfg = demo_cfg()
-    assert cfg.MODEL.VADER.KEY_BN == "shuffle"
-    assert cfg.SOLVER.IMS_PER_BATCH // cfg.MODEL.VADER.BN_GROUP_SIZE == 2
+    assert cfg.MODEL.MOMENTUM_CONTRAST.KEY_BN == "shuffle"
+    assert cfg.SOLVER.IMS_PER_BATCH // cfg.MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE == 2
     check_vader_config(cfg, 1)
     check_vader_config(cfg, 2)

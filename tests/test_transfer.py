@@ -1,13 +1,10 @@
 """Transfer to Detectron2: model-zoo export, the downstream configs, and weights that arrive intact."""
 
 import glob
-import importlib.util
 import math
 import os
 import pickle
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,13 +16,8 @@ from detectron2.modeling import build_backbone, build_model
 from detectron2.utils.events import EventStorage
 
 from vader_d2 import add_vader_config
-from vader_d2.checkpoint import (
-    check_torchvision_conventions,
-    check_weights_load,
-    convert_resnet_to_vader_init,
-    export_to_detectron2,
-    load_weights,
-)
+from vader_d2.export import check_torchvision_conventions, convert_resnet_to_vader_init, export_to_detectron2
+from vader_d2.load_checks import check_weights_load, load_weights
 from vader_d2.data.datasets import (
     CUTPASTE_CLASSES,
     CUTPASTE_KEYPOINT_NAMES,
@@ -35,8 +27,7 @@ from vader_d2.errors import UserError
 from vader_d2.trainer import VADeRTrainer
 from vader_d2.training_metrics import read_metrics
 
-from .conftest import REPO
-from .helpers import demo_cfg
+from .helpers import REPO, demo_cfg, load_tool, run_tool
 
 DOWNSTREAM = sorted(
     os.path.relpath(p, REPO)
@@ -94,7 +85,7 @@ def vader_checkpoints(tmp_path_factory):
     checkpoints = {}
     for depth, extra in ((18, []), (50, ["MODEL.RESNETS.RES2_OUT_CHANNELS", "256"])):
         folder = tmp_path_factory.mktemp(f"vader_r{depth}")
-        cfg = demo_cfg("MODEL.RESNETS.DEPTH", str(depth), *extra, "MODEL.VADER.QUEUE_SIZE", "256")
+        cfg = demo_cfg("MODEL.RESNETS.DEPTH", str(depth), *extra, "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "256")
         path, state = write_vader_checkpoint(cfg, folder, seed=depth)
         exported = str(folder / "vader.pkl")
         export_to_detectron2(path, exported)
@@ -198,7 +189,7 @@ def test_check_weights_load_catches_a_depth_mismatch(vader_checkpoints):
 
 
 def test_global_baseline_exports_the_resnet_only(tmp_path):
-    cfg = demo_cfg("MODEL.VADER.LOSS", "global", "MODEL.VADER.QUEUE_SIZE", "64")
+    cfg = demo_cfg("MODEL.VADER.LOSS", "global", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "64")
     path, state = write_vader_checkpoint(cfg, tmp_path, seed=3)
     summary = export_to_detectron2(path, str(tmp_path / "moco.pkl"))
     assert summary.written_by_part() == {"ResNet": sum(1 for k in state if k.startswith(VADER_BACKBONE + "bottom_up."))}
@@ -375,7 +366,7 @@ def test_init_that_does_not_fit_the_config_is_caught(tmp_path):
     torch.save(random_torchvision_resnet("resnet50", seed=0).state_dict(), tmp_path / "r50.pth")
     convert_resnet_to_vader_init(str(tmp_path / "r50.pth"), str(tmp_path / "init.pth"))
     with pytest.raises(UserError, match="other shapes"):
-        check_weights_load(demo_cfg("MODEL.VADER.QUEUE_SIZE", "256"), str(tmp_path / "init.pth"), expect_fpn=False)
+        check_weights_load(demo_cfg("MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "256"), str(tmp_path / "init.pth"), expect_fpn=False)
     with pytest.raises(UserError, match=r"\.pth"):
         convert_resnet_to_vader_init(str(tmp_path / "r50.pth"), str(tmp_path / "init.pkl"))
     torch.save({"weight": torch.zeros(3)}, tmp_path / "not_resnet.pth")
@@ -383,29 +374,21 @@ def test_init_that_does_not_fit_the_config_is_caught(tmp_path):
         convert_resnet_to_vader_init(str(tmp_path / "not_resnet.pth"), str(tmp_path / "init.pth"))
 
 
-def load_cli():
-    spec = importlib.util.spec_from_file_location("convert_vader_to_d2", os.path.join(REPO, "tools", "convert_vader_to_d2.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cli_converts_torchvision_weights_and_checks_them_against_the_pretraining_config(tmp_path):
     torch.save(random_torchvision_resnet("resnet18", seed=4).state_dict(), tmp_path / "r18.pth")
     command = [
-        sys.executable, "tools/convert_vader_to_d2.py", "--from-resnet", "--input", str(tmp_path / "r18.pth"),
+        "tools/convert_vader_to_d2.py", "--from-resnet", "--input", str(tmp_path / "r18.pth"),
         "--output", str(tmp_path / "init.pth"), "--check-config", "configs/vader_pretrain_demo.yaml",
     ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "wrote" in result.stdout and "every pretrained backbone tensor loaded" in result.stdout
+    stdout = run_tool(*command)
+    assert "wrote" in stdout and "every pretrained backbone tensor loaded" in stdout
 
-    cli = load_cli()
-    args = cli.parse_args([*command[2:], "INPUT.FORMAT", "BGR"])
+    cli = load_tool("convert_vader_to_d2")
+    args = cli.parse_args([*command[1:], "INPUT.FORMAT", "BGR"])
     with pytest.raises(UserError, match="INPUT.FORMAT must be RGB"):
         cli.main(args)
     with pytest.raises(UserError, match="--encoder"):
-        cli.main(cli.parse_args([*command[2:7], "--encoder", "key"]))
+        cli.main(cli.parse_args([*command[1:6], "--encoder", "key"]))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -431,20 +414,17 @@ def training_loss(cfg, weights, batches):
 @pytest.mark.slow
 def test_mask_rcnn_finetune_lowers_loss_and_reports_box_ap(pretrained_demo, tmp_path):
     exported = str(tmp_path / "vader_r18.pkl")
-    convert = [sys.executable, "tools/convert_vader_to_d2.py", "--input", pretrained_demo["checkpoint"], "--output", exported]
-    result = subprocess.run(convert, cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "FPN 48" in result.stdout  # the R18-FPN's FPN: 8 convs x (weight + 5 norm tensors)
+    convert = ["tools/convert_vader_to_d2.py", "--input", pretrained_demo["checkpoint"], "--output", exported]
+    assert "FPN 48" in run_tool(*convert)  # the R18-FPN's FPN: 8 convs x (weight + 5 norm tensors)
 
     config = "configs/downstream/cutpaste_mask_rcnn_R_18_FPN.yaml"
     output_dir = str(tmp_path / "finetune")
     command = [
-        sys.executable, "tools/train_net.py", "--config-file", config, "MODEL.WEIGHTS", exported, "OUTPUT_DIR", output_dir,
+        "tools/train_net.py", "--config-file", config, "MODEL.WEIGHTS", exported, "OUTPUT_DIR", output_dir,
         "SOLVER.MAX_ITER", str(FINETUNE_ITERS), "SOLVER.STEPS", "(80,)", "SOLVER.WARMUP_ITERS", "20",
         "TEST.PRECISE_BN.NUM_ITER", "5",
     ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    run_tool(*command)
     final = [m for m in read_metrics(os.path.join(output_dir, "metrics.json")) if "bbox/AP" in m]
     assert final and math.isfinite(final[-1]["bbox/AP"]) and math.isfinite(final[-1]["segm/AP"]), final
 

@@ -23,16 +23,12 @@ from vader_d2.data.transforms import (
     SolarizeTransform,
 )
 
+from .helpers import coordinate_image
+
 # cv2's warps place samples on a 1/32-pixel grid (INTER_BITS = 5) and its INTER_AREA reduction of
 # non-integer ratios is not exactly linear-preserving, so the warped coordinate image matches the
 # analytic map to a few hundredths of a pixel of the image being sampled, not to float precision.
 PIXEL_TOLERANCE = 0.06
-
-
-def coordinate_image(h, w):
-    """float32 (h, w, 3): each pixel holds its own continuous centre (x + 0.5, y + 0.5), and 1."""
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    return np.dstack([xs + 0.5, ys + 0.5, np.ones_like(xs)])
 
 
 def pixel_centres(h, w):

@@ -6,12 +6,19 @@ import pytest
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from vader_d2.modeling.vader import info_nce_loss, sample_grid
+from vader_d2 import MoCo, add_vader_config
+from vader_d2.cli import build_config
+from vader_d2.config import check_vader_config
+from vader_d2.errors import UserError
 
-from .helpers import demo_cfg, fake_batch
+from vader_d2.modeling.losses import info_nce_loss
+from vader_d2.modeling.vader import sample_grid
+
+from .helpers import demo_cfg, fake_batch, unit
 
 
 def direct_info_nce(q, k, negatives, q_ids, neg_ids, t):
@@ -26,10 +33,6 @@ def direct_info_nce(q, k, negatives, q_ids, neg_ids, t):
         )
         total += -math.log(pos / (pos + neg))
     return total / q.shape[0]
-
-
-def unit(*shape):
-    return torch.nn.functional.normalize(torch.randn(*shape, dtype=torch.float64), dim=-1)
 
 
 @pytest.mark.parametrize("temperature", [0.07, 0.5])
@@ -195,14 +198,14 @@ def test_sample_grid_reads_cells_exactly_and_interpolates_between():
     torch.testing.assert_close(nearest, embeddings[0, :, 1, 2])
 
 
-def test_reset_queue_empties_every_slot_and_the_skip_count(model):
+def test_reset_run_state_empties_every_slot_and_the_skip_count(model):
     batch = fake_batch(2, crop=128)
     batch[1]["num_skipped"] = 3
     with EventStorage(0):
         model(batch)
     assert (model.queue_image_ids >= 0).any()
     assert int(model.state_dict()["skipped_images"]) == 3  # saved with checkpoints: a resumed run goes on counting
-    model.reset_queue()
+    model.reset_run_state()
     assert (model.queue_image_ids == -1).all() and int(model.queue_ptr) == 0
     assert not model.queue.any() and int(model.skipped_images) == 0
 
@@ -221,8 +224,8 @@ def test_moco_negatives_are_earlier_steps_keys_after_loss_and_the_batchs_too_bef
     at the first step: loss 0), and the step's keys enter it afterwards; before_loss adds the batch's
     other images. Both checked against the float64 formula on the model's own queries and keys."""
     cfg = demo_cfg(
-        "MODEL.VADER.LOSS", "global", "MODEL.VADER.ENQUEUE", enqueue, "MODEL.VADER.KEY_BN", "sync",
-        "MODEL.VADER.QUEUE_SIZE", "8", "MODEL.VADER.TEMPERATURE", "0.2", "MODEL.VADER.GLOBAL_HEAD.HIDDEN_DIM", "64",
+        "MODEL.VADER.LOSS", "global", "MODEL.MOMENTUM_CONTRAST.ENQUEUE", enqueue, "MODEL.MOMENTUM_CONTRAST.KEY_BN", "sync",
+        "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "8", "MODEL.VADER.TEMPERATURE", "0.2", "MODEL.VADER.GLOBAL_HEAD.HIDDEN_DIM", "64",
     )
     torch.manual_seed(0)
     moco = build_model(cfg).train()
@@ -245,3 +248,46 @@ def test_moco_negatives_are_earlier_steps_keys_after_loss_and_the_batchs_too_bef
     # Either way both steps' keys end up queued, in step order.
     torch.testing.assert_close(moco.queue.double(), torch.cat([k1, k2]), rtol=0, atol=1e-6)
     assert torch.equal(moco.queue_image_ids, ids)
+
+
+def test_old_spelling_of_the_moco_baseline_is_moco_with_the_values_it_gives():
+    """MODEL.VADER.LOSS global (configs from before MoCo was a meta-architecture of its own) builds MoCo with
+    MODEL.VADER's TEMPERATURE, SYMMETRIC and GLOBAL_HEAD.*, the same model as the new spelling, whose
+    state dict has the names of the old checkpoints."""
+    old = demo_cfg(
+        "MODEL.VADER.LOSS", "global", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "64", "MODEL.VADER.TEMPERATURE", "0.3", "MODEL.VADER.SYMMETRIC", "True",
+        "MODEL.VADER.GLOBAL_HEAD.IN_FEATURE", "res4", "MODEL.VADER.GLOBAL_HEAD.HIDDEN_DIM", "64",
+    )
+    new = build_config("configs/moco_global_demo.yaml", [
+        "MODEL.DEVICE", "cpu", "MODEL.MOCO.TEMPERATURE", "0.3", "MODEL.MOCO.SYMMETRIC", "True", "MODEL.MOCO.IN_FEATURE", "res4",
+        "MODEL.MOCO.HIDDEN_DIM", "64",
+    ])
+    assert old.MODEL.META_ARCHITECTURE == "MoCo" and old.MODEL.MOCO == new.MODEL.MOCO
+    check_vader_config(old)
+    torch.manual_seed(0)
+    from_old = build_model(old)
+    torch.manual_seed(0)
+    from_new = build_model(new)
+    assert type(from_old) is MoCo and from_old.temperature == 0.3 and from_old.symmetric
+    state = from_new.state_dict()
+    assert list(from_old.state_dict()) == list(state)
+    assert all(torch.equal(value, state[name]) for name, value in from_old.state_dict().items())
+    top_level = {name for name in state if "." not in name}
+    assert top_level == {"queue", "queue_image_ids", "queue_ptr", "skipped_images"}
+    assert {"query_encoder.head.0.weight", "query_encoder.head.2.weight", "key_encoder.head.2.bias"} <= set(state)
+
+
+def test_old_spelling_mixed_with_the_new_or_not_translated_is_one_line():
+    with pytest.raises(UserError, match=r"^MODEL.MOCO.TEMPERATURE is set in a config of the old spelling MODEL.VADER.LOSS global"):
+        demo_cfg("MODEL.VADER.LOSS", "global", "MODEL.MOCO.TEMPERATURE", "0.5")
+    # An old key on a MoCo config would do nothing.
+    with pytest.raises(UserError, match=r"^MODEL.VADER.TEMPERATURE does not apply to MODEL.META_ARCHITECTURE MoCo; set MODEL.MOCO.TEMPERATURE$"):
+        build_config("configs/moco_global_demo.yaml", ["MODEL.VADER.TEMPERATURE", "0.2"])
+    # A config built without vader_d2.cli.build_config, which translates the old spelling.
+    cfg = get_cfg()
+    add_vader_config(cfg)
+    cfg.merge_from_file("configs/vader_pretrain_demo.yaml")
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.VADER.LOSS", "global", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "64"])
+    for step in (check_vader_config, build_model):
+        with pytest.raises(UserError, match=r"^MODEL.VADER.LOSS global: the MoCo baseline is MODEL.META_ARCHITECTURE MoCo now"):
+            step(cfg)

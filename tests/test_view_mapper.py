@@ -35,15 +35,11 @@ from vader_d2.data.view_mapper import (
     render_view,
 )
 
+from .helpers import coordinate_image
+
 S = 64  # view size of most tests: 16 x 16 output cells
 N = S // OUTPUT_STRIDE
 MIN_SHARED = 32
-
-
-def coordinate_image(h, w):
-    """float32 (h, w, 3): each pixel holds its own continuous centre (x + 0.5, y + 0.5), and 1."""
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    return np.dstack([xs + 0.5, ys + 0.5, np.ones_like(xs)])
 
 
 def sample_bilinear(image, points):
@@ -312,7 +308,7 @@ def test_from_config(tmp_path):
     add_vader_config(cfg)
     cfg.INPUT.FORMAT = "BGR"
     cfg.INPUT.VIEWS.CROP_SIZE = 96
-    cfg.MODEL.VADER.MIN_SHARED_CELLS = 40
+    cfg.INPUT.VIEWS.MIN_SHARED_CELLS = 40
     dataset_dict = save(noise_rgb(120, 160), tmp_path / "noise.jpg")
 
     train = VADeRViewMapper(cfg, is_train=True)

@@ -24,7 +24,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
-from vader_d2.checkpoint import VADeRCheckpointer
+from vader_d2.checkpointer import VADeRCheckpointer
 from vader_d2.cli import USER_ERROR_EXIT, build_config, check_output_dir, report_user_error, run_cli
 from vader_d2.config import check_solver_config, check_vader_config
 from vader_d2.errors import UserError

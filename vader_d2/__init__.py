@@ -1,6 +1,6 @@
 """VADeR (View-Agnostic Dense Representations) as a Detectron2 plugin.
 
-Importing the package registers the pretraining meta-architectures (VADeR, DenseCL, PixPro) and the
+Importing the package registers the pretraining meta-architectures (VADeR, MoCo, DenseCL, PixPro) and the
 datasets it knows about.
 """
 
@@ -14,6 +14,6 @@ except ImportError:  # pragma: no cover - exercised by a subprocess test
 
 from .config import add_vader_config
 from .data import VADeRViewMapper, register_unlabeled_folder
-from .modeling import DenseCL, DenseHead, PixPro, VADeR
+from .modeling import DenseCL, DenseHead, MoCo, PixPro, VADeR
 
-__all__ = ["add_vader_config", "VADeRViewMapper", "register_unlabeled_folder", "VADeR", "DenseHead", "DenseCL", "PixPro"]
+__all__ = ["add_vader_config", "VADeRViewMapper", "register_unlabeled_folder", "VADeR", "DenseHead", "MoCo", "DenseCL", "PixPro"]

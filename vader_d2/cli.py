@@ -21,7 +21,7 @@ import torch
 import yaml
 from detectron2.config import get_cfg
 
-from .config import add_vader_config
+from .config import add_vader_config, moved_keys_of_a_file, resolve_old_spellings, with_moved_keys_renamed
 from .errors import UserError
 
 __all__ = [
@@ -51,9 +51,12 @@ def build_config(config_file, opts=()):
     # yacs reports an unknown key as a KeyError or an AssertionError, a value of the wrong type as a ValueError.
     try:
         cfg.merge_from_file(config_file)
+        with open(config_file) as f:
+            leaf = yaml.safe_load(f) or {}
+        cfg.merge_from_list(moved_keys_of_a_file(cfg, leaf))
     except (KeyError, AssertionError, ValueError, TypeError, OSError, yaml.YAMLError) as e:
         raise UserError(f"{config_file}: {_config_error(e)}") from e
-    return choose_device(merge_opts(cfg, opts))
+    return choose_device(resolve_old_spellings(merge_opts(cfg, opts)))
 
 
 def choose_device(cfg):
@@ -69,10 +72,10 @@ def choose_device(cfg):
 
 
 def merge_opts(cfg, opts):
-    """Apply ``KEY VALUE`` overrides to ``cfg``; an unknown key, a value of the wrong type or an odd
-    number of items is a UserError."""
+    """Apply ``KEY VALUE`` overrides to ``cfg`` (a moved key under its old name too); an unknown key, a
+    value of the wrong type or an odd number of items is a UserError."""
     try:
-        cfg.merge_from_list(list(opts or ()))
+        cfg.merge_from_list(with_moved_keys_renamed(list(opts or ())))
     except (KeyError, AssertionError, ValueError, TypeError) as e:
         raise UserError(f"command line: {_config_error(e)}") from e
     return cfg

@@ -6,7 +6,7 @@ import math
 from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 
-from .config import keys_enqueued_per_step
+from .modeling.momentum import pretraining_method
 from .output_dir import prune_checkpoints
 from .training_metrics import QUERIES_WITHOUT_NEGATIVE
 
@@ -21,7 +21,7 @@ class NegativesWatch(HookBase):
 
     The model logs ``vader_queries_without_negative`` (the share of the batch's queries whose queued
     keys all come from their own image or from empty slots; their loss is 0) every
-    ``MODEL.VADER.METRICS_PERIOD`` iterations. Once the queue has had time to fill, this hook logs a
+    ``MODEL.MOMENTUM_CONTRAST.METRICS_PERIOD`` iterations. Once the queue has had time to fill, this hook logs a
     warning when the share stays above ``threshold`` for ``patience`` consecutive records, and again
     every ``10 * patience`` records while it stays there. A model that does not log the scalar is left
     alone.
@@ -40,7 +40,8 @@ class NegativesWatch(HookBase):
     @classmethod
     def from_config(cls, cfg, **kwargs):
         """The queue is full after QUEUE_SIZE / keys-per-step steps; records before that are not judged."""
-        return cls(math.ceil(cfg.MODEL.VADER.QUEUE_SIZE / keys_enqueued_per_step(cfg)), **kwargs)
+        keys_per_step, _ = pretraining_method(cfg).keys_enqueued_per_step(cfg)
+        return cls(math.ceil(cfg.MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE / keys_per_step), **kwargs)
 
     def after_step(self):
         record = self.trainer.storage.latest().get(self.SCALAR)
@@ -65,7 +66,7 @@ class NegativesWatch(HookBase):
                 f"{self.patience} records (iterations {self._streak[-self.patience][0]}..{iteration}; {n} records in a "
                 f"row above {self.threshold:.0%}): their queued keys all come from their own image, so their loss is 0 "
                 "and they learn nothing. Train on more distinct images, or raise SOLVER.IMS_PER_BATCH or "
-                "MODEL.VADER.QUEUE_SIZE"
+                "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE"
             )
 
 

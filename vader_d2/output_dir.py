@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from .checkpoint import TEMPORARY_SUFFIX, checkpoint_problem
+from .atomic_io import TEMPORARY_SUFFIX, checkpoint_problem
 from .cli import check_output_dir
 from .errors import UserError
 

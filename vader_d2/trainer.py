@@ -12,25 +12,29 @@ from detectron2.utils.events import JSONWriter, TensorboardXWriter
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.utils import comm
 
-from .checkpoint import EXPECTED_CHECKPOINT, VADeRCheckpointer, check_backbone_loaded, checkpoint_problem, short_error
+from .atomic_io import checkpoint_problem, short_error
+from .checkpointer import EXPECTED_CHECKPOINT, VADeRCheckpointer
 from .cli import USER_ERROR_EXIT
-from .config import PRETRAINING_ARCHITECTURES, check_solver_config, check_vader_config
+from .config import check_solver_config, check_vader_config
 from .data import VADeRViewMapper
 from .data.datasets import FOLDER_DATASET_PREFIX, register_named_folders
 from .data.decoding import UnreadableImageError, read_source_image
 from .errors import UserError
 from .frozen_backbone import freeze_backbone
 from .hooks import NegativesWatch, RetainingPeriodicCheckpointer
+from .load_checks import check_backbone_loaded
 from .mixed_precision import build_step_trainer
+from .modeling.momentum import pretraining_method
 from .output_dir import select_resume_checkpoint
 from .preemption import PreemptionCheckpointer, StopOnWriteFailure, TrainingStopped
 from .solver import build_lr_scheduler, build_optimizer
-from .training_metrics import SIMILARITY_STATS
+from .training_metrics import QUERIES_WITHOUT_NEGATIVE, SIMILARITY_STATS
 
 
 
 def is_pretraining(cfg):
-    return cfg.MODEL.META_ARCHITECTURE in PRETRAINING_ARCHITECTURES
+    """Whether ``cfg`` builds one of the pretraining methods (vader_d2/modeling), not a stock Detectron2 model."""
+    return pretraining_method(cfg) is not None
 
 
 class TrainingDivergedError(UserError, FloatingPointError):
@@ -85,16 +89,16 @@ def check_checkpoint_matches_config(cfg, path, resuming):
     if queue is None:
         return
     size, dim = queue.shape
-    v = cfg.MODEL.VADER
-    if dim != v.EMBED_DIM:
+    m = cfg.MODEL.MOMENTUM_CONTRAST
+    if dim != m.EMBED_DIM:
         raise UserError(
-            f"MODEL.VADER.EMBED_DIM={v.EMBED_DIM} does not match the {dim}-d embeddings of {source} ({path}); "
-            f"set MODEL.VADER.EMBED_DIM {dim}"
+            f"MODEL.MOMENTUM_CONTRAST.EMBED_DIM={m.EMBED_DIM} does not match the {dim}-d embeddings of {source} ({path}); "
+            f"set MODEL.MOMENTUM_CONTRAST.EMBED_DIM {dim}"
         )
-    if resuming and size != v.QUEUE_SIZE:
+    if resuming and size != m.QUEUE_SIZE:
         raise UserError(
-            f"MODEL.VADER.QUEUE_SIZE={v.QUEUE_SIZE} does not match the {size} keys queued in {source} ({path}); "
-            f"resume with MODEL.VADER.QUEUE_SIZE {size}"
+            f"MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE={m.QUEUE_SIZE} does not match the {size} keys queued in {source} ({path}); "
+            f"resume with MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE {size}"
         )
 
 
@@ -209,7 +213,7 @@ class VADeRTrainer(DefaultTrainer):
         # float32, or SOLVER.AMP on CUDA (Detectron2's AMPTrainer) or the CPU (bfloat16 autocast).
         self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        # Atomic saves; missing, damaged or foreign files reported as one line (vader_d2/checkpoint.py).
+        # Atomic saves; missing, damaged or foreign files reported as one line (vader_d2/checkpointer.py).
         self.checkpointer = VADeRCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -260,8 +264,8 @@ class VADeRTrainer(DefaultTrainer):
             if isinstance(hook, PeriodicCheckpointer) else hook
             for hook in super().build_hooks()
         ]
-        # PixPro has no queue, hence no negatives to watch.
-        if is_pretraining(self.cfg) and self.cfg.MODEL.META_ARCHITECTURE != "PixPro":
+        # Methods that log how many queries find no usable negative in their queue get that watched.
+        if is_pretraining(self.cfg) and QUERIES_WITHOUT_NEGATIVE in pretraining_method(self.cfg).metric_names:
             hooks.append(NegativesWatch.from_config(self.cfg))
         # Last: a pre-emption checkpoint holds what a periodic one of the same iteration holds.
         hooks.append(self.preemption)
@@ -318,12 +322,8 @@ class VADeRTrainer(DefaultTrainer):
         if is_pretraining(self.cfg) and self.start_iter == 0:
             model = self.model.module if hasattr(self.model, "module") else self.model
             model.reset_key_encoder()
-            # What MODEL.WEIGHTS brings beside the weights belongs to another run: the queues (PixPro has
-            # none) and the skip count.
-            if hasattr(model, "reset_queue"):
-                model.reset_queue()
-            with torch.no_grad():
-                model.skipped_images.zero_()
+            # What MODEL.WEIGHTS brings beside the weights belongs to another run: the queues and the skip count.
+            model.reset_run_state()
 
     def _checkpoint_to_resume(self):
         choice = (None, None)

@@ -1,10 +1,11 @@
 """
-The scalars VADeR pretraining logs to Detectron2's event storage (``metrics.json``, TensorBoard), and
+The scalars pretraining logs to Detectron2's event storage (``metrics.json``, TensorBoard), and
 ``metrics.json`` read back.
 
-The model writes these names; the trainer quotes some when the loss diverges, the pictures plot them,
-users and tests read them from ``metrics.json``. This module imports nothing of the package, so that
-the model can take the names from here as well as everything downstream of it.
+The models write these names (each method lists its own in ``metric_names``); the trainer quotes some
+when the loss diverges, the pictures plot them, users and tests read them from ``metrics.json``. This
+module imports nothing of the package, so that the models can take the names from here as well as
+everything downstream of them.
 """
 
 import json
@@ -17,7 +18,15 @@ __all__ = [
     "SKIPPED_IMAGES",
     "VALID_MATCHES",
     "QUERIES_WITHOUT_NEGATIVE",
+    "QUEUE_STATS",
     "SIMILARITY_STATS",
+    "DENSECL_GLOBAL_TOP1_ACCURACY",
+    "DENSECL_DENSE_TOP1_ACCURACY",
+    "DENSECL_DENSE_POSITIVE_SIMILARITY",
+    "DENSECL_CELLS_WITH_POSITIVE",
+    "DENSECL_QUEUE_FILL",
+    "PIXPRO_MOMENTUM",
+    "PIXPRO_POSITIVE_PAIRS",
     "read_metrics",
 ]
 
@@ -37,6 +46,21 @@ QUERIES_WITHOUT_NEGATIVE = "vader_queries_without_negative"
 
 # How well the queries tell their positive from the negatives: what to look at when training diverges.
 SIMILARITY_STATS = (POSITIVE_SIMILARITY, NEGATIVE_SIMILARITY, TOP1_ACCURACY)
+# What a method that contrasts against one queue (VADeR, the MoCo baseline) logs of it.
+QUEUE_STATS = (*SIMILARITY_STATS, QUERIES_WITHOUT_NEGATIVE, QUEUE_FILL)
+
+# DenseCL: the top-1 accuracy of its global and of its dense queries, the dense queries' mean cosine
+# similarity to their positive key, the share of query cells with a positive (all of them with feature
+# matching) and how full its queues are.
+DENSECL_GLOBAL_TOP1_ACCURACY = "densecl_global_top1_accuracy"
+DENSECL_DENSE_TOP1_ACCURACY = "densecl_dense_top1_accuracy"
+DENSECL_DENSE_POSITIVE_SIMILARITY = "densecl_dense_positive_similarity"
+DENSECL_CELLS_WITH_POSITIVE = "densecl_cells_with_positive"
+DENSECL_QUEUE_FILL = "densecl_queue_fill"
+
+# PixPro: the momentum of its momentum encoder at the step, and positive cell pairs per image.
+PIXPRO_MOMENTUM = "pixpro_momentum"
+PIXPRO_POSITIVE_PAIRS = "pixpro_positive_pairs"
 
 
 def read_metrics(path):

@@ -238,7 +238,7 @@ class VADeRViewMapper:
             "photometric_augmentations": photometric,
             "view2_photometric_augmentations": view2_photometric,
             "crop_size": views.CROP_SIZE,
-            "min_shared_cells": cfg.MODEL.VADER.MIN_SHARED_CELLS,
+            "min_shared_cells": views.MIN_SHARED_CELLS,
             "max_redraws": views.MAX_REDRAWS,
             "max_source_size": views.MAX_SOURCE_SIZE,
             "image_format": cfg.INPUT.FORMAT,

@@ -25,10 +25,10 @@ from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 from detectron2.utils.env import seed_all_rng
 
-from ..checkpoint import load_weights
+from ..load_checks import load_weights
 from ..dense_grid import OUTPUT_STRIDE
 from ..errors import UserError
-from ..modeling import VADeR
+from ..modeling.momentum import MomentumMethod
 
 __all__ = ["FEATURE_SOURCES", "DenseFeatureExtractor", "build_feature_extractor"]
 
@@ -56,7 +56,7 @@ class DenseFeatureExtractor:
         if unknown or not sources:
             raise UserError(f"feature sources must be a non-empty subset of {list(FEATURE_SOURCES)}, got {list(sources)}")
         if "head" in sources and head is None:
-            raise UserError("feature source 'head' needs a dense VADeR model (MODEL.VADER.LOSS dense); use 'p2'")
+            raise UserError("feature source 'head' needs a dense VADeR model (or another method with a dense feature head); use 'p2'")
         if backbone.output_shape().get("p2") is None or backbone.output_shape()["p2"].stride != OUTPUT_STRIDE:
             raise UserError(f"feature source 'p2' needs a ResNet-FPN backbone with a stride-{OUTPUT_STRIDE} 'p2' output")
         self.backbone = backbone
@@ -110,8 +110,9 @@ def build_feature_extractor(cfg, sources: Sequence[str] = None, seed: int = 0) -
     model = build_model(cfg)
     model.eval().requires_grad_(False)
     backbone = model.backbone
-    is_dense_vader = isinstance(model, VADeR) and model.loss_type == "dense"
-    head = model.query_encoder.head if is_dense_vader else None
+    # A method's dense head at stride 4 (VADeR's), the feature source "head".
+    head_name = model.feature_head if isinstance(model, MomentumMethod) else None
+    head = model.get_submodule(head_name) if head_name else None
 
     weights = cfg.MODEL.WEIGHTS
     if weights:
@@ -124,7 +125,7 @@ def build_feature_extractor(cfg, sources: Sequence[str] = None, seed: int = 0) -
                 f"MODEL.WEIGHTS={weights!r} lacks {len(absent)} ResNet tensors of this config's model "
                 f"(e.g. {absent[0]}); pass the config the checkpoint was trained with"
             )
-        if from_zoo_pickle or any(k.startswith("query_encoder.head.") for k in missing):
+        if from_zoo_pickle or (head_name and any(k.startswith(f"{head_name}.") for k in missing)):
             head = None
         if any(".fpn_" in k or k.startswith("fpn_") for k in missing):
             logger.warning(f"{weights} has no FPN weights: 'p2' reads its ResNet through the FPN's random initialisation")

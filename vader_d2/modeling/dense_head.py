@@ -73,7 +73,7 @@ class DenseHead(nn.Module):
             "conv_dim": head.CONV_DIM,
             "num_convs": head.NUM_CONVS,
             "norm": head.NORM,
-            "embed_dim": cfg.MODEL.VADER.EMBED_DIM,
+            "embed_dim": cfg.MODEL.MOMENTUM_CONTRAST.EMBED_DIM,
         }
 
     def forward(self, features):

@@ -20,7 +20,7 @@ One training step, for a batch of images each given as two views:
 The FPN is not part of DenseCL's computation: it stays frozen and is not exported (as for the MoCo
 baseline). Queue semantics are this project's (VADeR's, the MoCo baseline's): keys carry their image id,
 keys of the query's own image and empty slots are masked, so no random initial queue is needed; the
-batch's keys are enqueued before the loss (``MODEL.VADER.ENQUEUE before_loss``) or, as DenseCL's code
+batch's keys are enqueued before the loss (``MODEL.MOMENTUM_CONTRAST.ENQUEUE before_loss``) or, as DenseCL's code
 does, after it (``after_loss``).
 """
 
@@ -30,51 +30,56 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
+from ..config_checks import at_least, probability, require
 from ..mixed_precision import full_precision
-from ..training_metrics import SKIPPED_IMAGES
-from .cell_geometry import nearest_cells_in_other_view
-from .momentum import (
-    cells_of_each_image,
-    copy_weights_,
-    count_skipped_images_,
-    encode_in_bn_groups,
-    enqueue_,
-    key_batch_permutation,
-    momentum_copy,
-    momentum_update_,
-    normalize_views,
-    note_skipped_images,
-    padded_images,
-    register_key_queue,
-    register_skip_count,
-    reset_key_queue_,
-    stack_views,
+from ..training_metrics import (
+    DENSECL_CELLS_WITH_POSITIVE,
+    DENSECL_DENSE_POSITIVE_SIMILARITY,
+    DENSECL_DENSE_TOP1_ACCURACY,
+    DENSECL_GLOBAL_TOP1_ACCURACY,
+    DENSECL_QUEUE_FILL,
+    SKIPPED_IMAGES,
 )
-from .shuffle_bn import concat_all_gather, encode_shuffled
-from .vader import info_nce_loss
+from .cell_geometry import nearest_cells_in_other_view
+from .losses import info_nce_loss
+from .momentum import MomentumContrast, ResNetStageEncoder, cells_of_each_image, check_stage_name, check_whole_stage_cells
+from .shuffle_bn import concat_all_gather
 
-__all__ = ["DenseCL", "DenseCLEncoder", "dense_positive_cells", "dense_contrastive_loss"]
+__all__ = ["DenseCL", "DenseCLEncoder", "add_densecl_config", "dense_positive_cells", "dense_contrastive_loss"]
 
 
-class DenseCLEncoder(nn.Module):
+def add_densecl_config(cfg):
+    """MODEL.DENSECL: DenseCL's own keys. The momentum keys it shares with the other methods are in
+    MODEL.MOMENTUM_CONTRAST (EMBED_DIM, QUEUE_SIZE: the length of both its queues, one key per image and step, ENQUEUE,
+    MOMENTUM, KEY_BN, BN_GROUP_SIZE, ...)."""
+    cfg.MODEL.DENSECL = CN()
+    # The backbone stage both heads read (paper: C5 = res5, stride 32).
+    cfg.MODEL.DENSECL.IN_FEATURE = "res5"
+    # Hidden width of the global MLP and of the dense 1x1-conv head (paper: 2048).
+    cfg.MODEL.DENSECL.HIDDEN_DIM = 2048
+    cfg.MODEL.DENSECL.TEMPERATURE = 0.2
+    # lambda: loss = (1 - lambda) global + lambda dense.
+    cfg.MODEL.DENSECL.LOSS_WEIGHT = 0.5
+    # A query cell's positive key cell: "feature" (the paper's: the most similar backbone feature of
+    # view 2) or "geometric" (where the views' transforms put the cell's centre in view 2).
+    cfg.MODEL.DENSECL.POSITIVE = "feature"
+
+
+class DenseCLEncoder(ResNetStageEncoder):
     """
     images -> (global (B, D), dense (B, D, S, S), pooled dense (B, D), backbone features (B, C, S, S)),
     each L2-normalised over its channels.
     """
 
     def __init__(self, backbone: Backbone, in_feature: str, hidden_dim: int, embed_dim: int):
-        super().__init__()
-        self.backbone = backbone
-        self.in_feature = in_feature
-        channels = backbone.bottom_up.output_shape()[in_feature].channels
-        # Input pixels per cell of the dense grid (32 for res5): where the geometric positives are looked up.
-        self.stride = backbone.bottom_up.output_shape()[in_feature].stride
-        self.global_head = nn.Sequential(nn.Linear(channels, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, embed_dim))
+        super().__init__(backbone, in_feature)
+        self.global_head = nn.Sequential(nn.Linear(self.channels, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, embed_dim))
         # DenseCL initialises its neck's linear layers He-normal (fan in, zero bias), about 2.4 times
         # PyTorch's default scale; its 1x1 convs keep PyTorch's default, as here.
         for layer in self.global_head:
@@ -82,12 +87,8 @@ class DenseCLEncoder(nn.Module):
                 nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(layer.bias)
         self.dense_head = nn.Sequential(
-            nn.Conv2d(channels, hidden_dim, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden_dim, embed_dim, 1)
+            nn.Conv2d(self.channels, hidden_dim, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden_dim, embed_dim, 1)
         )
-        # DenseCL transfers the ResNet only: the FPN takes no part in its computation.
-        for name, p in backbone.named_parameters():
-            if not name.startswith("bottom_up."):
-                p.requires_grad_(False)
         # DenseCL's ResNet draws its convs He-normal over their fan *in* (ResNet.init_weights,
         # kaiming_init(mode='fan_in')); Detectron2's, like MoCo's and PixPro's, over their fan out.
         for module in backbone.bottom_up.modules():
@@ -95,7 +96,7 @@ class DenseCLEncoder(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
 
     def forward(self, images):
-        features = self.backbone.bottom_up(images)[self.in_feature]
+        features = self.stage_features(images)
         global_embedding = F.normalize(self.global_head(features.mean(dim=(2, 3))), dim=1)
         dense = self.dense_head(features)
         return (
@@ -138,122 +139,82 @@ def dense_contrastive_loss(query_dense, key_dense, positive_cells, matched, nega
 
 
 @META_ARCH_REGISTRY.register()
-class DenseCL(nn.Module):
+class DenseCL(MomentumContrast):
+    # One global key and one pooled dense key per image and step: two queues of the same length.
+    queues = ("queue", "dense_queue")
+    checkpoint_prefix = "query_encoder.dense_head."
+    metric_names = (
+        SKIPPED_IMAGES,
+        DENSECL_GLOBAL_TOP1_ACCURACY,
+        DENSECL_DENSE_TOP1_ACCURACY,
+        DENSECL_DENSE_POSITIVE_SIMILARITY,
+        DENSECL_CELLS_WITH_POSITIVE,
+        DENSECL_QUEUE_FILL,
+    )
+
     @configurable
     def __init__(
         self,
         *,
-        encoder: DenseCLEncoder,
-        embed_dim: int,
-        queue_size: int,
-        momentum: float,
         temperature: float,
         dense_loss_weight: float,
         positive: str,
-        key_bn: str,
-        enqueue: str = "before_loss",
-        bn_group_size: int,
-        metrics_period: int,
-        channels_last: bool = False,
-        pixel_mean: List[float],
-        pixel_std: List[float],
+        **kwargs,  # MomentumContrast's
     ):
-        super().__init__()
-        self.query_encoder = encoder
-        self.key_encoder = momentum_copy(encoder)
-        self.momentum = momentum
+        super().__init__(**kwargs)
         self.temperature = temperature
         self.dense_loss_weight = dense_loss_weight
         self.positive = positive
-        self.key_bn = key_bn
-        self.enqueue_after_loss = enqueue == "after_loss"
-        self.bn_group_size = bn_group_size
-        self.metrics_period = metrics_period
-        self.channels_last = channels_last
-        # One global key and one pooled dense key per image and step: two queues of the same length.
-        register_key_queue(self, "queue", queue_size, embed_dim)
-        register_key_queue(self, "dense_queue", queue_size, embed_dim)
-        register_skip_count(self)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
     @classmethod
     def from_config(cls, cfg):
-        v, d = cfg.MODEL.VADER, cfg.MODEL.DENSECL
-        encoder = DenseCLEncoder(build_backbone(cfg), d.IN_FEATURE, d.HIDDEN_DIM, v.EMBED_DIM)
-        if v.CHANNELS_LAST:
-            encoder.to(memory_format=torch.channels_last)
+        d = cfg.MODEL.DENSECL
         return {
-            "encoder": encoder,
-            "embed_dim": v.EMBED_DIM,
-            "queue_size": v.QUEUE_SIZE,
-            "momentum": v.MOMENTUM,
+            **super().from_config(cfg),
+            "encoder": DenseCLEncoder(build_backbone(cfg), d.IN_FEATURE, d.HIDDEN_DIM, cfg.MODEL.MOMENTUM_CONTRAST.EMBED_DIM),
             "temperature": d.TEMPERATURE,
             "dense_loss_weight": d.LOSS_WEIGHT,
             "positive": d.POSITIVE,
-            "key_bn": v.KEY_BN,
-            "enqueue": v.ENQUEUE,
-            "bn_group_size": v.BN_GROUP_SIZE,
-            "metrics_period": v.METRICS_PERIOD,
-            "channels_last": v.CHANNELS_LAST,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
         }
 
-    @property
-    def device(self):
-        return self.pixel_mean.device
+    @classmethod
+    def add_config(cls, cfg):
+        add_densecl_config(cfg)
 
-    @property
-    def backbone(self):
-        return self.query_encoder.backbone
+    @classmethod
+    def check_ranges(cls, cfg):
+        super().check_ranges(cfg)
+        d = cfg.MODEL.DENSECL
+        check_stage_name(d.IN_FEATURE, "MODEL.DENSECL.IN_FEATURE")
+        at_least(d, "MODEL.DENSECL", "HIDDEN_DIM", 1)
+        require(d.TEMPERATURE > 0, "MODEL.DENSECL.TEMPERATURE", d.TEMPERATURE, "positive")
+        probability(d, "MODEL.DENSECL", "LOSS_WEIGHT")
+        require(d.POSITIVE in ("feature", "geometric"), "MODEL.DENSECL.POSITIVE", d.POSITIVE, "'feature' or 'geometric'")
 
-    @torch.no_grad()
-    def reset_key_encoder(self):
-        """Make the key encoder a copy of the query encoder (the start of a fresh run)."""
-        copy_weights_(self.key_encoder, self.query_encoder)
-
-    @torch.no_grad()
-    def reset_queue(self):
-        """Empty both queues and the skip count: what MODEL.WEIGHTS brings there belongs to another run."""
-        reset_key_queue_(self, "queue")
-        reset_key_queue_(self, "dense_queue")
-        self.skipped_images.zero_()
-
-    def normalize(self, images):
-        return normalize_views(images, self.pixel_mean, self.pixel_std, self.channels_last)
-
-    def key_permutation(self, batch_size):
-        """The order in which the key encoder sees the global batch (shuffle-BN); None where it cannot matter."""
-        return key_batch_permutation(self.key_bn, batch_size, self.bn_group_size, self.device)
+    @classmethod
+    def check_config(cls, cfg, world_size):
+        super().check_config(cfg, world_size)
+        check_whole_stage_cells(cfg, cfg.MODEL.DENSECL.IN_FEATURE, "DenseCL")
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
             return self.inference(batched_inputs)
-        view1 = stack_views([x["view1"] for x in batched_inputs], self.device)
-        view2 = stack_views([x["view2"] for x in batched_inputs], self.device)
-        image_ids = torch.tensor([x["image_id"] for x in batched_inputs]).to(self.device, non_blocking=True)
-        note_skipped_images(self, batched_inputs)
+        view1 = self.stack([x["view1"] for x in batched_inputs], self.device)
+        view2 = self.stack([x["view2"] for x in batched_inputs], self.device)
+        image_ids = self.image_ids(batched_inputs)
+        self.note_skipped_images(batched_inputs)
         # Drawn first, on every rank (rank 0's draw is the one all use).
         permutation = self.key_permutation(len(batched_inputs))
-        with torch.no_grad():
-            momentum_update_(self.key_encoder, self.query_encoder, self.momentum)
+        self.momentum_update_key_encoder()
 
-        query_global, query_dense, _, query_features = encode_in_bn_groups(
-            self.query_encoder, self.normalize(view1), self.key_bn, self.bn_group_size
-        )
-        key_global, key_dense, key_pooled, key_features = self.encode_keys(
+        query_global, query_dense, _, query_features = self.encode_queries(view1)
+        key_global, key_dense, key_pooled, key_features = self.encode_key_maps(
             view2, query_dense.shape[1:], query_features.shape[1:], permutation
         )
 
         all_ids = concat_all_gather(image_ids)
-        if self.enqueue_after_loss:
-            # Copies: the losses keep their negatives for the backward pass, and the enqueue writes in place.
-            negatives, dense_negatives = self.queue.clone(), self.dense_queue.clone()
-        else:
-            enqueue_(self, "queue", key_global, all_ids)
-            enqueue_(self, "dense_queue", key_pooled, all_ids)
-            negatives, dense_negatives = self.queue, self.dense_queue
+        new_keys = {"queue": key_global, "dense_queue": key_pooled}
+        negatives, dense_negatives = self.negatives(new_keys, all_ids)
         rank, batch = comm.get_rank(), len(batched_inputs)
         mine = slice(rank * batch, (rank + 1) * batch)
 
@@ -266,16 +227,14 @@ class DenseCL(nn.Module):
             query_dense, key_dense[mine], cells, matched, dense_negatives, self.dense_queue_image_ids, image_ids, self.temperature
         )
         self.log_metrics(global_positive, global_hardest, dense_positive, dense_hardest, matched)
-        if self.enqueue_after_loss:
-            enqueue_(self, "queue", key_global, all_ids)
-            enqueue_(self, "dense_queue", key_pooled, all_ids)
+        self.enqueue_after_the_loss(new_keys, all_ids)
         return {
             "loss_densecl_global": (1.0 - self.dense_loss_weight) * global_loss,
             "loss_densecl_dense": self.dense_loss_weight * dense_loss,
         }
 
     @torch.no_grad()
-    def encode_keys(self, images, dense_shape, feature_shape, permutation):
+    def encode_key_maps(self, images, dense_shape, feature_shape, permutation):
         """
         The key encoder's outputs for every process's images (rank order): global, dense, pooled dense and,
         for feature matching, backbone features. With shuffle-BN the whole maps travel between processes
@@ -289,10 +248,7 @@ class DenseCL(nn.Module):
             parts = [global_embedding, dense.flatten(1), pooled] + ([features.flatten(1)] if with_features else [])
             return torch.cat(parts, dim=1)
 
-        if permutation is None:
-            rows = concat_all_gather(packed(self.key_encoder(self.normalize(images)), None))
-        else:
-            rows = encode_shuffled(self.key_encoder, images, None, packed, permutation, self.bn_group_size, self.normalize)
+        rows = self.encode_keys(images, None, packed, permutation)
         parts = rows.split(sizes, dim=1)
         global_embedding, dense, pooled = parts[0], parts[1].view(-1, *dense_shape), parts[2]
         features = parts[3].view(-1, *feature_shape) if with_features else None
@@ -317,21 +273,18 @@ class DenseCL(nn.Module):
         storage = get_event_storage()
         if storage.iter % self.metrics_period != 0:
             return
-        count_skipped_images_(self)
         dense_positive, dense_hardest = dense_positive[matched.flatten()], dense_hardest[matched.flatten()]
-        storage.put_scalars(
-            **{SKIPPED_IMAGES: self.skipped_images.item()},
-            densecl_global_top1_accuracy=(global_positive > global_hardest).float().mean().item(),
-            densecl_dense_top1_accuracy=(dense_positive > dense_hardest).float().mean().item(),
-            densecl_dense_positive_similarity=(dense_positive * self.temperature).mean().item(),
-            densecl_cells_with_positive=matched.float().mean().item(),
-            densecl_queue_fill=(self.queue_image_ids >= 0).float().mean().item(),
-            smoothing_hint=False,
-        )
+        self.put_metrics(storage, **{
+            DENSECL_GLOBAL_TOP1_ACCURACY: (global_positive > global_hardest).float().mean().item(),
+            DENSECL_DENSE_TOP1_ACCURACY: (dense_positive > dense_hardest).float().mean().item(),
+            DENSECL_DENSE_POSITIVE_SIMILARITY: (dense_positive * self.temperature).mean().item(),
+            DENSECL_CELLS_WITH_POSITIVE: matched.float().mean().item(),
+            DENSECL_QUEUE_FILL: (self.queue_image_ids >= 0).float().mean().item(),
+        })
 
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict]):
         """The dense embedding of images given the Detectron2 way: [{"embedding": (D, h, w)}], one per res5 cell."""
-        padded = padded_images(batched_inputs, self.pixel_mean, self.pixel_std, self.backbone.size_divisibility)
+        padded = self.padded_images(batched_inputs)
         dense = self.query_encoder(padded.tensor)[1]
         return cells_of_each_image(dense, padded.image_sizes, self.query_encoder.stride)

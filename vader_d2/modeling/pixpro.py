@@ -31,29 +31,47 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.layers import get_norm
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 from detectron2.utils.events import get_event_storage
 
+from ..config_checks import at_least, check_norm, require
 from ..mixed_precision import full_precision
+from ..training_metrics import PIXPRO_MOMENTUM, PIXPRO_POSITIVE_PAIRS, SKIPPED_IMAGES
 from .cell_geometry import pixpro_positive_mask
-from ..training_metrics import SKIPPED_IMAGES
 from .momentum import (
+    MomentumMethod,
+    ResNetStageEncoder,
     cells_of_each_image,
-    copy_weights_,
-    count_skipped_images_,
-    momentum_copy,
+    check_stage_name,
+    check_whole_stage_cells,
     momentum_update_,
-    normalize_views,
-    note_skipped_images,
-    padded_images,
-    register_skip_count,
-    stack_views,
 )
 
-__all__ = ["PixPro", "PixProEncoder", "PixelPropagation", "pixpro_loss", "pixpro_momentum"]
+__all__ = ["PixPro", "PixProEncoder", "PixelPropagation", "add_pixpro_config", "pixpro_loss", "pixpro_momentum"]
+
+
+def add_pixpro_config(cfg):
+    """MODEL.PIXPRO: PixPro's own keys. MODEL.MOMENTUM_CONTRAST.METRICS_PERIOD and CHANNELS_LAST, which every momentum
+    method reads, apply to it too."""
+    cfg.MODEL.PIXPRO = CN()
+    cfg.MODEL.PIXPRO.IN_FEATURE = "res5"  # the paper's C5, stride 32
+    cfg.MODEL.PIXPRO.HIDDEN_DIM = 4096
+    cfg.MODEL.PIXPRO.EMBED_DIM = 256
+    # Norm of the projection's hidden layer (PixPro: SyncBN).
+    cfg.MODEL.PIXPRO.NORM = "BN"
+    # Pixel propagation: similarity exponent gamma and layers of the transform g (0: identity, 1: one
+    # 1x1 conv, the paper's best; 2: conv-norm-ReLU-conv).
+    cfg.MODEL.PIXPRO.PROPAGATION_GAMMA = 2.0
+    cfg.MODEL.PIXPRO.TRANSFORM_LAYERS = 1
+    # Cells of the two views are a positive pair when their centres lie closer in the source image than
+    # this many feature-bin diagonals (paper: 0.7).
+    cfg.MODEL.PIXPRO.POSITIVE_RADIUS = 0.7
+    # Momentum of the momentum encoder at iteration 0; it rises to 1 at SOLVER.MAX_ITER on a cosine.
+    cfg.MODEL.PIXPRO.MOMENTUM = 0.99
 
 
 def _projection(in_channels, hidden_dim, out_channels, norm):
@@ -79,25 +97,16 @@ def zero_init_residual_branches_(resnet: nn.Module):
             nn.init.zeros_(norm.weight)
 
 
-class PixProEncoder(nn.Module):
+class PixProEncoder(ResNetStageEncoder):
     """images -> (B, D, S, S) projections of the backbone's ``in_feature`` cells (not normalised)."""
 
     def __init__(self, backbone: Backbone, in_feature: str, hidden_dim: int, embed_dim: int, norm: str):
-        super().__init__()
-        self.backbone = backbone
-        self.in_feature = in_feature
-        shape = backbone.bottom_up.output_shape()[in_feature]
-        # Input pixels per cell: where the cells' centres lie in the views.
-        self.stride = shape.stride
-        self.projection = _projection(shape.channels, hidden_dim, embed_dim, norm)
-        # PixPro (C5) transfers the ResNet only: the FPN takes no part in its computation.
-        for name, p in backbone.named_parameters():
-            if not name.startswith("bottom_up."):
-                p.requires_grad_(False)
+        super().__init__(backbone, in_feature)
+        self.projection = _projection(self.channels, hidden_dim, embed_dim, norm)
         zero_init_residual_branches_(backbone.bottom_up)
 
     def forward(self, images):
-        return self.projection(self.backbone.bottom_up(images)[self.in_feature])
+        return self.projection(self.stage_features(images))
 
 
 class PixelPropagation(nn.Module):
@@ -141,76 +150,69 @@ def pixpro_momentum(base, iteration, max_iter):
 
 
 @META_ARCH_REGISTRY.register()
-class PixPro(nn.Module):
+class PixPro(MomentumMethod):
+    checkpoint_prefix = "query_encoder.projection."
+    metric_names = (SKIPPED_IMAGES, PIXPRO_MOMENTUM, PIXPRO_POSITIVE_PAIRS)
+
     @configurable
     def __init__(
         self,
         *,
-        encoder: PixProEncoder,
         propagation: PixelPropagation,
         base_momentum: float,
         max_iter: int,
         positive_radius: float,
-        metrics_period: int,
-        channels_last: bool = False,
-        pixel_mean: List[float],
-        pixel_std: List[float],
+        **kwargs,  # MomentumMethod's
     ):
-        super().__init__()
-        self.query_encoder = encoder
-        self.key_encoder = momentum_copy(encoder)
+        super().__init__(**kwargs)
         self.propagation = propagation
         self.base_momentum = base_momentum
         self.max_iter = max_iter
         self.positive_radius = positive_radius
-        self.metrics_period = metrics_period
-        self.channels_last = channels_last
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        register_skip_count(self)
 
     @classmethod
     def from_config(cls, cfg):
-        v, p = cfg.MODEL.VADER, cfg.MODEL.PIXPRO
-        encoder = PixProEncoder(build_backbone(cfg), p.IN_FEATURE, p.HIDDEN_DIM, p.EMBED_DIM, p.NORM)
-        propagation = PixelPropagation(p.EMBED_DIM, p.PROPAGATION_GAMMA, p.TRANSFORM_LAYERS, p.NORM)
-        if v.CHANNELS_LAST:
-            encoder.to(memory_format=torch.channels_last)
+        p = cfg.MODEL.PIXPRO
         return {
-            "encoder": encoder,
-            "propagation": propagation,
+            **super().from_config(cfg),
+            "encoder": PixProEncoder(build_backbone(cfg), p.IN_FEATURE, p.HIDDEN_DIM, p.EMBED_DIM, p.NORM),
+            "propagation": PixelPropagation(p.EMBED_DIM, p.PROPAGATION_GAMMA, p.TRANSFORM_LAYERS, p.NORM),
             "base_momentum": p.MOMENTUM,
             "max_iter": cfg.SOLVER.MAX_ITER,
             "positive_radius": p.POSITIVE_RADIUS,
-            "metrics_period": v.METRICS_PERIOD,
-            "channels_last": v.CHANNELS_LAST,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
         }
 
-    @property
-    def device(self):
-        return self.pixel_mean.device
+    @classmethod
+    def add_config(cls, cfg):
+        add_pixpro_config(cfg)
 
-    @property
-    def backbone(self):
-        return self.query_encoder.backbone
+    @classmethod
+    def check_ranges(cls, cfg):
+        super().check_ranges(cfg)
+        p = cfg.MODEL.PIXPRO
+        check_stage_name(p.IN_FEATURE, "MODEL.PIXPRO.IN_FEATURE")
+        for key in ("HIDDEN_DIM", "EMBED_DIM"):
+            at_least(p, "MODEL.PIXPRO", key, 1)
+        # Below 1 the gradient of s^gamma is infinite where a similarity is clamped to 0.
+        require(p.PROPAGATION_GAMMA >= 1, "MODEL.PIXPRO.PROPAGATION_GAMMA", p.PROPAGATION_GAMMA, "at least 1")
+        require(p.TRANSFORM_LAYERS in (0, 1, 2), "MODEL.PIXPRO.TRANSFORM_LAYERS", p.TRANSFORM_LAYERS, "0, 1 or 2")
+        require(p.POSITIVE_RADIUS > 0, "MODEL.PIXPRO.POSITIVE_RADIUS", p.POSITIVE_RADIUS, "positive (in feature-bin diagonals)")
+        require(0.0 <= p.MOMENTUM <= 1.0, "MODEL.PIXPRO.MOMENTUM", p.MOMENTUM, "in [0, 1]")
+        check_norm(p.NORM, p.HIDDEN_DIM, "MODEL.PIXPRO.NORM", "MODEL.PIXPRO.HIDDEN_DIM")
 
-    @torch.no_grad()
-    def reset_key_encoder(self):
-        """Make the momentum encoder a copy of the online encoder (the start of a fresh run)."""
-        copy_weights_(self.key_encoder, self.query_encoder)
-
-    def normalize(self, images):
-        return normalize_views(images, self.pixel_mean, self.pixel_std, self.channels_last)
+    @classmethod
+    def check_config(cls, cfg, world_size):
+        # No queue, and each view's batch normalised as the config's norm says (no key to shuffle).
+        super().check_config(cfg, world_size)
+        check_whole_stage_cells(cfg, cfg.MODEL.PIXPRO.IN_FEATURE, "PixPro")
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
             return self.inference(batched_inputs)
-        views = [self.normalize(stack_views([x[name] for x in batched_inputs], self.device)) for name in ("view1", "view2")]
-        note_skipped_images(self, batched_inputs)
-        iteration = get_event_storage().iter
-        momentum = pixpro_momentum(self.base_momentum, iteration, self.max_iter)
+        views = [self.normalize(self.stack([x[name] for x in batched_inputs], self.device)) for name in ("view1", "view2")]
+        self.note_skipped_images(batched_inputs)
+        storage = get_event_storage()
+        momentum = pixpro_momentum(self.base_momentum, storage.iter, self.max_iter)
         with torch.no_grad():
             momentum_update_(self.key_encoder, self.query_encoder, momentum)
             targets = [F.normalize(self.key_encoder(view), dim=1).flatten(2) for view in views]
@@ -221,20 +223,16 @@ class PixPro(nn.Module):
         loss = pixpro_loss(predictions[0], targets[1], positive) + pixpro_loss(
             predictions[1], targets[0], positive.transpose(1, 2)
         )
-        if iteration % self.metrics_period == 0:
-            count_skipped_images_(self)
-            get_event_storage().put_scalars(
-                **{SKIPPED_IMAGES: self.skipped_images.item()},
-                pixpro_momentum=momentum,
-                pixpro_positive_pairs=positive.sum(dim=(1, 2)).float().mean().item(),
-                smoothing_hint=False,
+        if storage.iter % self.metrics_period == 0:
+            self.put_metrics(
+                storage, **{PIXPRO_MOMENTUM: momentum, PIXPRO_POSITIVE_PAIRS: positive.sum(dim=(1, 2)).float().mean().item()}
             )
         return {"loss_pixpro": loss}
 
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict]):
         """The online projection of images given the Detectron2 way, normalised: [{"embedding": (D, h, w)}], one per res5 cell."""
-        padded = padded_images(batched_inputs, self.pixel_mean, self.pixel_std, self.backbone.size_divisibility)
+        padded = self.padded_images(batched_inputs)
         projections = F.normalize(self.query_encoder(padded.tensor), dim=1)
         return cells_of_each_image(projections, padded.image_sizes, self.query_encoder.stride)
 

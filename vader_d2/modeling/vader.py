@@ -12,18 +12,15 @@ One training step, for a batch of images each given as two views plus the corres
 5. InfoNCE with temperature-scaled cosine similarity; the batch's keys (the keys of every process's
    images) are written to the queue, oldest first out.
 
-By default (``MODEL.VADER.ENQUEUE before_loss``) the current batch's keys are enqueued *before* the loss
+By default (``MODEL.MOMENTUM_CONTRAST.ENQUEUE before_loss``) the current batch's keys are enqueued *before* the loss
 is computed, so the other images of the batch serve as negatives too (the freshest ones available), and
 the first step already has negatives; ``after_loss`` is MoCo's order, negatives from earlier steps only.
 
-Batch norm (``MODEL.VADER.KEY_BN``): ``shuffle`` (MoCo's shuffle-BN, ``shuffle_bn.py``) normalises the
+Batch norm (``MODEL.MOMENTUM_CONTRAST.KEY_BN``): ``shuffle`` (MoCo's shuffle-BN, ``shuffle_bn.py``) normalises the
 query encoder over contiguous groups of ``BN_GROUP_SIZE`` images of each process and the key encoder over
 groups of a random permutation of the global batch, so that a key never shares its query's statistics;
 ``sync`` runs each encoder on the whole per-process batch with the configured norm (synchronised BN
 across processes), the behaviour kept for comparison.
-
-``MODEL.VADER.LOSS = "global"`` runs the MoCo v2 baseline through the same code: the encoders pool the
-backbone's last stage into one vector per view and each image contributes one query/key pair.
 """
 
 from typing import Dict, List
@@ -32,42 +29,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
-from detectron2.structures import ImageList
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..dense_grid import OUTPUT_STRIDE
-from ..mixed_precision import full_precision
-from ..training_metrics import (
-    NEGATIVE_SIMILARITY,
-    POSITIVE_SIMILARITY,
-    QUERIES_WITHOUT_NEGATIVE,
-    QUEUE_FILL,
-    SKIPPED_IMAGES,
-    TOP1_ACCURACY,
-    VALID_MATCHES,
-)
+from ..config_checks import at_least, check_norm, require
+from ..errors import UserError
+from ..training_metrics import QUEUE_STATS, SKIPPED_IMAGES, VALID_MATCHES
 from .dense_head import DenseHead
-from .momentum import (
-    copy_weights_,
-    count_skipped_images_,
-    encode_in_bn_groups,
-    enqueue_,
-    key_batch_permutation,
-    momentum_copy,
-    momentum_update_,
-    normalize_views,
-    note_skipped_images,
-    register_key_queue,
-    register_skip_count,
-    reset_key_queue_,
-    stack_views,
-)
-from .shuffle_bn import concat_all_gather, encode_shuffled
+from .losses import info_nce_loss
+from .momentum import MomentumContrast, cells_of_each_image
+from .shuffle_bn import concat_all_gather
 
-__all__ = ["VADeR", "DenseEncoder", "GlobalEncoder", "build_encoder", "info_nce_loss"]
+__all__ = ["VADeR", "DenseEncoder", "add_vader_method_config", "sample_grid"]
+
+# VADeR.from_config's answer to MODEL.VADER.LOSS global where vader_d2.cli.build_config (which translates
+# it) did not build the config.
+OLD_MOCO_SPELLING = (
+    "MODEL.VADER.LOSS global: the MoCo baseline is MODEL.META_ARCHITECTURE MoCo now, its own keys under MODEL.MOCO; "
+    "vader_d2.cli.build_config translates configs written the old way"
+)
 
 
 class DenseEncoder(nn.Module):
@@ -82,97 +66,33 @@ class DenseEncoder(nn.Module):
         return self.head(self.backbone(images))
 
 
-class GlobalEncoder(nn.Module):
-    """MoCo v2 encoder on the same backbone: pooled ``in_feature`` -> 2-layer MLP -> (B, D), normalised."""
+def add_vader_method_config(cfg):
+    """MODEL.VADER: VADeR's own keys. The momentum keys it shares with the other methods are in
+    MODEL.MOMENTUM_CONTRAST (EMBED_DIM, QUEUE_SIZE of pixel keys, ENQUEUE, MOMENTUM, KEY_BN, BN_GROUP_SIZE, ...)."""
+    v = cfg.MODEL.VADER = CN()
+    # "dense", VADeR's pixel-level InfoNCE. "global" is the old spelling of MODEL.META_ARCHITECTURE MoCo,
+    # translated by vader_d2.config.resolve_old_spellings (with GLOBAL_HEAD below).
+    v.LOSS = "dense"
+    v.TEMPERATURE = 0.07
+    # Matched pixel pairs per image the loss is applied to (paper: 32).
+    v.PAIRS_PER_IMAGE = 32
+    # Also use view 2 as query and view 1 as key (off in the paper's recipe).
+    v.SYMMETRIC = False
+    # How a query cell reads its positive key from view 2's embedding map at a sub-cell location:
+    # "bilinear" (re-normalised after interpolation) or "nearest" cell.
+    v.KEY_SAMPLING = "bilinear"
 
-    def __init__(self, backbone: Backbone, in_feature: str, hidden_dim: int, embed_dim: int):
-        super().__init__()
-        self.backbone = backbone
-        self.in_feature = in_feature
-        channels = backbone.bottom_up.output_shape()[in_feature].channels
-        self.head = nn.Sequential(nn.Linear(channels, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, embed_dim))
-        # MoCo transfers only the ResNet; the FPN is not part of the baseline's computation.
-        for name, p in backbone.named_parameters():
-            if not name.startswith("bottom_up."):
-                p.requires_grad_(False)
+    v.HEAD = CN()
+    v.HEAD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    v.HEAD.CONV_DIM = 128
+    # 3x3 convs applied after the FPN levels are merged at stride 4.
+    v.HEAD.NUM_CONVS = 1
+    v.HEAD.NORM = "GN"
 
-    def forward(self, images):
-        features = self.backbone.bottom_up(images)[self.in_feature]
-        return F.normalize(self.head(features.mean(dim=(2, 3))), dim=1)
-
-
-def build_encoder(cfg):
-    """The query encoder of ``cfg`` (the key encoder is its copy): dense or global, in the memory order asked for."""
-    v = cfg.MODEL.VADER
-    backbone = build_backbone(cfg)
-    if v.LOSS == "dense":
-        encoder = DenseEncoder(backbone, DenseHead(cfg, backbone.output_shape()))
-    else:
-        encoder = GlobalEncoder(backbone, v.GLOBAL_HEAD.IN_FEATURE, v.GLOBAL_HEAD.HIDDEN_DIM, v.EMBED_DIM)
-    if v.CHANNELS_LAST:
-        encoder.to(memory_format=torch.channels_last)
-    return encoder
-
-
-# Floor of the exp-weights' exponents. Excluded entries sit near the float minimum after the max is
-# subtracted: exp of those (zero, or denormal just above -88) takes a CPU slow path, and a weight near
-# the denormal range makes the backward matrix product produce denormals, slower still. exp(-60) =
-# 8.7e-27 is an ordinary float, and K of them weigh nothing beside a row's largest weight, 1.
-EXP_FLOOR = -60.0
-
-
-class NegativeLogSumExp(torch.autograd.Function):
-    """
-    For (N, D) queries, (K, D) negatives and an (N, K) exclusion mask: log sum_n exp(q . n) over each
-    query's usable negatives, and the largest usable q . n (the hardest negative); the gradient flows to
-    the queries only (the queue holds none).
-
-    The same as ``torch.logsumexp`` of the masked matrix product, written out because that costs a
-    handful of (N, K) temporaries and some twenty passes over them per step, which dominate the loss at
-    MoCo's queue size. Here the logits become exp-weights in place and the backward pass reuses them:
-    one matrix product each way, six passes over N x K in all.
-    """
-
-    @staticmethod
-    def forward(ctx, queries, negatives, excluded):
-        logits = queries @ negatives.t()
-        # A finite floor instead of -inf keeps rows without a usable negative finite (their loss is 0).
-        logits.masked_fill_(excluded, torch.finfo(logits.dtype).min)
-        hardest = logits.amax(dim=1)
-        weights = logits.sub_(hardest[:, None]).clamp_(min=EXP_FLOOR).exp_()
-        total = weights.sum(dim=1)
-        ctx.save_for_backward(weights, total, negatives)
-        ctx.mark_non_differentiable(hardest)
-        return hardest + total.log(), hardest
-
-    @staticmethod
-    def backward(ctx, grad, _):
-        weights, total, negatives = ctx.saved_tensors
-        # d/dq_i = sum_n softmax_in n_n: normalise the (N, D) product instead of the (N, K) weights.
-        return (weights @ negatives) * (grad / total)[:, None], None, None
-
-
-def info_nce_loss(queries, keys, negatives, query_image_ids, negative_image_ids, temperature, query_weights=None):
-    """
-    L = -log( exp(q.k/t) / (exp(q.k/t) + sum_n exp(q.n/t)) ), averaged over queries (weighted by the (N,)
-    ``query_weights`` if given: 0 leaves a query out without indexing, which would wait for the device).
-
-    Negatives whose image id equals the query's, or is negative (an empty queue slot), are excluded.
-    Computed in float32 at least, also under autocast: logits up to 1/t need more than half precision.
-    Returns the loss, the positive logits (N,), the hardest usable negative logit of each query (N,;
-    the float minimum where none is usable) and the (N, K) exclusion mask, for diagnostics.
-    """
-    dtype = torch.promote_types(queries.dtype, torch.float32)
-    with full_precision(queries):
-        queries = queries.to(dtype) / temperature  # scales N x D values instead of N x K logits
-        positive = (queries * keys.to(dtype)).sum(dim=1)
-        excluded = (negative_image_ids[None, :] == query_image_ids[:, None]) | (negative_image_ids < 0)[None, :]
-        negative, hardest = NegativeLogSumExp.apply(queries, negatives.to(dtype), excluded)
-        terms = torch.logaddexp(positive, negative) - positive
-        if query_weights is None:
-            return terms.mean(), positive, hardest, excluded
-        loss = (terms * query_weights).sum() / query_weights.sum().clamp(min=1)
-        return loss, positive, hardest, excluded
+    # The old spelling's MODEL.MOCO.IN_FEATURE and HIDDEN_DIM (vader_d2.config.resolve_old_spellings).
+    v.GLOBAL_HEAD = CN()
+    v.GLOBAL_HEAD.IN_FEATURE = "res5"
+    v.GLOBAL_HEAD.HIDDEN_DIM = 2048
 
 
 def sample_grid(embeddings, positions, mode):
@@ -194,168 +114,119 @@ def sample_grid(embeddings, positions, mode):
 
 
 @META_ARCH_REGISTRY.register()
-class VADeR(nn.Module):
+class VADeR(MomentumContrast):
+    exported_parts = ("ResNet", "FPN")
+    checkpoint_prefix = "query_encoder.head.laterals."
+    feature_head = "query_encoder.head"
+    metric_names = (SKIPPED_IMAGES, *QUEUE_STATS, VALID_MATCHES)
+
     @configurable
     def __init__(
         self,
         *,
-        encoder: nn.Module,
-        loss_type: str,
-        embed_dim: int,
-        queue_size: int,
-        momentum: float,
         temperature: float,
         pairs_per_image: int,
         symmetric: bool,
         key_sampling: str,
-        key_bn: str = "shuffle",
-        enqueue: str = "before_loss",
-        bn_group_size: int,
-        metrics_period: int,
-        channels_last: bool = False,
-        pixel_mean: List[float],
-        pixel_std: List[float],
+        **kwargs,  # MomentumContrast's
     ):
-        super().__init__()
-        self.query_encoder = encoder
-        self.key_encoder = momentum_copy(encoder)
-        self.loss_type = loss_type
-        self.momentum = momentum
+        super().__init__(**kwargs)
         self.temperature = temperature
         self.pairs_per_image = pairs_per_image
         self.symmetric = symmetric
         self.key_sampling = key_sampling
-        self.key_bn = key_bn
-        self.enqueue_after_loss = enqueue == "after_loss"
-        self.bn_group_size = bn_group_size
-        self.metrics_period = metrics_period
-        self.channels_last = channels_last
-
-        register_key_queue(self, "queue", queue_size, embed_dim)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        register_skip_count(self)
 
     @classmethod
     def from_config(cls, cfg):
         v = cfg.MODEL.VADER
+        if v.LOSS != "dense":
+            raise UserError(OLD_MOCO_SPELLING)
+        backbone = build_backbone(cfg)
         return {
-            "encoder": build_encoder(cfg),
-            "loss_type": v.LOSS,
-            "embed_dim": v.EMBED_DIM,
-            "queue_size": v.QUEUE_SIZE,
-            "momentum": v.MOMENTUM,
+            **super().from_config(cfg),
+            "encoder": DenseEncoder(backbone, DenseHead(cfg, backbone.output_shape())),
             "temperature": v.TEMPERATURE,
             "pairs_per_image": v.PAIRS_PER_IMAGE,
             "symmetric": v.SYMMETRIC,
             "key_sampling": v.KEY_SAMPLING,
-            "key_bn": v.KEY_BN,
-            "enqueue": v.ENQUEUE,
-            "bn_group_size": v.BN_GROUP_SIZE,
-            "metrics_period": v.METRICS_PERIOD,
-            "channels_last": v.CHANNELS_LAST,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
         }
 
-    @property
-    def device(self):
-        return self.pixel_mean.device
+    @classmethod
+    def add_config(cls, cfg):
+        add_vader_method_config(cfg)
 
-    @property
-    def backbone(self):
-        return self.query_encoder.backbone
+    @classmethod
+    def keys_enqueued_per_step(cls, cfg):
+        v = cfg.MODEL.VADER
+        keys = cfg.SOLVER.IMS_PER_BATCH * v.PAIRS_PER_IMAGE * (2 if v.SYMMETRIC else 1)
+        return keys, f"SOLVER.IMS_PER_BATCH x pairs per image{' x 2 (symmetric)' if v.SYMMETRIC else ''}"
 
-    @torch.no_grad()
-    def reset_key_encoder(self):
-        """Make the key encoder a copy of the query encoder (the start of a fresh run)."""
-        copy_weights_(self.key_encoder, self.query_encoder)
+    @classmethod
+    def check_ranges(cls, cfg):
+        v = cfg.MODEL.VADER
+        if v.LOSS not in ("dense", "global"):
+            raise UserError(f"MODEL.VADER.LOSS must be 'dense' or 'global', got {v.LOSS!r}")
+        if v.LOSS == "global":
+            raise UserError(OLD_MOCO_SPELLING)
+        super().check_ranges(cfg)
+        at_least(v, "MODEL.VADER", "PAIRS_PER_IMAGE", 1)
+        at_least(cfg.INPUT.VIEWS, "INPUT.VIEWS", "MIN_SHARED_CELLS", 1)
+        at_least(v.HEAD, "MODEL.VADER.HEAD", "CONV_DIM", 1)
+        at_least(v.HEAD, "MODEL.VADER.HEAD", "NUM_CONVS", 0)
+        levels = ("p2", "p3", "p4", "p5", "p6")
+        features = list(v.HEAD.IN_FEATURES)
+        require(
+            "p2" in features and all(f in levels for f in features), "MODEL.VADER.HEAD.IN_FEATURES", features,
+            f"FPN outputs among {list(levels)} including p2 (the dense head predicts at stride {OUTPUT_STRIDE})",
+        )
+        check_norm(v.HEAD.NORM, v.HEAD.CONV_DIM, "MODEL.VADER.HEAD.NORM", "MODEL.VADER.HEAD.CONV_DIM")
 
-    @torch.no_grad()
-    def reset_queue(self):
-        """Empty the queue and the skip count: what MODEL.WEIGHTS brings there belongs to another run."""
-        reset_key_queue_(self, "queue")
-        self.skipped_images.zero_()
-
-    @torch.no_grad()
-    def momentum_update_key_encoder(self):
-        """theta_k <- m theta_k + (1 - m) theta_q."""
-        momentum_update_(self.key_encoder, self.query_encoder, self.momentum)
-
-    @torch.no_grad()
-    def enqueue(self, keys, image_ids):
-        """Write the keys of every process's images (in rank order) over the oldest queue entries."""
-        enqueue_(self, "queue", keys, image_ids)
-
-    @staticmethod
-    def stack(images: List[torch.Tensor], device):
-        """The views of a batch as one uint8 tensor on ``device``, copied without waiting for the device."""
-        return stack_views(images, device)
-
-    def normalize(self, images):
-        return normalize_views(images, self.pixel_mean, self.pixel_std, self.channels_last)
-
-    def encode_queries(self, images):
-        """Query embeddings of this process's uint8 images, batch norm over the groups of ``KEY_BN``."""
-        return encode_in_bn_groups(self.query_encoder, self.normalize(images), self.key_bn, self.bn_group_size)
-
-    @torch.no_grad()
-    def encode_keys(self, images, locations, read, permutation):
-        """
-        Keys of every process's images (rank order), no gradient: ``read(key encoder outputs, locations)``
-        for this process's uint8 ``images`` and per-image ``locations`` (or None). With ``permutation``
-        (shuffle-BN) the key encoder sees the global batch in that order; without, its own images.
-        """
-        if permutation is None:
-            outputs = self.key_encoder(self.normalize(images))
-            return concat_all_gather(read(outputs, locations))
-        return encode_shuffled(self.key_encoder, images, locations, read, permutation, self.bn_group_size, self.normalize)
-
-    def key_permutation(self, batch_size):
-        """The order in which the key encoder sees the global batch; None where it cannot matter."""
-        return key_batch_permutation(self.key_bn, batch_size, self.bn_group_size, self.device)
+    @classmethod
+    def check_config(cls, cfg, world_size):
+        v = cfg.MODEL.VADER
+        if v.KEY_SAMPLING not in ("bilinear", "nearest"):
+            raise UserError(f"MODEL.VADER.KEY_SAMPLING must be 'bilinear' or 'nearest', got {v.KEY_SAMPLING!r}")
+        if v.TEMPERATURE <= 0:
+            raise UserError(f"MODEL.VADER.TEMPERATURE must be positive, got {v.TEMPERATURE}")
+        super().check_config(cfg, world_size)
+        views = cfg.INPUT.VIEWS
+        cells = (views.CROP_SIZE // OUTPUT_STRIDE) ** 2
+        if not v.PAIRS_PER_IMAGE <= views.MIN_SHARED_CELLS <= cells:
+            # The views must share the cells the pairs are drawn from.
+            raise UserError(
+                f"INPUT.VIEWS.MIN_SHARED_CELLS={views.MIN_SHARED_CELLS} must lie between "
+                f"MODEL.VADER.PAIRS_PER_IMAGE={v.PAIRS_PER_IMAGE} and the {cells} cells of a view"
+            )
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
             return self.inference(batched_inputs)
         view1 = self.stack([x["view1"] for x in batched_inputs], self.device)
         view2 = self.stack([x["view2"] for x in batched_inputs], self.device)
-        # Built on the host and copied without waiting: a device tensor from a list would wait for the device.
-        image_ids = torch.tensor([x["image_id"] for x in batched_inputs]).to(self.device, non_blocking=True)
-        note_skipped_images(self, batched_inputs)
+        image_ids = self.image_ids(batched_inputs)
+        self.note_skipped_images(batched_inputs)
         # Drawn before the pair sampling, on every rank (rank 0's draw is the one all use), so that the
         # draws after it follow the same sequence in every process of a run.
         permutation = self.key_permutation(len(batched_inputs))
 
-        with torch.no_grad():
-            self.momentum_update_key_encoder()
-        if self.loss_type == "dense":
-            queries, keys = self.dense_pairs(batched_inputs, view1, view2, permutation)
-        else:
-            queries, keys = self.global_pairs(view1, view2, permutation)
+        self.momentum_update_key_encoder()
+        queries, keys = self.dense_pairs(batched_inputs, view1, view2, permutation)
 
         # One query per key, in the same order: image i's rows of each direction of the pairs.
-        per_image = 1 if self.loss_type == "global" else self.pairs_per_image
         directions = len(keys)
-        all_image_ids = concat_all_gather(image_ids).repeat_interleave(per_image).repeat(directions)
-        keys_of_all = torch.cat([k.reshape(-1, k.shape[-1]) for k in keys])
-        if self.enqueue_after_loss:
-            # A copy: the loss keeps its negatives for the backward pass, and the enqueue below writes in place.
-            negatives = self.queue.clone()
-        else:
-            self.enqueue(keys_of_all, all_image_ids)
-            negatives = self.queue
+        all_image_ids = concat_all_gather(image_ids).repeat_interleave(self.pairs_per_image).repeat(directions)
+        new_keys = {"queue": torch.cat([k.reshape(-1, k.shape[-1]) for k in keys])}
+        (negatives,) = self.negatives(new_keys, all_image_ids)
         rank, batch = comm.get_rank(), len(batched_inputs)
         mine = torch.cat([k[rank * batch : (rank + 1) * batch].reshape(-1, k.shape[-1]) for k in keys])
         queries = torch.cat([q.reshape(-1, q.shape[-1]) for q in queries])
-        query_ids = image_ids.repeat_interleave(per_image).repeat(directions)
+        query_ids = image_ids.repeat_interleave(self.pairs_per_image).repeat(directions)
         loss, positive, hardest, excluded = info_nce_loss(
             queries, mine, negatives, query_ids, self.queue_image_ids, self.temperature
         )
         self.log_metrics(batched_inputs, queries, positive, hardest, excluded)
-        if self.enqueue_after_loss:
-            self.enqueue(keys_of_all, all_image_ids)
-        return {"loss_vader" if self.loss_type == "dense" else "loss_moco": loss}
+        self.enqueue_after_the_loss(new_keys, all_image_ids)
+        return {"loss_vader": loss}
 
     def sample_cells(self, valid, matches):
         """
@@ -393,55 +264,21 @@ class VADeR(nn.Module):
             keys.append(self.encode_keys(view1, cells, self.at_cells, permutation))
         return queries, keys
 
-    def global_pairs(self, view1, view2, permutation):
-        """As ``dense_pairs``, one pooled embedding per view: queries (b, D), keys (B, D) per direction."""
-        def pooled(outputs, _):
-            return outputs
-
-        queries = [self.encode_queries(view1)]
-        keys = [self.encode_keys(view2, None, pooled, permutation)]
-        if self.symmetric:
-            queries.append(self.encode_queries(view2))
-            keys.append(self.encode_keys(view1, None, pooled, permutation))
-        return queries, keys
-
     @torch.no_grad()
     def log_metrics(self, batched_inputs, queries, positive, hardest, excluded):
         storage = get_event_storage()
-        # Reading these values forces a device sync: only on the logging period.
         if storage.iter % self.metrics_period != 0:
             return
-        count_skipped_images_(self)
-        usable = (~excluded).to(self.queue.dtype)
-        # Sum over each query's usable negatives as one matrix product: the loss does not keep the logits.
-        negative_cos = (queries.to(self.queue.dtype) * (usable @ self.queue)).sum() / usable.sum().clamp(min=1)
-        storage.put_scalars(
-            **{
-                POSITIVE_SIMILARITY: (positive * self.temperature).mean().item(),
-                NEGATIVE_SIMILARITY: negative_cos.item(),
-                TOP1_ACCURACY: (positive > hardest).float().mean().item(),
-                QUERIES_WITHOUT_NEGATIVE: excluded.all(dim=1).float().mean().item(),
-                QUEUE_FILL: (self.queue_image_ids >= 0).float().mean().item(),
-                SKIPPED_IMAGES: self.skipped_images.item(),
-            },
-            smoothing_hint=False,
+        matches = sum(int(x["valid"].sum()) for x in batched_inputs) / len(batched_inputs)
+        self.put_metrics(
+            storage, **self.queue_metrics(queries, positive, hardest, excluded, self.temperature), **{VALID_MATCHES: matches}
         )
-        if self.loss_type == "dense":
-            matches = sum(int(x["valid"].sum()) for x in batched_inputs) / len(batched_inputs)
-            storage.put_scalar(VALID_MATCHES, matches, smoothing_hint=False)
 
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict]):
         """
-        Embed images given the Detectron2 way ({"image": uint8 (3, H, W) in INPUT.FORMAT}).
-        Dense mode: [{"embedding": (D, ceil(H/4), ceil(W/4))}]; global mode: [{"embedding": (D,)}].
+        Embed images given the Detectron2 way ({"image": uint8 (3, H, W) in INPUT.FORMAT}):
+        [{"embedding": (D, ceil(H/4), ceil(W/4))}].
         """
-        images = [((x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std) for x in batched_inputs]
-        padded = ImageList.from_tensors(images, self.backbone.size_divisibility)
-        embeddings = self.query_encoder(padded.tensor)
-        if self.loss_type == "global":
-            return [{"embedding": e} for e in embeddings]
-        return [
-            {"embedding": e[:, : -(-h // OUTPUT_STRIDE), : -(-w // OUTPUT_STRIDE)]}
-            for e, (h, w) in zip(embeddings, padded.image_sizes)
-        ]
+        padded = self.padded_images(batched_inputs)
+        return cells_of_each_image(self.query_encoder(padded.tensor), padded.image_sizes, OUTPUT_STRIDE)
