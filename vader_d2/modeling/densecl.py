@@ -199,10 +199,7 @@ class DenseCL(MomentumContrast):
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
             return self.inference(batched_inputs)
-        view1 = self.stack([x["view1"] for x in batched_inputs], self.device)
-        view2 = self.stack([x["view2"] for x in batched_inputs], self.device)
-        image_ids = self.image_ids(batched_inputs)
-        self.note_skipped_images(batched_inputs)
+        view1, view2, image_ids = self.read_batch(batched_inputs)
         # Drawn first, on every rank (rank 0's draw is the one all use).
         permutation = self.key_permutation(len(batched_inputs))
         self.momentum_update_key_encoder()

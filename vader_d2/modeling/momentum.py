@@ -318,6 +318,14 @@ class MomentumContrast(MomentumMethod):
         tensor made from a list would wait for the device)."""
         return torch.tensor([x["image_id"] for x in batched_inputs]).to(self.device, non_blocking=True)
 
+    def read_batch(self, batched_inputs: List[Dict]):
+        """The batch's two views and its images' ids on the device; the files skipped before them are counted."""
+        view1 = self.stack([x["view1"] for x in batched_inputs], self.device)
+        view2 = self.stack([x["view2"] for x in batched_inputs], self.device)
+        image_ids = self.image_ids(batched_inputs)
+        self.note_skipped_images(batched_inputs)
+        return view1, view2, image_ids
+
     @torch.no_grad()
     def enqueue(self, keys, image_ids, queue="queue"):
         """Write ``keys`` (of every process's images, in rank order) over the oldest entries of ``queue``."""

@@ -201,10 +201,7 @@ class VADeR(MomentumContrast):
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
             return self.inference(batched_inputs)
-        view1 = self.stack([x["view1"] for x in batched_inputs], self.device)
-        view2 = self.stack([x["view2"] for x in batched_inputs], self.device)
-        image_ids = self.image_ids(batched_inputs)
-        self.note_skipped_images(batched_inputs)
+        view1, view2, image_ids = self.read_batch(batched_inputs)
         # Drawn before the pair sampling, on every rank (rank 0's draw is the one all use), so that the
         # draws after it follow the same sequence in every process of a run.
         permutation = self.key_permutation(len(batched_inputs))
