@@ -50,6 +50,8 @@ PRETRAIN_OPTS = [
 @pytest.fixture(scope="session")
 def pretrained_demo(tmp_path_factory):
     """Run `tools/train_net.py` on the demo config like a user would; return its output folder."""
+    # In this process's environment, every thread (not run_train_net's one): the quality tests' bounds
+    # were measured on this run.
     output_dir = str(tmp_path_factory.mktemp("pretrain_demo"))
     command = [
         sys.executable, "tools/train_net.py", "--config-file", "configs/vader_pretrain_demo_long.yaml",
