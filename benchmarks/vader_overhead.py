@@ -26,7 +26,7 @@ from detectron2.data import get_detection_dataset_dicts
 
 from vader_d2.cli import check_output_file, run_cli
 from vader_d2.data import VADeRViewMapper
-from vader_d2.data.datasets import register_named_folders
+from vader_d2.data.datasets import register_named_datasets
 
 from .data_pipeline import build_loader, time_loader, time_mapper
 from .measure import environment, load_average, peak_resident_mb
@@ -141,7 +141,7 @@ def run_benchmark(args, log=print):
         "load_average_start": load_average(),
     }
     started = time.perf_counter()
-    register_named_folders(cfg.DATASETS.TRAIN)
+    register_named_datasets(cfg.DATASETS.TRAIN)
     records = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
     dataset = [dict(d, image_id=i) for i, d in enumerate(records)]
     mapper = VADeRViewMapper(cfg, is_train=True)

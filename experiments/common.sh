@@ -23,6 +23,3 @@ train_unless_done() {  # output folder, config, then KEY VALUE overrides
 export_unless_done() {  # output folder
     [ -f "$1/d2.pkl" ] || "$PY" tools/convert_vader_to_d2.py --input "$1/model_final.pth" --output "$1/d2.pkl"
 }
-
-# Pretraining on the in-domain unlabeled images (transfer_study.sh, select_lowlabel_vader_recipe.sh).
-LOWLABEL_PRETRAIN=(MODEL.DEVICE cpu DATASETS.TRAIN '("vader_lowlabel_unlabeled",)' SOLVER.CHECKPOINT_PERIOD 1000000)

@@ -17,13 +17,13 @@ expected to show. With one seed it is left out.
 import argparse
 import fnmatch
 import json
-import os
 import statistics
 from collections import defaultdict
 
-from vader_d2.cli import run_cli
+from vader_d2.atomic_io import atomic_write
+from vader_d2.cli import read_json_file, run_cli
 from vader_d2.errors import UserError
-from vader_d2.training_metrics import read_metrics
+from vader_d2.study.results import finetune_result
 
 # Parts of a results file that are settings, counts or bookkeeping, not measurements.
 NOT_MEASUREMENTS = {
@@ -31,9 +31,6 @@ NOT_MEASUREMENTS = {
     "correspondence_protocol", "linear_probe_protocol", "label_propagation_protocol",
     "correspondence_dataset", "linear_probe_datasets", "davis", "feature_sources",
 }
-
-# Keys Detectron2's COCO and semantic-segmentation evaluators write into metrics.json.
-EVALUATION_PREFIXES = ("bbox/", "segm/", "keypoints/", "sem_seg/")
 
 
 def measurements(result, prefix=""):
@@ -79,24 +76,13 @@ def seed_table(results, patterns=None):
     return "\n".join(lines)
 
 
-def finetune_result(name, seed, run_dir):
-    """A results dict of one Detectron2 training run: first and last logged total loss, final evaluation."""
-    metrics = read_metrics(os.path.join(run_dir, "metrics.json"))
-    losses = [m["total_loss"] for m in metrics if "total_loss" in m]
-    # An evaluation shares its record with the training scalars of the same iteration.
-    evaluations = [m for m in metrics if any(k.startswith(EVALUATION_PREFIXES) for k in m)]
-    if not losses or not evaluations:
-        raise UserError(f"{run_dir}/metrics.json has no training loss or no evaluation: did the run finish?")
-    # The set-level numbers; per-class ones ("bbox/AP-bird", "sem_seg/IoU-fish") carry a "-class" suffix.
-    final = {k: v for k, v in evaluations[-1].items() if k.startswith(EVALUATION_PREFIXES) and "-" not in k.split("/", 1)[1]}
-    return {"name": name, "seed": seed, "run_dir": run_dir, "finetune": {"loss_first_record": losses[0], "loss_last_record": losses[-1], **final}}
-
-
 def load(paths):
     results = []
     for path in paths:
-        with open(path) as f:
-            results.append(json.load(f))
+        result = read_json_file(path)
+        if not isinstance(result, dict) or not isinstance(result.get("name"), str):
+            raise UserError(f"the results file {path} has no run name (\"name\"); is it a vader_d2 results file?")
+        results.append(result)
     return results
 
 
@@ -115,8 +101,8 @@ def main(argv=None):
     if args.command == "table":
         print(seed_table(load(args.files), args.only))
     else:
-        with open(args.output, "w") as f:
-            json.dump(finetune_result(args.name, args.seed, args.run_dir), f, indent=1)
+        result = finetune_result(args.name, args.seed, args.run_dir)
+        atomic_write(args.output, lambda f: f.write(json.dumps(result, indent=1).encode()), what="the results file")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,9 @@ Each RUN stands for RUN.correspondence.json (tools/evaluate_dense.py) and RUN.pr
 """
 
 import argparse
-import json
 import os
 
-from vader_d2.cli import run_cli
+from vader_d2.cli import read_json_file, run_cli
 from vader_d2.errors import UserError
 
 SOURCES = ("head", "p2")
@@ -26,16 +25,17 @@ def read_numbers(prefix):
     paths = [f"{prefix}.correspondence.json", f"{prefix}.propagation.json"]
     if not all(os.path.isfile(p) for p in paths):
         return None
-    with open(paths[0]) as f:
-        correspondence = json.load(f)["correspondence"]
-    with open(paths[1]) as f:
-        propagation = json.load(f)["label_propagation"]
     numbers = {}
-    for source in SOURCES:
-        for t in THRESHOLDS:
-            numbers[source, f"PCK@{t}"] = 100 * correspondence[source][f"pck@{t}"]
-        numbers[source, "median px"] = correspondence[source]["median_error_px"]
-        numbers[source, "J&F"] = 100 * propagation[source]["J&F"]
+    try:
+        correspondence = read_json_file(paths[0])["correspondence"]
+        propagation = read_json_file(paths[1])["label_propagation"]
+        for source in SOURCES:
+            for t in THRESHOLDS:
+                numbers[source, f"PCK@{t}"] = 100 * correspondence[source][f"pck@{t}"]
+            numbers[source, "median px"] = correspondence[source]["median_error_px"]
+            numbers[source, "J&F"] = 100 * propagation[source]["J&F"]
+    except (KeyError, TypeError) as e:
+        raise UserError(f"the results files {prefix}.*.json lack {e} (not written by evaluate_dense.py / propagate_labels.py?)") from None
     return numbers
 
 

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from vader_d2.data.datasets import register_named_folders
+from vader_d2.data.datasets import register_named_datasets
 from vader_d2.errors import UserError
 from vader_d2.trainer import VADeRTrainer
 
@@ -61,7 +61,7 @@ def test_the_trainer_registers_a_folder_name_itself(photo_folder):
     VADeRTrainer.build_train_loader(demo_cfg(*TINY_OPTS, "DATASETS.TRAIN", f"('{name}',)"))
     assert file_names(DatasetCatalog.get(name)) == [str(photo_folder / "a.jpg"), str(photo_folder / "sub" / "b.png")]
     assert MetadataCatalog.get(name).image_root == str(photo_folder)
-    register_named_folders([name, "vader_demo_photos_train"])  # again: a no-op; other names are left alone
+    register_named_datasets([name, "vader_demo_photos_train"])  # again: a no-op; other names are left alone
 
 
 def test_folder_names_fail_with_the_folder_errors(tmp_path):

@@ -11,12 +11,6 @@ from .helpers import REPO, assert_one_line_refusal
 @pytest.mark.parametrize(
     "script, arguments, environment, expected",
     [
-        ("transfer_study.sh", ["1", "{out}"], {"METHODS": "vader dino"}, "METHODS: unknown method 'dino'"),
-        ("transfer_study.sh", ["1", "{out}"], {"METHODS": "pixpro vader_resnet"}, "METHODS must include vader"),
-        ("transfer_study.sh", ["1", "{out}"], {"TASKS": "detection"}, "TASKS: unknown task 'detection'"),
-        ("transfer_study.sh", ["1", "{out}"], {"BUDGETS": "20"}, "the label budgets are 10, 30 and 100, not '20'"),
-        ("transfer_study.sh", ["1", "{out}"], {"VADER_ITERS": "10"}, "VADER_ITERS must be a whole number of at least 30"),
-        ("transfer_study.sh", ["1 two", "{out}"], {}, "a seed must be a whole number of at least 1, not 'two'"),
         ("compare_pretraining.sh", ["6OO"], {}, "ITERS must be a whole number of at least 1, not '6OO'"),
         ("compare_pretraining.sh", ["600", "{out}", "0"], {}, "SEEDS must be a whole number of at least 1, not '0'"),
         ("compare_pretraining.sh", ["600", "{out}"], {"GLOBAL_EQUAL_TIME": "yes"}, "GLOBAL_EQUAL_TIME must be 1 or 0, not 'yes'"),

@@ -35,7 +35,7 @@ from detectron2.data.detection_utils import read_image
 
 from vader_d2.atomic_io import atomic_write
 from vader_d2.cli import build_config, check_input_file, check_output_file, run_cli
-from vader_d2.data.datasets import load_image_folder, register_named_folders
+from vader_d2.data.datasets import load_image_folder, register_named_datasets
 from vader_d2.errors import UserError
 from vader_d2.evaluation import (
     FEATURE_SOURCES,
@@ -87,7 +87,7 @@ def setup(args):
 
 
 def dataset_dicts(name):
-    register_named_folders([name])
+    register_named_datasets([name])
     if name not in DatasetCatalog.list():
         raise UserError(f"dataset {name!r} is not registered; registered: {', '.join(sorted(DatasetCatalog.list()))}")
     return DatasetCatalog.get(name)

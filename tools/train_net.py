@@ -34,7 +34,7 @@ from vader_d2.launchers import (
     children_end_with_this_process, detect_launch, end_with_launcher, join_process_group, leave_process_group,
 )
 from vader_d2.rendezvous import LaunchedRendezvousWatch, RendezvousWatch, collective_timeout
-from vader_d2.trainer import VADeRTrainer, check_datasets_registered, is_pretraining, load_model_weights
+from vader_d2.trainer import VADeRTrainer, check_datasets_registered, is_pretraining, load_model_weights, schedule_in_epochs
 
 # Seconds the processes of all machines have to meet at --dist-url (Detectron2 waits 30 minutes, silently).
 DEFAULT_DIST_TIMEOUT = 600
@@ -90,7 +90,8 @@ def check_launch_args(args):
 
 
 def setup(args, notes=()):
-    cfg = build_config(args.config_file, args.opts)
+    cfg, epochs_note = schedule_in_epochs(build_config(args.config_file, args.opts))
+    notes = [*notes, *([epochs_note] if epochs_note and not args.eval_only else [])]
     cfg.freeze()
     default_setup(cfg, args)
     # vader_d2's own warnings (skipped images, view fallbacks) go to the console and log.txt as Detectron2's do.
@@ -147,6 +148,7 @@ def check_before_launch(args, launched=None):
     check_devices(cfg, args.num_gpus, launched)
     check_datasets_registered(cfg)
     if not args.eval_only:
+        cfg, _ = schedule_in_epochs(cfg)
         check_solver_config(cfg)
         if is_pretraining(cfg):
             check_vader_config(cfg, world_size)

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 from detectron2.data import DatasetCatalog
 
 from vader_d2.cli import build_config, check_input_file, check_output_dir, run_cli
-from vader_d2.data.datasets import register_named_folders
+from vader_d2.data.datasets import register_named_datasets
 from vader_d2.data.decoding import UnreadableImageError, read_source_image
 from vader_d2.errors import UserError
 from vader_d2.evaluation import FEATURE_SOURCES, CorrespondenceProtocol, build_feature_extractor, make_view_pair
@@ -59,7 +59,7 @@ def parse_args(argv=None):
 def pick_image(args):
     if args.image:
         return args.image
-    register_named_folders([args.dataset])
+    register_named_datasets([args.dataset])
     if args.dataset not in DatasetCatalog.list():
         raise UserError(f"dataset {args.dataset!r} is not registered")
     dicts = DatasetCatalog.get(args.dataset)

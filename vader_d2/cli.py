@@ -13,6 +13,7 @@ status 2 (as argparse exits on a bad command line), never a traceback.
         run_cli(main, parse_args())
 """
 
+import json
 import os
 import sys
 import tempfile
@@ -34,6 +35,7 @@ __all__ = [
     "check_input_file",
     "check_output_dir",
     "check_output_file",
+    "read_json_file",
 ]
 
 # Exit status after a UserError, as argparse exits on a command-line mistake.
@@ -139,3 +141,20 @@ def check_output_file(path, what):
         raise UserError(f"{what} {path!r} is a folder; give a file name")
     check_output_dir(os.path.dirname(os.path.abspath(path)), f"the folder of {what}")
     return path
+
+
+def read_json_file(path, what="results file"):
+    """The JSON content of ``path``; a missing, empty, truncated or malformed file is one line naming it."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise UserError(f"the {what} {path} does not exist") from None
+    except OSError as e:
+        raise UserError(f"cannot read the {what} {path}: {e.strerror or e}") from None
+    if not text.strip():
+        raise UserError(f"the {what} {path} is empty; delete it so that its run is made again")
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise UserError(f"the {what} {path} is not valid JSON (truncated? {e}); delete it so that its run is made again") from None

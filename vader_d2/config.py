@@ -138,6 +138,11 @@ def add_solver_config(cfg):
     # applies SOLVER.WEIGHT_DECAY to weight tensors only and leaves biases and norms undecayed and
     # unadapted, as PixPro's recipe; SOLVER.WEIGHT_DECAY_NORM, WEIGHT_DECAY_BIAS and BIAS_LR_FACTOR are SGD's.
     cfg.SOLVER.OPTIMIZER = "SGD"
+    # The run's length in passes over DATASETS.TRAIN (0: SOLVER.MAX_ITER as written). With EPOCHS > 0,
+    # tools/train_net.py sets MAX_ITER to EPOCHS x images / IMS_PER_BATCH and stretches WARMUP_ITERS and
+    # STEPS with it, so that the config's MAX_ITER, WARMUP_ITERS and STEPS give the schedule's shape and
+    # EPOCHS its length for your dataset (vader_d2/solver.py: rescale_schedule; docs/pretraining.md).
+    cfg.SOLVER.EPOCHS = 0
     # Checkpoint retention: after each checkpoint, rank 0 keeps the newest CHECKPOINT_KEEP periodic
     # checkpoints (model_<iteration>.pth) and deletes older ones; model_final.pth and the file
     # last_checkpoint names always stay (vader_d2/output_dir.py: prune_checkpoints). 0 keeps them all.
@@ -287,6 +292,7 @@ def check_solver_config(cfg):
     for key in ("IMS_PER_BATCH", "MAX_ITER", "CHECKPOINT_PERIOD"):
         at_least(solver, "SOLVER", key, 1)
     at_least(solver, "SOLVER", "WARMUP_ITERS", 0)
+    require(type(solver.EPOCHS) is int and solver.EPOCHS >= 0, "SOLVER.EPOCHS", solver.EPOCHS, "a whole number of passes >= 0 (0: SOLVER.MAX_ITER as written)")
     require(0.0 <= solver.MOMENTUM < 1.0, "SOLVER.MOMENTUM", solver.MOMENTUM, "in [0, 1)")
     at_least(solver, "SOLVER", "WEIGHT_DECAY", 0)
     require(0.0 < solver.WARMUP_FACTOR <= 1.0, "SOLVER.WARMUP_FACTOR", solver.WARMUP_FACTOR, "in (0, 1]")

@@ -16,7 +16,9 @@ from detectron2.solver import build_optimizer as build_detectron2_optimizer
 from detectron2.solver.build import maybe_add_gradient_clipping
 from fvcore.common.param_scheduler import CompositeParamScheduler, CosineParamScheduler, LinearParamScheduler
 
-__all__ = ["LARS", "build_optimizer", "lars_parameter_groups", "build_lr_scheduler"]
+from .errors import UserError
+
+__all__ = ["LARS", "build_optimizer", "lars_parameter_groups", "build_lr_scheduler", "iterations_for_epochs", "rescale_schedule"]
 
 
 class LARS(torch.optim.Optimizer):
@@ -104,3 +106,26 @@ def build_lr_scheduler(cfg, optimizer):
             [ramp, cosine], lengths=[warmup, 1.0 - warmup], interval_scaling=["rescaled", "rescaled"]
         )
     return LRMultiplier(optimizer, multiplier=cosine, max_iter=solver.MAX_ITER)
+
+
+def rescale_schedule(solver, max_iter):
+    """
+    The schedule of the SOLVER node ``solver`` stretched to ``max_iter`` iterations, as
+    ``{"MAX_ITER", "WARMUP_ITERS", "STEPS"}``: the warm-up and every LR step keep their fraction of
+    MAX_ITER, rounded down (a config whose warm-up is an eighth of its length keeps max_iter // 8).
+    Steps at or past the old MAX_ITER never fired and are left out (stretched, they might). Cosine
+    schedules need nothing else: they span MAX_ITER.
+    """
+    if max_iter < 1:
+        raise UserError(f"a schedule needs at least one iteration, not {max_iter}")
+    # Whole numbers throughout: a float scale would round 3 x 10 / 10 down to 2.
+    return {
+        "MAX_ITER": max_iter,
+        "WARMUP_ITERS": solver.WARMUP_ITERS * max_iter // solver.MAX_ITER,
+        "STEPS": tuple(step * max_iter // solver.MAX_ITER for step in solver.STEPS if step < solver.MAX_ITER),
+    }
+
+
+def iterations_for_epochs(epochs, images, batch):
+    """Iterations of ``epochs`` passes over ``images`` images at a global batch of ``batch`` (at least 1)."""
+    return max(1, round(epochs * images / batch))

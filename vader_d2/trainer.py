@@ -17,7 +17,7 @@ from .checkpointer import EXPECTED_CHECKPOINT, VADeRCheckpointer
 from .cli import USER_ERROR_EXIT
 from .config import check_solver_config, check_vader_config
 from .data import VADeRViewMapper
-from .data.datasets import FOLDER_DATASET_PREFIX, register_named_folders
+from .data.datasets import FOLDER_DATASET_PREFIX, register_named_datasets
 from .data.decoding import UnreadableImageError, read_source_image
 from .errors import UserError
 from .frozen_backbone import freeze_backbone
@@ -27,7 +27,7 @@ from .mixed_precision import build_step_trainer
 from .modeling.momentum import pretraining_method
 from .output_dir import select_resume_checkpoint
 from .preemption import PreemptionCheckpointer, StopOnWriteFailure, TrainingStopped
-from .solver import build_lr_scheduler, build_optimizer
+from .solver import build_lr_scheduler, build_optimizer, iterations_for_epochs, rescale_schedule
 from .training_metrics import QUERIES_WITHOUT_NEGATIVE, SIMILARITY_STATS
 
 
@@ -44,8 +44,8 @@ class TrainingDivergedError(UserError, FloatingPointError):
 
 def check_datasets_registered(cfg):
     """
-    Unknown names in DATASETS.TRAIN / DATASETS.TEST fail before any process starts, in one line; a
-    ``folder:PATH`` name in DATASETS.TRAIN is registered on the way. One in DATASETS.TEST would fail only
+    Unknown names in DATASETS.TRAIN / DATASETS.TEST fail before any process starts, in one line; the
+    ``folder:``, ``coco:`` and ``subset:`` names (vader_d2/data/datasets.py) are registered on the way. One in DATASETS.TEST would fail only
     at the first evaluation, hours later: unlabeled images have nothing to evaluate.
     """
     for name in cfg.DATASETS.TEST:
@@ -54,16 +54,52 @@ def check_datasets_registered(cfg):
                 f"DATASETS.TEST: {name!r} is a folder of unlabeled images, which has nothing to evaluate; "
                 "name a dataset with annotations there, or leave DATASETS.TEST empty"
             )
-    register_named_folders(cfg.DATASETS.TRAIN)
+    register_named_datasets(cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
     registered = set(DatasetCatalog.list())
     for key in ("TRAIN", "TEST"):
         for name in cfg.DATASETS[key]:
             if name not in registered:
                 raise UserError(
                     f"DATASETS.{key}: no dataset named {name!r} is registered; check the spelling, name your folder "
-                    "of images as folder:/path/to/images, or register it first with "
-                    "vader_d2.register_unlabeled_folder(name, folder)"
+                    "of images as folder:/path/to/images and a COCO-format file as coco:/path/to/instances.json, "
+                    "or register it first with vader_d2.register_unlabeled_folder(name, folder)"
                 )
+
+
+def count_training_images(cfg):
+    """How many images one pass over DATASETS.TRAIN shows: every image for pretraining, the images the
+    downstream loader keeps (Detectron2 leaves out images without annotations when told to)."""
+    register_named_datasets(cfg.DATASETS.TRAIN)
+    if is_pretraining(cfg):
+        return len(get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False))
+    return len(get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS))
+
+
+def schedule_in_epochs(cfg):
+    """
+    With ``SOLVER.EPOCHS`` > 0: ``cfg`` (not frozen) with MAX_ITER = EPOCHS x images / IMS_PER_BATCH
+    (the global batch) and WARMUP_ITERS and STEPS stretched with it (``rescale_schedule``), and the line
+    that says so; else ``cfg`` and None.
+    """
+    epochs = cfg.SOLVER.EPOCHS
+    if not epochs:
+        return cfg, None
+    images = count_training_images(cfg)
+    per_epoch = images / cfg.SOLVER.IMS_PER_BATCH
+    before = cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_ITERS
+    schedule = rescale_schedule(cfg.SOLVER, iterations_for_epochs(epochs, images, cfg.SOLVER.IMS_PER_BATCH))
+    cfg = cfg.clone()
+    cfg.defrost()
+    for key, value in schedule.items():
+        cfg.SOLVER[key] = value
+    steps = f", STEPS {schedule['STEPS']}" if schedule["STEPS"] else ""
+    note = (
+        f"SOLVER.EPOCHS {epochs} over the {images} images of DATASETS.TRAIN at a global batch of "
+        f"{cfg.SOLVER.IMS_PER_BATCH} ({per_epoch:.4g} iterations an epoch): MAX_ITER {schedule['MAX_ITER']}, "
+        f"WARMUP_ITERS {schedule['WARMUP_ITERS']}{steps} (the config's MAX_ITER {before[0]} and WARMUP_ITERS "
+        f"{before[1]} stretched)"
+    )
+    return cfg, note
 
 
 def check_checkpoint_matches_config(cfg, path, resuming):
@@ -233,7 +269,7 @@ class VADeRTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         # Here, not only before the launch: each launched process starts with the builtin datasets only.
-        register_named_folders(cfg.DATASETS.TRAIN)
+        register_named_datasets(cfg.DATASETS.TRAIN)
         if not is_pretraining(cfg):
             return super().build_train_loader(cfg)
         dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
@@ -244,6 +280,11 @@ class VADeRTrainer(DefaultTrainer):
         return build_detection_train_loader(
             cfg, dataset=dataset, mapper=VADeRViewMapper(cfg, is_train=True), aspect_ratio_grouping=False
         )
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        register_named_datasets([dataset_name])
+        return super().build_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

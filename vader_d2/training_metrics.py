@@ -10,6 +10,8 @@ everything downstream of them.
 
 import json
 
+from .errors import UserError
+
 __all__ = [
     "POSITIVE_SIMILARITY",
     "NEGATIVE_SIMILARITY",
@@ -64,6 +66,24 @@ PIXPRO_POSITIVE_PAIRS = "pixpro_positive_pairs"
 
 
 def read_metrics(path):
-    """The records of a ``metrics.json`` Detectron2's JSONWriter wrote (one dict per logging step)."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a ``metrics.json`` Detectron2's JSONWriter wrote (one dict per logging step); a
+    missing or unreadable file, or a line that is not a JSON record, is one line naming it."""
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist: did the run write any metrics?") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise UserError(f"{path} line {number} is not a JSON record (a truncated write?)") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{path} line {number} is not a JSON record")
+        records.append(record)
+    return records

@@ -21,9 +21,11 @@ registered when this module is imported:
   images. All from ``datasets/prepare_lowlabel.py``; no stamp or background photo of the unlabeled images
   is in a labelled one, and the test images' backgrounds are in no other split.
 
-Your own folder needs no registration: the dataset name ``folder:/data/photos`` is the unlabeled images
-under ``/data/photos`` (``register_named_folders`` registers such names where names are resolved). From
-Python, ``register_unlabeled_folder(name, folder)`` gives a folder a name of your choice.
+Your own data need no registration: the dataset name ``folder:/data/photos`` is the unlabeled images
+under ``/data/photos``, ``coco:/data/train.json`` (or ``coco:/data/train.json:/data/images``) a COCO-format
+instances file, and ``subset:/study/budget.json`` the images such a file lists of another dataset
+(``register_named_datasets`` registers these names where names are resolved). From Python,
+``register_unlabeled_folder(name, folder)`` gives a folder a name of your choice.
 
 Registration never touches the disk: a dataset that is not there yet raises a one-line
 :class:`~vader_d2.errors.UserError` when it is first loaded, naming the script that prepares it.
@@ -31,6 +33,7 @@ Registration never touches the disk: a dataset that is not there yet raises a on
 
 import json
 import os
+import re
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, load_sem_seg
@@ -45,9 +48,13 @@ __all__ = [
     "CUTPASTE_KEYPOINT_OKS_SIGMAS",
     "LOWLABEL_BUDGETS",
     "FOLDER_DATASET_PREFIX",
+    "COCO_DATASET_PREFIX",
+    "SUBSET_DATASET_PREFIX",
+    "NAMED_DATASET_PREFIXES",
     "load_image_folder",
+    "read_subset_file",
     "register_unlabeled_folder",
-    "register_named_folders",
+    "register_named_datasets",
     "register_all_builtin",
 ]
 
@@ -129,30 +136,124 @@ def register_unlabeled_folder(name, root):
     )
 
 
-# A dataset name that carries its folder: "folder:/data/photos".
+# Dataset names that carry their data, usable wherever a dataset name is (every tool, DATASETS.TRAIN / TEST):
+#   folder:/data/photos                      the unlabeled images under that folder (recursively)
+#   coco:/data/ann/train.json[:/data/images]  COCO-format instances; images relative to the json's folder
+#                                            unless a folder follows the .json
+#   subset:/study/budgets/train_30.json      the images that file lists of the dataset it names, in its
+#                                            order (a label budget, tools/transfer_study.py writes them)
 FOLDER_DATASET_PREFIX = "folder:"
+COCO_DATASET_PREFIX = "coco:"
+SUBSET_DATASET_PREFIX = "subset:"
+NAMED_DATASET_PREFIXES = (FOLDER_DATASET_PREFIX, COCO_DATASET_PREFIX, SUBSET_DATASET_PREFIX)
 
 
-def register_named_folders(names):
-    """Register each ``folder:PATH`` among the dataset names ``names`` as the unlabeled images under PATH
-    (recursively; relative to the current folder unless absolute); other names are left alone.
+def register_named_datasets(names):
+    """Register each ``folder:``, ``coco:`` or ``subset:`` name among the dataset names ``names`` (paths
+    relative to the current folder unless absolute); other names are left alone.
 
     Called wherever dataset names are resolved, in every process: Detectron2's launch starts fresh
     processes, which know only the datasets registered at import. Lazy like every registration here:
-    a missing or empty folder is the one-line error of ``load_image_folder`` when the dataset is loaded.
+    a missing file or folder is a one-line error when the dataset is loaded.
     """
     for name in names:
-        if not name.startswith(FOLDER_DATASET_PREFIX):
-            continue
-        path = name[len(FOLDER_DATASET_PREFIX):]
-        if not path.strip():
-            raise UserError(f"the dataset name {name!r} names no folder; write folder:/path/to/images")
-        _register_image_folder(
-            name,
-            os.path.abspath(os.path.expanduser(path)),
-            missing_hint=f"check the path in the dataset name {name!r}",
-            conflict_hint="a relative folder: name means another folder after a change of the current folder; use an absolute path",
+        if name.startswith(FOLDER_DATASET_PREFIX):
+            path = _path_in_name(name, FOLDER_DATASET_PREFIX, "folder:/path/to/images")
+            _register_image_folder(
+                name,
+                path,
+                missing_hint=f"check the path in the dataset name {name!r}",
+                conflict_hint=_RELATIVE_NAME_HINT,
+            )
+        elif name.startswith(COCO_DATASET_PREFIX):
+            _register_coco_json(name)
+        elif name.startswith(SUBSET_DATASET_PREFIX):
+            _register_subset(name)
+
+
+_RELATIVE_NAME_HINT = "a relative path in a dataset name means another file after a change of the current folder; use an absolute path"
+
+
+def _path_in_name(name, prefix, example):
+    path = name[len(prefix):]
+    if not path.strip():
+        raise UserError(f"the dataset name {name!r} names no path; write {example}")
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _register_coco_json(name):
+    """``coco:JSON[:IMAGE_ROOT]``: Detectron2's COCO-format loader, with one-line errors for a missing or
+    malformed file and the ``coco`` evaluator."""
+    match = re.fullmatch(r"(.+?\.json)(?::(.+))?", name[len(COCO_DATASET_PREFIX):], flags=re.IGNORECASE)
+    if not match:
+        raise UserError(
+            f"the dataset name {name!r} names no .json file; write coco:/path/to/instances.json "
+            "or coco:/path/to/instances.json:/path/to/images"
         )
+    json_file = os.path.abspath(os.path.expanduser(match[1]))
+    image_root = os.path.abspath(os.path.expanduser(match[2])) if match[2] else os.path.dirname(json_file)
+
+    def load():
+        if not os.path.isfile(json_file):
+            raise UserError(f"dataset {name!r}: the annotation file {json_file} does not exist")
+        if not os.path.isdir(image_root):
+            raise UserError(f"dataset {name!r}: the image folder {image_root} does not exist")
+        try:
+            dicts = load_coco_json(json_file, image_root, name)
+        except (ValueError, KeyError, TypeError, AssertionError, IndexError) as e:
+            raise UserError(f"dataset {name!r}: {json_file} is not a COCO-format instances file ({type(e).__name__}: {e})") from None
+        if not dicts:
+            raise UserError(f"dataset {name!r}: {json_file} lists no images")
+        return dicts
+
+    _register_once(name, load, _RELATIVE_NAME_HINT, json_file=json_file, image_root=image_root, evaluator_type="coco")
+
+
+# Metadata a subset takes from its dataset: what its training and evaluation read, not where it came from
+# (a subset has no json_file: COCOEvaluator would score it against every image of the whole file).
+_NOT_INHERITED = ("name", "json_file")
+
+
+def _register_subset(name):
+    """``subset:FILE.json``: ``{"dataset": NAME, "images": [{"file_name": ..., "image_id": ...}, ...]}``, the
+    records of dataset NAME whose file names the list holds, in the list's order."""
+    path = _path_in_name(name, SUBSET_DATASET_PREFIX, "subset:/path/to/subset.json")
+
+    def load():
+        parent, wanted = read_subset_file(path)
+        register_named_datasets([parent])
+        if parent not in DatasetCatalog.list():
+            raise UserError(f"dataset {name!r}: {path} selects from {parent!r}, which is not registered")
+        by_file = {os.path.realpath(record["file_name"]): record for record in DatasetCatalog.get(parent)}
+        missing = [file_name for file_name in wanted if os.path.realpath(file_name) not in by_file]
+        if missing:
+            raise UserError(f"dataset {name!r}: {len(missing)} images {path} lists are not in {parent!r} (first: {missing[0]})")
+        inherited = {k: v for k, v in MetadataCatalog.get(parent).as_dict().items() if k not in _NOT_INHERITED}
+        metadata = MetadataCatalog.get(name)
+        metadata.set(**{k: v for k, v in inherited.items() if metadata.get(k, None) is None})
+        return [by_file[os.path.realpath(file_name)] for file_name in wanted]
+
+    _register_once(name, load, _RELATIVE_NAME_HINT, image_root=path)
+
+
+def read_subset_file(path):
+    """The dataset name and the listed file names of a ``subset:`` file; a one-line error when it is
+    missing or not such a file."""
+    try:
+        with open(path) as f:
+            content = json.load(f)
+        parent = content["dataset"]
+        file_names = [image["file_name"] for image in content["images"]]
+    except FileNotFoundError:
+        raise UserError(f"the subset file {path} does not exist") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(
+            f"{path} is not a subset file ({type(e).__name__}: {e}); it holds "
+            '{"dataset": NAME, "images": [{"file_name": ...}, ...]}'
+        ) from None
+    if not isinstance(parent, str) or not file_names:
+        raise UserError(f"{path} names no dataset or lists no images")
+    return parent, file_names
 
 
 def register_all_builtin(root):

@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""
+Does pretraining on my unlabeled images make my Detectron2 model better, and with which method? A study
+declared in one YAML file (vader_d2/study/declaration.py; docs/transfer.md has a walkthrough), run a seed
+at a time, resumable, with its table and plot.
+
+    python tools/transfer_study.py check STUDY.yaml OUT     # every check, and the runs it would make
+    python tools/transfer_study.py run STUDY.yaml OUT [--seeds 1] [--tasks frozen] [--budgets 30] [--inits vader]
+    python tools/transfer_study.py table OUT                # mean ± std per cell, paired gains, > 2 std marks
+    python tools/transfer_study.py plot OUT --output OUT/gains.png
+
+OUT holds what is worth keeping (results, label budgets, calibration, the declaration); checkpoints and
+logs go to --work-dir (default OUT/work, which OUT/.gitignore leaves out). A killed run continues with
+the same command; a finished run is never repeated; results are only added under the study file they
+were begun with (a changed grid is a new study file and a new OUT).
+"""
+
+import argparse
+import os
+
+from vader_d2.cli import check_output_dir, run_cli
+from vader_d2.errors import UserError
+from vader_d2.output_dir import OutputDirLock
+from vader_d2.study import collect, gain_table, load_study, parse_study, plot_gains
+
+TRAIN_NET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_net.py")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help in (("run", "run the study (what is missing of it)"), ("check", "check the study and list its runs; train nothing")):
+        command = commands.add_parser(name, help=help)
+        command.add_argument("study", metavar="STUDY.yaml")
+        command.add_argument("out", metavar="OUT", help="the results folder")
+        command.add_argument("--work-dir", help="checkpoints, exports and logs (default OUT/work)")
+        command.add_argument("--seeds", nargs="+", type=int, help="only these declared seeds")
+        command.add_argument("--tasks", nargs="+", help="only these declared tasks")
+        command.add_argument("--budgets", nargs="+", type=int, help="only these declared label budgets")
+        command.add_argument("--inits", nargs="+", help="only these declared initialisations")
+    table = commands.add_parser("table", help="print the results table")
+    table.add_argument("out", metavar="OUT")
+    plot = commands.add_parser("plot", help="write a PNG of each gain against the label budget")
+    plot.add_argument("out", metavar="OUT")
+    plot.add_argument("--output", required=True, help="the .png to write")
+    return parser.parse_args(argv)
+
+
+def declared_study(out):
+    path = os.path.join(out, "study.yaml")
+    if not os.path.isfile(path):
+        raise UserError(f"{out} holds no declared study ({path}); `run` writes it with the first result")
+    with open(path) as f:
+        return parse_study(f.read(), path)
+
+
+def selection(study, args):
+    """The declared seeds, tasks, budgets and initialisations the command line keeps."""
+    chosen = []
+    for option, declared in (("seeds", study.seeds), ("tasks", list(study.tasks)), ("budgets", study.label_budgets),
+                             ("inits", list(study.initialisations))):
+        wanted = getattr(args, option)
+        unknown = [value for value in wanted or () if value not in declared]
+        if unknown:
+            raise UserError(f"--{option} {' '.join(map(str, unknown))}: not declared in {study.path} (declared: {' '.join(map(str, declared))})")
+        chosen.append([value for value in declared if not wanted or value in wanted])
+    return chosen
+
+
+def run(args):
+    # Imported here: table and plot need neither torch nor Detectron2.
+    from vader_d2.study.checks import check_study
+    from vader_d2.study.runner import StudyRunner, check_declaration_unchanged
+
+    study = load_study(args.study)
+    chosen = selection(study, args)
+    out = check_output_dir(args.out, "the results folder OUT")
+    work = args.work_dir or os.path.join(out, "work")
+    lock = OutputDirLock(out)
+    lock.acquire()
+    try:
+        check_declaration_unchanged(study, out)
+        if not args.work_dir and not os.path.exists(os.path.join(out, ".gitignore")):
+            with open(os.path.join(out, ".gitignore"), "w") as f:
+                f.write("work/\n")
+        facts = check_study(study, out)
+        runner = StudyRunner(study, out, check_output_dir(work, "--work-dir"), TRAIN_NET, facts)
+        if args.command == "check":
+            jobs = runner.plan(*chosen)
+            for k, job in enumerate(jobs, 1):
+                print(f"run {k} of {len(jobs)}: {job.what}{' (done)' if job.done else ''}")
+            print(f"{study.path}: checked; {sum(not job.done for job in jobs)} of {len(jobs)} runs to make")
+            return 0
+        runner.run(*chosen)
+        if os.path.exists(os.path.join(out, "study.yaml")):
+            found = collect(study, out)
+            if found:
+                table = gain_table(study, found)
+                with open(os.path.join(out, "table.md"), "w") as f:
+                    f.write(table + "\n")
+                print(table)
+        return 0
+    finally:
+        lock.release()
+
+
+def main(args):
+    if args.command in ("run", "check"):
+        return run(args)
+    study = declared_study(args.out)
+    found = collect(study, args.out)
+    if not found:
+        raise UserError(f"{args.out} holds no results of {study.path} yet")
+    if args.command == "table":
+        print(gain_table(study, found))
+    else:
+        print(plot_gains(study, found, args.output))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_args())

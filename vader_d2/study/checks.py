@@ -1,0 +1,262 @@
+"""
+Everything a study can get wrong, checked before its first training: configs that do not build, datasets
+that are not there, a budget larger than its labelled set, test images that are also training or
+pretraining images, weights that do not load into a task's model. Each is one line.
+
+``check_study(study, out)`` returns the :class:`StudyFacts` the runner needs (image counts, each run's
+command-line overrides) and writes the label budgets' image lists into ``out/budgets/``.
+"""
+
+import hashlib
+import json
+import os
+from collections import defaultdict
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from ..atomic_io import short_error
+from ..cli import build_config
+from ..config import check_solver_config, check_vader_config
+from ..data.datasets import SUBSET_DATASET_PREFIX, register_named_datasets
+from ..errors import UserError
+from ..solver import iterations_for_epochs, rescale_schedule
+from ..trainer import VADeRTrainer, check_datasets_registered, is_pretraining, load_model_weights
+from .runner import budget_images, write_json
+
+__all__ = ["StudyFacts", "check_study"]
+
+
+class StudyFacts:
+    """What the checks found, and the overrides of each run built from it."""
+
+    def __init__(self, study, out):
+        self.study = study
+        self.out = out
+        self.unlabeled_images = 0
+        self.task_configs = {}
+        self.pretraining_configs = {}
+
+    # ---- pretraining -------------------------------------------------------------------------------------
+
+    def pretraining_base_opts(self, init):
+        declared = self.study.initialisations[init]
+        return [*self.study.pretraining_overrides, *declared.overrides, "DATASETS.TRAIN", repr(tuple(self.study.unlabeled))]
+
+    def pretraining_batch(self, init):
+        return self.pretraining_configs[init].SOLVER.IMS_PER_BATCH
+
+    def iterations_for_epochs(self, init, epochs):
+        return iterations_for_epochs(epochs, self.unlabeled_images, self.pretraining_batch(init))
+
+    def pretraining_schedule(self, init, iterations):
+        """``SOLVER.MAX_ITER / WARMUP_ITERS / STEPS`` overrides stretching the schedule of ``init``'s
+        pretraining config to ``iterations``."""
+        schedule = rescale_schedule(self.pretraining_configs[init].SOLVER, iterations)
+        return ["SOLVER.MAX_ITER", str(schedule["MAX_ITER"]), "SOLVER.WARMUP_ITERS", str(schedule["WARMUP_ITERS"]),
+                "SOLVER.STEPS", repr(schedule["STEPS"])]
+
+    # ---- downstream --------------------------------------------------------------------------------------
+
+    def budget_file(self, task, budget):
+        return os.path.abspath(os.path.join(self.out, "budgets", f"{task}_{budget}.json"))
+
+    def task_max_iter(self, task):
+        return self.task_configs[task].SOLVER.MAX_ITER
+
+    def downstream_iterations(self, task, budget):
+        schedule = self.study.tasks[task].schedule
+        solver = self.task_configs[task].SOLVER
+        if schedule.iterations:
+            return schedule.iterations
+        if schedule.epochs:
+            return max(schedule.min_iterations, iterations_for_epochs(schedule.epochs, budget, solver.IMS_PER_BATCH))
+        return solver.MAX_ITER
+
+    def downstream_opts(self, task, budget, weights, seed):
+        declared = self.study.tasks[task]
+        opts = [*self.study.downstream_overrides, *declared.overrides]
+        if declared.frozen is not None:
+            opts += ["MODEL.FROZEN_BACKBONE", str(declared.frozen)]
+        opts += [
+            "MODEL.WEIGHTS", weights,
+            "DATASETS.TRAIN", repr((SUBSET_DATASET_PREFIX + self.budget_file(task, budget),)),
+            "DATASETS.TEST", repr((declared.test,)),
+            "SEED", str(seed),
+        ]
+        iterations = self.downstream_iterations(task, budget)
+        solver = self.task_configs[task].SOLVER
+        if iterations != solver.MAX_ITER:
+            schedule = rescale_schedule(solver, iterations)
+            opts += ["SOLVER.MAX_ITER", str(iterations), "SOLVER.WARMUP_ITERS", str(schedule["WARMUP_ITERS"]),
+                     "SOLVER.STEPS", repr(schedule["STEPS"])]
+        return opts
+
+
+def check_study(study, out):
+    facts = StudyFacts(study, out)
+    _check_configs(study, facts)
+    unlabeled = {name: _load(name, "unlabeled") for name in study.unlabeled}
+    facts.unlabeled_images = sum(len(records) for records in unlabeled.values())
+    train = {task.train: _load(task.train, f"tasks.{name}.train") for name, task in study.tasks.items()}
+    test = {task.test: _load(task.test, f"tasks.{name}.test") for name, task in study.tasks.items()}
+    largest = max(study.label_budgets)
+    for name, task in study.tasks.items():
+        size = len(train[task.train])
+        if largest > size:
+            raise UserError(
+                f"{study.path}: label_budgets asks for {largest} labelled images, but tasks.{name}.train "
+                f"{task.train!r} holds {size}; lower the budget or label more images"
+            )
+    _check_no_shared_images(test, {**{n: ("the labelled train set", r) for n, r in train.items()},
+                                   **{n: ("the unlabeled set", r) for n, r in unlabeled.items()}})
+    _check_weights(study, facts)
+    _write_budgets(study, facts, train)
+    return facts
+
+
+def _check_configs(study, facts):
+    """Every config builds with its overrides and passes the checks train_net.py would make at its start."""
+    for name, task in study.tasks.items():
+        where = f"tasks.{name}.config"
+        opts = [*study.downstream_overrides, *task.overrides, "DATASETS.TRAIN", repr((task.train,)), "DATASETS.TEST", repr((task.test,))]
+        cfg = _config(task.config, opts, where)
+        if is_pretraining(cfg):
+            raise UserError(f"{study.path}: {where} {task.config} is a pretraining config; a task is a downstream config (configs/downstream/)")
+        _as_where(where, check_datasets_registered, cfg)
+        _as_where(where, check_solver_config, cfg)
+        facts.task_configs[name] = cfg
+    for name, init in study.initialisations.items():
+        if init.weights and not os.path.isfile(init.weights):
+            raise UserError(f"{study.path}: initialisations.{name}.weights {init.weights!r} does not exist")
+        if not init.pretrain:
+            continue
+        where = f"initialisations.{name}.pretrain"
+        cfg = _config(init.pretrain, facts.pretraining_base_opts(name), where)
+        if not is_pretraining(cfg):
+            raise UserError(f"{study.path}: {where} {init.pretrain} is not a pretraining config (its META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE})")
+        _as_where(where, check_datasets_registered, cfg)
+        _as_where(where, check_solver_config, cfg)
+        _as_where(where, check_vader_config, cfg, 1)
+        facts.pretraining_configs[name] = cfg
+
+
+def _config(path, opts, where):
+    try:
+        return build_config(path, opts)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+
+
+def _as_where(where, check, *args):
+    try:
+        check(*args)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+
+
+def _load(name, where):
+    register_named_datasets([name])
+    if name not in DatasetCatalog.list():
+        raise UserError(f"{where}: no dataset named {name!r} is registered; name a folder as folder:/path, a COCO json as coco:/path.json[:/images]")
+    try:
+        records = DatasetCatalog.get(name)
+    except UserError as e:
+        raise UserError(f"{where} {name!r}: {e}") from None
+    except Exception as e:  # a registered loader may fail in any way: it is the user's dataset that does
+        raise UserError(f"{where}: dataset {name!r} cannot be loaded ({short_error(e)})") from None
+    if not records:
+        raise UserError(f"{where}: dataset {name!r} holds no images")
+    return records
+
+
+def _check_no_shared_images(test_sets, other_sets):
+    """No test image is a training or pretraining image: the same file (after links), the same bytes, or,
+    within one COCO json, the same image id."""
+    digests = {}
+
+    def digest(path):
+        if path not in digests:
+            sha = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    sha.update(block)
+            digests[path] = sha.hexdigest()
+        return digests[path]
+
+    for test_name, test_records in test_sets.items():
+        test_files = {os.path.realpath(r["file_name"]): r for r in test_records}
+        test_by_size = defaultdict(list)
+        for path in test_files:
+            if os.path.isfile(path):
+                test_by_size[os.path.getsize(path)].append(path)
+        test_json = MetadataCatalog.get(test_name).get("json_file", None)
+        test_ids = {r["image_id"]: r for r in test_records if "image_id" in r}
+        for other_name, (what, records) in other_sets.items():
+            def refuse(test_file, other_file, how):
+                raise UserError(
+                    f"test set {test_name!r} shares an image with {what} {other_name!r} ({how}: {test_file} and "
+                    f"{other_file}); a test image must be neither trained nor pretrained on"
+                )
+
+            other_json = MetadataCatalog.get(other_name).get("json_file", None)
+            same_id_space = test_json is not None and test_json == other_json
+            for record in records:
+                path = os.path.realpath(record["file_name"])
+                if path in test_files:
+                    refuse(path, record["file_name"], "the same file")
+                if same_id_space and record.get("image_id") in test_ids:
+                    refuse(test_ids[record["image_id"]]["file_name"], record["file_name"], f"image id {record['image_id']} of {test_json}")
+                try:
+                    size = os.path.getsize(path)
+                except OSError:
+                    continue
+                for test_path in test_by_size.get(size, ()):
+                    if digest(test_path) == digest(path):
+                        refuse(test_path, record["file_name"], "the same bytes")
+
+
+def _check_weights(study, facts):
+    """Each existing checkpoint loads into every task's model (and into the pretraining that starts
+    from it), with the backbone checks of a real run."""
+    for name, init in study.initialisations.items():
+        if not init.weights:
+            continue
+        where = f"initialisations.{name}.weights"
+        for task, cfg in facts.task_configs.items():
+            _as_where(f"{where} into tasks.{task}", _load_into, cfg, init.weights, where)
+        for other, pretraining in study.initialisations.items():
+            if pretraining.start_from == name:
+                _as_where(f"{where} into initialisations.{other}", _load_into, facts.pretraining_configs[other], init.weights, where)
+
+
+def _load_into(cfg, path, what):
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = "cpu"
+    model = VADeRTrainer.build_model(cfg)
+    load_model_weights(cfg, model, path, what=what)
+
+
+def _write_budgets(study, facts, train):
+    """OUT/budgets/<task>_<N>.json: each budget's images. Written once; a labelled set whose budgets
+    would now hold other images (the data changed) is refused."""
+    for name, task in study.tasks.items():
+        chosen = budget_images(train[task.train], study.label_budgets, study.budget_order, study.budget_seed)
+        for budget, images in chosen.items():
+            path = facts.budget_file(name, budget)
+            content = {"dataset": task.train, "budget": budget, "order": study.budget_order,
+                       "budget_seed": study.budget_seed, "images": images}
+            if os.path.exists(path):
+                with open(path) as f:
+                    try:
+                        written = json.load(f).get("images")
+                    except ValueError:
+                        written = None
+                if written == images:
+                    continue
+                if written is not None:
+                    raise UserError(
+                        f"{path} holds other images than {task.train!r} gives the {budget}-image budget now: the labelled "
+                        "set changed since the study began; restore it, or give the study another results folder"
+                    )
+            write_json(path, content, "a label budget")

@@ -1,0 +1,385 @@
+"""
+A transfer study's declaration: one YAML file that fixes the whole grid before anything runs
+(docs/transfer.md, "Does pretraining help on my data?", has a complete example).
+
+    description: my photos, 30 and 100 labels            # free text
+    seeds: [1, 2, 3]                                     # each drives a downstream run of every cell
+    unlabeled: ["folder:/data/photos"]                   # pretraining data: dataset names, several allowed
+    label_budgets: [30, 100]                             # nested: the first N of one order of the train set
+    budget_order: shuffled                               # or as_listed (the train set's own order)
+    budget_seed: 0                                       # the shuffle's seed
+    tasks:                                               # name: a downstream config and its data
+      mask_rcnn:
+        config: configs/downstream/lowlabel_mask_rcnn_R_18_FPN.yaml
+        train: "coco:/data/labels/train.json:/data/labels/images"
+        test: "coco:/data/labels/test.json:/data/labels/images"
+        frozen: false                                    # optional: MODEL.FROZEN_BACKBONE
+        schedule: {epochs: 40, min_iterations: 300}      # or {iterations: 300}; default: the config's
+        overrides: {SOLVER.BASE_LR: 0.01}                # optional KEY: VALUE
+        metrics: [segm/AP, bbox/AP]                      # optional: the numbers the table shows
+    initialisations:                                     # name: what the downstream model starts from
+      random_init: {random: true}                        # the reference every gain is measured against
+      vader: {pretrain: configs/vader_pretrain_demo.yaml, length: {iterations: 160}}
+      pixpro: {pretrain: configs/pixpro_demo.yaml}       # length from pretraining: below
+      vader_after_moco: {pretrain: configs/vader_pretrain_demo.yaml, start_from: moco_v2}
+      vader_resnet: {resnet_of: vader}                   # an export without its FPN tensors
+      imagenet: {weights: /models/R-18.pkl}              # an existing checkpoint or model-zoo .pkl
+    pretraining:
+      length: {equal_time_as: vader}                     # or {iterations: N} or {epochs: N}
+      calibration_iterations: 30                         # for equal_time_as: a short run of each method
+      per_seed: true                                     # pretrain anew for each seed (false: once)
+      overrides: {MODEL.DEVICE: cpu}
+    downstream:
+      overrides: {MODEL.DEVICE: cpu}
+
+Paths are relative to the folder the tool runs in, as on every vader_d2 command line. A mistake in the
+file (an unknown key, a name used before it is declared, a value of the wrong kind) is one line.
+"""
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import yaml
+
+from ..errors import UserError
+
+__all__ = ["Study", "Task", "Initialisation", "Length", "Schedule", "load_study", "parse_study", "study_digest"]
+
+NAME = re.compile(r"[a-z][a-z0-9_]*")
+BUDGET_ORDERS = ("shuffled", "as_listed")
+
+
+@dataclass(frozen=True)
+class Length:
+    """How long a pretraining runs: exactly one of iterations, epochs (passes over the unlabeled images),
+    or the wall time of another initialisation's pretraining (by a calibration of step times)."""
+
+    iterations: Optional[int] = None
+    epochs: Optional[int] = None
+    equal_time_as: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A downstream run's length: fixed iterations, or passes over the budget's images with a floor;
+    neither: the config's own MAX_ITER."""
+
+    iterations: Optional[int] = None
+    epochs: Optional[float] = None
+    min_iterations: int = 1
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    config: str
+    train: str
+    test: str
+    frozen: Optional[bool] = None
+    schedule: Schedule = Schedule()
+    overrides: Tuple[str, ...] = ()
+    metrics: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Initialisation:
+    """One of: random (Detectron2's own initialisation), pretrain (a pretraining config, run by the study),
+    weights (an existing file), resnet_of (another initialisation's export without its FPN)."""
+
+    name: str
+    random: bool = False
+    pretrain: Optional[str] = None
+    weights: Optional[str] = None
+    resnet_of: Optional[str] = None
+    start_from: Optional[str] = None
+    length: Optional[Length] = None
+    overrides: Tuple[str, ...] = ()
+
+    @property
+    def kind(self):
+        return "random" if self.random else "pretrain" if self.pretrain else "weights" if self.weights else "resnet_of"
+
+    @property
+    def depends_on(self):
+        """The initialisations whose weights this one needs first."""
+        return tuple(name for name in (self.resnet_of, self.start_from) if name)
+
+
+@dataclass(frozen=True)
+class Study:
+    path: str
+    digest: str
+    text: str
+    description: str
+    seeds: Tuple[int, ...]
+    unlabeled: Tuple[str, ...]
+    label_budgets: Tuple[int, ...]
+    budget_order: str
+    budget_seed: int
+    tasks: Dict[str, Task]
+    initialisations: Dict[str, Initialisation]
+    calibration_iterations: int
+    pretrain_per_seed: bool
+    pretraining_overrides: Tuple[str, ...]
+    downstream_overrides: Tuple[str, ...]
+    default_length: Optional[Length] = None
+    reference: Optional[str] = field(default=None)
+
+    def length_of(self, init):
+        return self.initialisations[init].length or self.default_length
+
+    @property
+    def pretrained(self):
+        """The initialisations the study pretrains, each after the ones it starts from."""
+        ordered = []
+
+        def visit(name):
+            init = self.initialisations[name]
+            for dependency in init.depends_on:
+                visit(dependency)
+            if init.pretrain and name not in ordered:
+                ordered.append(name)
+
+        for name in self.initialisations:
+            visit(name)
+        return ordered
+
+
+def study_digest(declared):
+    """sha256 of the declared grid: comments, layout and the description may change, no other value may."""
+    grid = {key: value for key, value in declared.items() if key != "description"}
+    return hashlib.sha256(json.dumps(grid, sort_keys=True).encode()).hexdigest()
+
+
+def load_study(path):
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise UserError(f"the study file {path} does not exist") from None
+    except OSError as e:
+        raise UserError(f"cannot read the study file {path}: {e.strerror or e}") from None
+    return parse_study(text, path)
+
+
+def parse_study(text, path):
+    try:
+        declared = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    reader = _Reader(path)
+    top = reader.mapping(declared, "the study file", required=("seeds", "label_budgets", "tasks", "initialisations"),
+                         optional=("description", "unlabeled", "budget_order", "budget_seed", "pretraining", "downstream"))
+    seeds = reader.whole_numbers(top["seeds"], "seeds", minimum=0)
+    budgets = reader.whole_numbers(top["label_budgets"], "label_budgets", minimum=1)
+    order = top.get("budget_order", "shuffled")
+    if order not in BUDGET_ORDERS:
+        reader.fail("budget_order", f"must be one of {', '.join(BUDGET_ORDERS)}, not {order!r}")
+    budget_seed = reader.whole_number(top.get("budget_seed", 0), "budget_seed", minimum=0)
+    unlabeled = tuple(reader.strings(top.get("unlabeled", []), "unlabeled"))
+    pretraining = reader.mapping(top.get("pretraining", {}), "pretraining",
+                                 optional=("length", "calibration_iterations", "per_seed", "overrides"))
+    downstream = reader.mapping(top.get("downstream", {}), "downstream", optional=("overrides",))
+
+    tasks = {}
+    for name, value in reader.named(top["tasks"], "tasks").items():
+        where = f"tasks.{name}"
+        task = reader.mapping(value, where, required=("config", "train", "test"),
+                              optional=("frozen", "schedule", "overrides", "metrics"))
+        frozen = task.get("frozen")
+        if frozen is not None and not isinstance(frozen, bool):
+            reader.fail(f"{where}.frozen", f"must be true or false, not {frozen!r}")
+        tasks[name] = Task(
+            name=name,
+            config=reader.string(task["config"], f"{where}.config"),
+            train=reader.string(task["train"], f"{where}.train"),
+            test=reader.string(task["test"], f"{where}.test"),
+            frozen=frozen,
+            schedule=reader.schedule(task.get("schedule"), f"{where}.schedule"),
+            overrides=reader.overrides(task.get("overrides"), f"{where}.overrides"),
+            metrics=tuple(reader.strings(task.get("metrics", []), f"{where}.metrics")),
+        )
+
+    inits = {}
+    for name, value in reader.named(top["initialisations"], "initialisations").items():
+        where = f"initialisations.{name}"
+        init = reader.mapping(value, where, optional=("random", "pretrain", "weights", "resnet_of", "start_from", "length", "overrides"))
+        kinds = [kind for kind in ("random", "pretrain", "weights", "resnet_of") if init.get(kind) not in (None, False)]
+        if len(kinds) != 1:
+            reader.fail(where, "needs exactly one of random: true, pretrain: CONFIG, weights: FILE, resnet_of: INITIALISATION"
+                        + (f" (it gives {', '.join(kinds)})" if kinds else ""))
+        if init.get("random") not in (None, True):
+            reader.fail(f"{where}.random", f"must be true, not {init['random']!r}")
+        for key in ("start_from", "length", "overrides"):
+            if key in init and "pretrain" not in init:
+                reader.fail(f"{where}.{key}", "applies to a pretrain: initialisation only")
+        inits[name] = Initialisation(
+            name=name,
+            random=bool(init.get("random")),
+            pretrain=reader.string(init["pretrain"], f"{where}.pretrain") if "pretrain" in init else None,
+            weights=reader.string(init["weights"], f"{where}.weights") if "weights" in init else None,
+            resnet_of=reader.string(init["resnet_of"], f"{where}.resnet_of") if "resnet_of" in init else None,
+            start_from=reader.string(init["start_from"], f"{where}.start_from") if "start_from" in init else None,
+            length=reader.length(init["length"], f"{where}.length") if "length" in init else None,
+            overrides=reader.overrides(init.get("overrides"), f"{where}.overrides"),
+        )
+    references = [name for name, init in inits.items() if init.random]
+    if len(references) > 1:
+        reader.fail("initialisations", f"has {len(references)} random initialisations ({', '.join(references)}); gains are measured against one")
+    per_seed = pretraining.get("per_seed", True)
+    if not isinstance(per_seed, bool):
+        reader.fail("pretraining.per_seed", f"must be true or false, not {per_seed!r}")
+    study = Study(
+        path=path,
+        digest=study_digest(declared),
+        text=text,
+        description=str(top.get("description", "")),
+        seeds=tuple(seeds),
+        unlabeled=unlabeled,
+        label_budgets=tuple(sorted(budgets)),
+        budget_order=order,
+        budget_seed=budget_seed,
+        tasks=tasks,
+        initialisations=inits,
+        calibration_iterations=reader.whole_number(pretraining.get("calibration_iterations", 30), "pretraining.calibration_iterations", minimum=10),
+        pretrain_per_seed=per_seed,
+        pretraining_overrides=reader.overrides(pretraining.get("overrides"), "pretraining.overrides"),
+        downstream_overrides=reader.overrides(downstream.get("overrides"), "downstream.overrides"),
+        default_length=reader.length(pretraining["length"], "pretraining.length") if "length" in pretraining else None,
+        reference=references[0] if references else None,
+    )
+    _check_references(study, reader)
+    return study
+
+
+def _check_references(study, reader):
+    inits = study.initialisations
+    for name, init in inits.items():
+        where = f"initialisations.{name}"
+        for key, other in (("resnet_of", init.resnet_of), ("start_from", init.start_from)):
+            if other is None:
+                continue
+            if other not in inits:
+                reader.fail(f"{where}.{key}", f"names {other!r}, which is not declared (declared: {', '.join(inits)})")
+            if inits[other].kind not in ("pretrain", "weights"):
+                reader.fail(f"{where}.{key}", f"names {other!r}, which brings no weights of its own (a pretrain: or weights: initialisation does)")
+        if init.pretrain:
+            length = study.length_of(name)
+            if length is None:
+                reader.fail(f"{where}", "has no length: give it length: or give pretraining: a length:")
+            if length.equal_time_as:
+                reference = length.equal_time_as
+                if reference not in inits or not inits[reference].pretrain:
+                    reader.fail(f"{where}.length.equal_time_as" if init.length else "pretraining.length.equal_time_as",
+                                f"names {reference!r}, which is not a pretrain: initialisation of this study")
+                if reference != name and study.length_of(reference).equal_time_as:
+                    reader.fail(f"initialisations.{reference}", "is the equal_time_as reference, so it needs its own length: in iterations or epochs")
+    for name in inits:
+        _check_no_cycle(inits, name, [], reader)
+    if study.unlabeled == () and any(init.pretrain for init in inits.values()):
+        reader.fail("unlabeled", "names no dataset, but the study pretrains; list the unlabeled images' dataset names")
+
+
+def _check_no_cycle(inits, name, path, reader):
+    if name in path:
+        reader.fail("initialisations", f"start from each other in a circle: {' -> '.join(path + [name])}")
+    for dependency in inits[name].depends_on:
+        _check_no_cycle(inits, dependency, path + [name], reader)
+
+
+class _Reader:
+    """Reads the parsed YAML, failing with one line that names the file and the key."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def fail(self, where, what):
+        raise UserError(f"{self.path}: {where} {what}")
+
+    def mapping(self, value, where, required=(), optional=()):
+        if not isinstance(value, dict):
+            self.fail(where, f"must be a mapping of keys to values, not {type(value).__name__}")
+        known = (*required, *optional)
+        for key in value:
+            if key not in known:
+                self.fail(where, f"has an unknown key {key!r} (known: {', '.join(known)})")
+        for key in required:
+            if key not in value:
+                self.fail(where, f"needs the key {key!r}")
+        return value
+
+    def named(self, value, where):
+        if not isinstance(value, dict) or not value:
+            self.fail(where, "must map at least one name to its declaration")
+        for name in value:
+            if not isinstance(name, str) or not NAME.fullmatch(name):
+                self.fail(where, f"has the name {name!r}: names are lower case letters, digits and _, starting with a letter")
+        return value
+
+    def string(self, value, where):
+        if not isinstance(value, str) or not value.strip():
+            self.fail(where, f"must be a non-empty string, not {value!r}")
+        return value
+
+    def strings(self, value, where):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            self.fail(where, f"must be a list of strings, not {value!r}")
+        return [self.string(item, where) for item in value]
+
+    def whole_number(self, value, where, minimum):
+        if type(value) is not int or value < minimum:
+            self.fail(where, f"must be a whole number of at least {minimum}, not {value!r}")
+        return value
+
+    def whole_numbers(self, value, where, minimum):
+        if not isinstance(value, list) or not value:
+            self.fail(where, f"must be a non-empty list of whole numbers, not {value!r}")
+        numbers = [self.whole_number(item, where, minimum) for item in value]
+        if len(set(numbers)) != len(numbers):
+            self.fail(where, f"lists a number twice: {numbers}")
+        return numbers
+
+    def overrides(self, value, where):
+        """``{KEY: VALUE}`` as the ``KEY VALUE`` list of a command line (lists become Python literals)."""
+        if value is None:
+            return ()
+        self.mapping(value, where, optional=tuple(value) if isinstance(value, dict) else ())
+        flat = []
+        for key, item in value.items():
+            if not isinstance(key, str) or not re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+", key):
+                self.fail(where, f"has the key {key!r}: config keys are written in full, e.g. SOLVER.BASE_LR")
+            if isinstance(item, (list, tuple)):
+                item = repr(tuple(item))
+            elif isinstance(item, dict) or item is None:
+                self.fail(f"{where}.{key}", f"must be a value, not {item!r}")
+            flat += [key, str(item)]
+        return tuple(flat)
+
+    def length(self, value, where):
+        self.mapping(value, where, optional=("iterations", "epochs", "equal_time_as"))
+        if len(value) != 1:
+            self.fail(where, "needs exactly one of iterations: N, epochs: N, equal_time_as: INITIALISATION")
+        (key, item), = value.items()
+        if key == "equal_time_as":
+            return Length(equal_time_as=self.string(item, f"{where}.equal_time_as"))
+        return Length(**{key: self.whole_number(item, f"{where}.{key}", minimum=1)})
+
+    def schedule(self, value, where):
+        if value is None:
+            return Schedule()
+        self.mapping(value, where, optional=("iterations", "epochs", "min_iterations"))
+        if ("iterations" in value) == ("epochs" in value):
+            self.fail(where, "needs exactly one of iterations: N or epochs: N (with min_iterations: N)")
+        if "iterations" in value:
+            if "min_iterations" in value:
+                self.fail(f"{where}.min_iterations", "applies to epochs: only")
+            return Schedule(iterations=self.whole_number(value["iterations"], f"{where}.iterations", minimum=1))
+        epochs = value["epochs"]
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not epochs > 0:
+            self.fail(f"{where}.epochs", f"must be a positive number of passes over the budget's images, not {epochs!r}")
+        return Schedule(epochs=float(epochs), min_iterations=self.whole_number(value.get("min_iterations", 1), f"{where}.min_iterations", minimum=1))

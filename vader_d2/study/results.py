@@ -1,0 +1,219 @@
+"""
+A study's results folder and what is made from it.
+
+    OUT/study.yaml, study.sha256     the declaration as it was when the first result was written
+    OUT/budgets/<task>_<N>.json      the images of each label budget (a ``subset:`` dataset file)
+    OUT/calibration.json             seconds per pretraining step of each method (equal_time_as)
+    OUT/seed<s>/<task>_<N>/<init>.json   one downstream run: its final evaluation and first/last loss
+    OUT/seed<s>/pretraining/<init>.json  (or OUT/pretraining/ when pretrained once): what each got
+
+``table`` gives each cell's mean ± sample std over seeds and each initialisation's gain over the random
+one, paired by seed (the same seed drives both downstream runs): mean ± std of the per-seed differences,
+marked when the mean exceeds twice that std with at least 3 seeds. ``plot`` draws those gains against
+the label budget.
+"""
+
+import math
+import os
+import statistics
+
+from ..cli import read_json_file
+from ..errors import UserError
+
+__all__ = [
+    "MIN_SEEDS_FOR_A_CLAIM",
+    "result_path",
+    "read_result",
+    "finetune_result",
+    "collect",
+    "gain_table",
+    "plot_gains",
+]
+
+MIN_SEEDS_FOR_A_CLAIM = 3
+# Keys Detectron2's COCO and semantic-segmentation evaluators write into metrics.json.
+EVALUATION_PREFIXES = ("bbox/", "segm/", "keypoints/", "sem_seg/")
+# The headline numbers of a task whose declaration names none: the first of these its results hold.
+HEADLINE_CHOICES = (("sem_seg/mIoU",), ("segm/AP", "bbox/AP"), ("keypoints/AP", "bbox/AP"), ("bbox/AP",))
+
+
+def result_path(out, seed, task, budget, init):
+    return os.path.join(out, f"seed{seed}", f"{task}_{budget}", f"{init}.json")
+
+
+def read_result(path):
+    """A downstream result (``finetune_result``): its ``finetune`` numbers, checked."""
+    result = read_json_file(path)
+    numbers = result.get("finetune") if isinstance(result, dict) else None
+    if not isinstance(numbers, dict) or not all(isinstance(v, (int, float)) for v in numbers.values()):
+        raise UserError(f"the results file {path} holds no 'finetune' numbers; delete it so that its run is made again")
+    return result
+
+
+def finetune_result(name, seed, run_dir, **extra):
+    """A results dict of one Detectron2 training run: first and last logged total loss, final evaluation."""
+    from ..training_metrics import read_metrics
+
+    metrics = read_metrics(os.path.join(run_dir, "metrics.json"))
+    losses = [m["total_loss"] for m in metrics if "total_loss" in m]
+    # An evaluation shares its record with the training scalars of the same iteration.
+    evaluations = [m for m in metrics if any(k.startswith(EVALUATION_PREFIXES) for k in m)]
+    if not losses or not evaluations:
+        raise UserError(f"{run_dir}/metrics.json has no training loss or no evaluation: did the run finish?")
+    # The set-level numbers; per-class ones ("bbox/AP-bird", "sem_seg/IoU-fish") carry a "-class" suffix.
+    final = {k: v for k, v in evaluations[-1].items() if k.startswith(EVALUATION_PREFIXES) and "-" not in k.split("/", 1)[1]}
+    return {
+        "name": name, "seed": seed, "run_dir": run_dir,
+        "finetune": {"loss_first_record": losses[0], "loss_last_record": losses[-1], **final},
+        **extra,
+    }
+
+
+def collect(study, out):
+    """``{(task, budget): {init: {seed: finetune numbers}}}`` of the results ``out`` holds for the grid."""
+    found = {}
+    for task in study.tasks:
+        for budget in study.label_budgets:
+            for init in study.initialisations:
+                for seed in study.seeds:
+                    path = result_path(out, seed, task, budget, init)
+                    if os.path.exists(path):
+                        numbers = read_result(path)["finetune"]
+                        found.setdefault((task, budget), {}).setdefault(init, {})[seed] = numbers
+    return found
+
+
+def headline(study, task, runs):
+    declared = study.tasks[task].metrics
+    if declared:
+        return declared
+    held = {metric for by_seed in runs.values() for numbers in by_seed.values() for metric in numbers}
+    for choice in HEADLINE_CHOICES:
+        if choice[0] in held:
+            return tuple(metric for metric in choice if metric in held)
+    return ()
+
+
+def paired_gain(init_runs, reference_runs, metric):
+    """The per-seed differences to the reference over the seeds both have."""
+    return [
+        init_runs[s][metric] - reference_runs[s][metric]
+        for s in sorted(set(init_runs) & set(reference_runs))
+        if metric in init_runs[s] and metric in reference_runs[s]
+    ]
+
+
+def is_shown(differences):
+    if len(differences) < MIN_SEEDS_FOR_A_CLAIM or any(math.isnan(d) for d in differences):
+        return False
+    return statistics.fmean(differences) > 2 * statistics.stdev(differences)
+
+
+def _mean_and_std(values):
+    """Mean and sample std; NaN (Detectron2's AP of a model that detected nothing) makes both NaN."""
+    if any(math.isnan(v) for v in values):
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values)
+
+
+def _spread(values):
+    if len(values) == 1:
+        return f"{values[0]:.1f} (n=1)"
+    mean, std = _mean_and_std(values)
+    return f"{mean:.1f} ± {std:.1f} (n={len(values)})"
+
+
+def _gain_cell(differences):
+    if not differences:
+        return "-"
+    if len(differences) == 1:
+        return f"{differences[0]:+.1f} (n=1)"
+    mean, std = _mean_and_std(differences)
+    return f"{mean:+.1f} ± {std:.1f} (n={len(differences)})" + (" **> 2 std**" if is_shown(differences) else "")
+
+
+def gain_table(study, found):
+    """Markdown: a row per task, budget and headline number; a column per initialisation, then each
+    one's paired gain over the random initialisation; and the gains shown by the > 2 std rule."""
+    present = {init for runs in found.values() for init in runs}
+    inits = [init for init in study.initialisations if init in present]
+    reference = study.reference
+    compared = [init for init in inits if init != reference] if reference else []
+    lines = ["| task | labels | number | " + " | ".join(inits) + " | " + " | ".join(f"{i} − random" for i in compared) + " |"]
+    lines.append("|---|---:|---|" + "---:|" * (len(inits) + len(compared)))
+    shown = []
+    for (task, budget), runs in found.items():
+        for metric in headline(study, task, runs):
+            cells = []
+            for init in inits:
+                values = [numbers[metric] for numbers in runs.get(init, {}).values() if metric in numbers]
+                cells.append(_spread(values) if values else "-")
+            for init in compared:
+                differences = paired_gain(runs.get(init, {}), runs.get(reference, {}), metric)
+                cells.append(_gain_cell(differences))
+                if differences and is_shown(differences):
+                    shown.append(f"{init} > random init on {task} {metric} with {budget} labels")
+            lines.append(f"| {task} | {budget} | {metric} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Gains larger than twice the std of the per-seed difference (3 seeds or more): " + ("; ".join(shown) if shown else "none"))
+    return "\n".join(lines)
+
+
+def plot_gains(study, found, output):
+    """A PNG: one panel per task and headline number, each initialisation's paired gain over the random
+    one against the label budget (mean, error bar one std of the per-seed differences; a filled marker
+    where the gain is shown by the > 2 std rule)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reference = study.reference
+    if reference is None:
+        raise UserError(f"{study.path} declares no random: true initialisation, so there are no gains to plot")
+    panels = []
+    for task in study.tasks:
+        runs_of_task = {budget: runs for (t, budget), runs in found.items() if t == task}
+        every_run = {(init, budget): by_seed for budget, runs in runs_of_task.items() for init, by_seed in runs.items()}
+        for metric in headline(study, task, every_run):
+            panels.append((task, metric, runs_of_task))
+    if not panels:
+        raise UserError("no results to plot yet")
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    compared = [init for init in study.initialisations if init != reference]
+    for axis, (task, metric, runs_of_task) in zip(axes[0], panels):
+        for index, init in enumerate(compared):
+            budgets, means, stds, shown = [], [], [], []
+            for budget in sorted(runs_of_task):
+                runs = runs_of_task[budget]
+                differences = paired_gain(runs.get(init, {}), runs.get(reference, {}), metric)
+                if not differences:
+                    continue
+                mean, std = _mean_and_std(differences) if len(differences) > 1 else (differences[0], 0.0)
+                budgets.append(budget)
+                means.append(mean)
+                stds.append(std)
+                shown.append(is_shown(differences))
+            if not budgets:
+                continue
+            color = f"C{index % 10}"
+            axis.errorbar(budgets, means, yerr=stds, color=color, capsize=3, label=init)
+            for budget, mean, filled in zip(budgets, means, shown):
+                axis.plot(budget, mean, "o", color=color, markerfacecolor=color if filled else "white")
+        axis.axhline(0.0, color="black", linewidth=0.8)
+        axis.set_xscale("log")
+        axis.set_xticks(study.label_budgets)
+        axis.set_xticklabels([str(b) for b in study.label_budgets])
+        axis.set_xlabel("labelled images")
+        axis.set_ylabel(f"{metric} − {reference}")
+        axis.set_title(f"{task}: gain over {reference}")
+        axis.legend(fontsize="small")
+    figure.suptitle(f"{study.description or os.path.basename(study.path)} (filled: gain > 2 std of the per-seed difference, 3+ seeds)", fontsize="small")
+    figure.tight_layout()
+    try:
+        figure.savefig(output, dpi=100)
+    except OSError as e:
+        raise UserError(f"cannot write the plot {output}: {e.strerror or e}") from None
+    finally:
+        plt.close(figure)
+    return output

@@ -1,0 +1,397 @@
+"""
+Running a declared study: everything checked before the first training, then a seed at a time
+(pretrainings, then that seed's downstream runs), each finished run's result written to OUT at once, so
+that a run killed at any point continues where it stopped and never repeats a finished run.
+
+What is resumed how: a pretraining continues from its last checkpoint (``train_net.py --resume``:
+reproducible, not bit-equal to an uninterrupted run, docs/troubleshooting.md); an unfinished downstream run
+(minutes) starts over, so that its result equals an uninterrupted run's. The heavy files (checkpoints,
+exports, logs) live in the work folder, which may be lost: a seed whose results are missing is pretrained
+again. What OUT holds (results, budgets, calibration, the declaration) is small and worth committing.
+"""
+
+import ctypes
+import json
+import os
+import pickle
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from ..atomic_io import atomic_write
+from ..errors import UserError
+from .declaration import study_digest
+from ..cli import read_json_file
+from .results import finetune_result, result_path
+
+__all__ = ["StudyRunner", "check_declaration_unchanged"]
+
+PREEMPTED_EXIT = 75
+USER_ERROR_EXIT = 2
+SPEED_LINE = re.compile(r"Overall training speed: \d+ iterations in \S+ \(([0-9.]+) s / it\)")
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_parent():
+    """In a training process the runner starts: SIGTERM when the runner dies (even by SIGKILL), which
+    train_net.py turns into a checkpoint and exit status 75 (Linux; elsewhere nothing happens)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+@dataclass
+class Job:
+    kind: str  # calibration, pretraining, downstream
+    what: str
+    run: callable
+    done: bool = False
+    estimate: Optional[float] = None  # seconds, when known before it runs
+
+
+def _overrides_dict(opts):
+    return dict(zip(opts[0::2], opts[1::2]))
+
+
+def check_declaration_unchanged(study, out):
+    """Results in OUT were made under one declaration: a study file that has changed since is refused."""
+    recorded = os.path.join(out, "study.sha256")
+    if os.path.exists(recorded):
+        with open(recorded) as f:
+            words = f.read().split()
+        digest = words[0] if words else ""
+        if digest != study.digest:
+            raise UserError(
+                f"{study.path} has changed since {out} got its first result (declared grid sha256 {digest[:12]}, now "
+                f"{study.digest[:12]}): a new grid is a new study file and a new results folder; "
+                f"{os.path.join(out, 'study.yaml')} holds the declared one"
+            )
+    elif any(name.startswith("seed") for name in _listdir(out)):
+        raise UserError(f"{out} holds results but no study.sha256 recording the study they belong to; give the study another results folder")
+
+
+def _listdir(folder):
+    try:
+        return os.listdir(folder)
+    except FileNotFoundError:
+        return []
+
+
+def record_declaration(study, out):
+    """OUT/study.yaml (the file as declared) and OUT/study.sha256, written with the first result."""
+    if os.path.exists(os.path.join(out, "study.sha256")):
+        return
+    atomic_write(os.path.join(out, "study.yaml"), lambda f: f.write(study.text.encode()), what="the declared study")
+    atomic_write(os.path.join(out, "study.sha256"), lambda f: f.write(f"{study.digest}  {study.path}\n".encode()), what="the study's sha256")
+
+
+def write_json(path, content, what):
+    atomic_write(path, lambda f: f.write((json.dumps(content, indent=1) + "\n").encode()), what=what)
+
+
+class StudyRunner:
+    """
+    ``StudyRunner(study, out, work, train_net).run(seeds, tasks, budgets, inits)``: the selected part of
+    the declared grid (all of it by default). ``train_net`` is the path of tools/train_net.py, which
+    every training runs in its own process.
+    """
+
+    def __init__(self, study, out, work, train_net, facts):
+        self.study = study
+        self.out = out
+        self.work = work
+        self.train_net = train_net
+        self.facts = facts
+        self.child = None
+        self.stop_signal = None
+
+    # ---- what each initialisation's weights are -------------------------------------------------------
+
+    def pretraining_dir(self, init, seed):
+        return os.path.join(self.work, f"seed{seed}" if self.study.pretrain_per_seed else "pretrained_once", init)
+
+    def pretraining_seed(self, seed):
+        return seed if self.study.pretrain_per_seed else self.study.seeds[0]
+
+    def weights_of(self, init, seed):
+        """The file a downstream model (or a pretraining that starts from ``init``) loads; '' for random."""
+        declared = self.study.initialisations[init]
+        if declared.random:
+            return ""
+        if declared.weights:
+            return declared.weights
+        return os.path.join(self.pretraining_dir(init, seed), "d2.pkl")
+
+    def pretraining_record_path(self, init, seed):
+        if self.study.pretrain_per_seed:
+            return os.path.join(self.out, f"seed{seed}", "pretraining", f"{init}.json")
+        return os.path.join(self.out, "pretraining", f"{init}.json")
+
+    # ---- lengths ---------------------------------------------------------------------------------------
+
+    def calibration(self):
+        """OUT/calibration.json: ``{"seconds_per_step": {init: s}, "iterations": {init: n}}``. The
+        iterations of an equal_time_as pretraining are fixed once, when the last calibration is in, and
+        kept with the results: a fresh machine resuming the study pretrains for as many."""
+        path = os.path.join(self.out, "calibration.json")
+        if not os.path.exists(path):
+            return {"seconds_per_step": {}, "iterations": {}}
+        calibration = read_json_file(path, "calibration file")
+        if not isinstance(calibration, dict) or not isinstance(calibration.get("iterations", {}), dict):
+            raise UserError(f"the calibration file {path} is not one tools/transfer_study.py wrote; delete it to calibrate again")
+        return {"seconds_per_step": calibration.get("seconds_per_step", {}), "iterations": calibration.get("iterations", {}), **calibration}
+
+    def equal_time_inits(self):
+        return [init for init in self.study.pretrained if self.study.length_of(init).equal_time_as]
+
+    def needs_calibration(self):
+        calibration = self.calibration()
+        if all(init in calibration["iterations"] for init in self.equal_time_inits()):
+            return []
+        references = {self.study.length_of(init).equal_time_as for init in self.equal_time_inits()}
+        return [
+            init for init in self.study.pretrained
+            if (init in references or init in self.equal_time_inits()) and init not in calibration["seconds_per_step"]
+        ]
+
+    def pretraining_iterations(self, init):
+        length = self.study.length_of(init)
+        if length.iterations:
+            return length.iterations
+        if length.epochs:
+            return self.facts.iterations_for_epochs(init, length.epochs)
+        iterations = self.calibration()["iterations"]
+        if init not in iterations:
+            raise UserError(f"{init} pretrains for the time of {length.equal_time_as}, but OUT/calibration.json has no iterations for it; delete that file to calibrate again")
+        return iterations[init]
+
+    def _fix_equal_time_iterations(self):
+        calibration = self.calibration()
+        per_step = calibration["seconds_per_step"]
+        for init in self.equal_time_inits():
+            reference = self.study.length_of(init).equal_time_as
+            reference_iterations = self.pretraining_iterations(reference)
+            calibration["iterations"][init] = (
+                reference_iterations if reference == init else max(1, round(reference_iterations * per_step[reference] / per_step[init]))
+            )
+        write_json(os.path.join(self.out, "calibration.json"), calibration, "the calibration")
+
+    # ---- the jobs --------------------------------------------------------------------------------------
+
+    def plan(self, seeds, tasks, budgets, inits):
+        jobs = []
+        for init in self.needs_calibration():
+            jobs.append(Job("calibration", f"calibration of {init} ({self.study.calibration_iterations} iterations)",
+                            lambda init=init: self.calibrate(init)))
+        shared_planned = set()
+        for seed in seeds:
+            missing = [
+                (task, budget, init) for task in tasks for budget in budgets for init in inits
+                if not os.path.exists(result_path(self.out, seed, task, budget, init))
+            ]
+            needed = set()
+            for _, _, init in missing:
+                needed |= self._closure(init)
+            for init in self.study.pretrained:
+                if init not in needed or (not self.study.pretrain_per_seed and init in shared_planned):
+                    continue
+                shared_planned.add(init)
+                done = os.path.exists(os.path.join(self.pretraining_dir(init, seed), "d2.pkl"))
+                jobs.append(Job("pretraining", f"seed {seed}, pretraining {init}",
+                                lambda init=init, seed=seed: self.pretrain(init, seed), done=done))
+            for task, budget, init in missing:
+                jobs.append(Job("downstream", f"seed {seed}, {task}, {budget} labels, {init}",
+                                lambda t=task, b=budget, i=init, s=seed: self.downstream(t, b, i, s)))
+        return jobs
+
+    def _closure(self, init):
+        found = {init}
+        for dependency in self.study.initialisations[init].depends_on:
+            found |= self._closure(dependency)
+        return found
+
+    def run(self, seeds, tasks, budgets, inits):
+        previous = {sig: signal.signal(sig, self._forward) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+        try:
+            jobs = self.plan(seeds, tasks, budgets, inits)
+            total = len(jobs)
+            durations = {}
+            for k, job in enumerate(jobs, 1):
+                if job.done:
+                    continue
+                print(f"[transfer_study] run {k} of {total}: {job.what} ({self._eta(jobs[k - 1:], durations)})", flush=True)
+                started = time.monotonic()
+                job.run()
+                durations.setdefault(job.kind, []).append(time.monotonic() - started)
+                if self.stop_signal:
+                    break
+            return total
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    @staticmethod
+    def _eta(remaining, durations):
+        if not durations:
+            return "ETA after the first run"
+        every = [d for ds in durations.values() for d in ds]
+        seconds = sum(
+            sum(durations.get(job.kind, every)) / len(durations.get(job.kind, every)) for job in remaining if not job.done
+        )
+        hours, rest = divmod(int(seconds), 3600)
+        return f"ETA {hours}:{rest // 60:02d}:{rest % 60:02d} for the {sum(not j.done for j in remaining)} runs left"
+
+    def _forward(self, signum, frame):
+        self.stop_signal = signum
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
+
+    # ---- running one training ----------------------------------------------------------------------------
+
+    def train(self, what, config, opts, output_dir, resume):
+        logs = os.path.join(self.work, "logs")
+        os.makedirs(logs, exist_ok=True)
+        log = os.path.join(logs, re.sub(r"[^A-Za-z0-9_.-]+", "_", what) + ".txt")
+        command = [sys.executable, self.train_net, "--config-file", config, *(["--resume"] if resume else []),
+                   *opts, "OUTPUT_DIR", output_dir]
+        if self.stop_signal:
+            raise SystemExit(PREEMPTED_EXIT)
+        with open(log, "a") as f:
+            f.write(f"$ {' '.join(command)}\n")
+            f.flush()
+            self.child = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, preexec_fn=_end_with_parent)
+            status = self.child.wait()
+            self.child = None
+        if status == 0:
+            return
+        last = _last_error_line(log)
+        if status == PREEMPTED_EXIT or self.stop_signal:
+            print(f"vader_d2: {what} was stopped by a signal; run the same command again to continue", file=sys.stderr, flush=True)
+            raise SystemExit(PREEMPTED_EXIT)
+        if status == USER_ERROR_EXIT:
+            raise UserError(f"{what}: {last.removeprefix('vader_d2: ')} (its log: {log})")
+        raise UserError(f"{what} failed with exit status {status} (its log: {log}; last line: {last})")
+
+    # ---- calibration, pretraining, derived weights ---------------------------------------------------------
+
+    def pretraining_opts(self, init, seed, iterations):
+        declared = self.study.initialisations[init]
+        opts = [*self.facts.pretraining_base_opts(init), "SEED", str(seed), *self.facts.pretraining_schedule(init, iterations)]
+        if declared.start_from:
+            opts += ["MODEL.WEIGHTS", self.weights_of(declared.start_from, seed)]
+        return opts
+
+    def calibrate(self, init):
+        declared = self.study.initialisations[init]
+        run = os.path.join(self.work, "calibration", init)
+        shutil.rmtree(run, ignore_errors=True)
+        iterations = self.study.calibration_iterations
+        opts = [*self.facts.pretraining_base_opts(init), *self.facts.pretraining_schedule(init, iterations)]
+        self.train(f"calibration {init}", declared.pretrain, opts, run, resume=False)
+        per_step = _training_speed(os.path.join(run, "log.txt"))
+        if per_step is None:
+            raise UserError(f"no training speed in {run}/log.txt after the calibration run of {init}; run the study again")
+        calibration = self.calibration()
+        calibration["calibration_iterations"] = iterations
+        calibration["seconds_per_step"][init] = per_step
+        write_json(os.path.join(self.out, "calibration.json"), calibration, "the calibration")
+        if not self.needs_calibration():
+            self._fix_equal_time_iterations()
+
+    def pretrain(self, init, seed):
+        declared = self.study.initialisations[init]
+        seed = self.pretraining_seed(seed)
+        run = self.pretraining_dir(init, seed)
+        export = os.path.join(run, "d2.pkl")
+        iterations = self.pretraining_iterations(init)
+        if not os.path.exists(os.path.join(run, "model_final.pth")):
+            self.train(f"seed {seed} pretraining {init}", declared.pretrain, self.pretraining_opts(init, seed, iterations), run, resume=True)
+        from ..export import export_to_detectron2
+
+        export_to_detectron2(os.path.join(run, "model_final.pth"), export)
+        images, batch = self.facts.unlabeled_images, self.facts.pretraining_batch(init)
+        record = {
+            "init": init, "seed": seed, "config": declared.pretrain, "start_from": declared.start_from,
+            "iterations": iterations, "unlabeled_images": images, "ims_per_batch": batch,
+            "epochs": round(iterations * batch / images, 3), "seconds_per_step": _training_speed(os.path.join(run, "log.txt")),
+        }
+        record_declaration(self.study, self.out)
+        write_json(self.pretraining_record_path(init, seed), record, "the pretraining record")
+
+    def derived_weights(self, init, seed):
+        """A resnet_of initialisation's file: its source's export without the FPN tensors (made once)."""
+        declared = self.study.initialisations[init]
+        target = os.path.join(self.pretraining_dir(init, self.pretraining_seed(seed)), "d2.pkl")
+        if not os.path.exists(target):
+            write_resnet_only(self.weights_of(declared.resnet_of, self.pretraining_seed(seed)), target)
+        return target
+
+    # ---- a downstream run ------------------------------------------------------------------------------
+
+    def downstream(self, task, budget, init, seed):
+        declared_task = self.study.tasks[task]
+        declared_init = self.study.initialisations[init]
+        weights = self.derived_weights(init, seed) if declared_init.resnet_of else self.weights_of(init, self.pretraining_seed(seed))
+        run = os.path.join(self.work, f"seed{seed}", f"{task}_{budget}", init)
+        opts = self.facts.downstream_opts(task, budget, weights, seed)
+        if not os.path.exists(os.path.join(run, "model_final.pth")):
+            # An unfinished run starts over: its result then equals an uninterrupted run's.
+            shutil.rmtree(run, ignore_errors=True)
+            self.train(f"seed {seed} {task} {budget} labels {init}", declared_task.config, opts, run, resume=False)
+        schedule = _overrides_dict(opts)
+        result = finetune_result(
+            init, seed, run, task=task, budget=budget, weights=weights,
+            max_iter=int(schedule.get("SOLVER.MAX_ITER", self.facts.task_max_iter(task))),
+        )
+        record_declaration(self.study, self.out)
+        write_json(result_path(self.out, seed, task, budget, init), result, "the result")
+
+
+def write_resnet_only(source, target):
+    """The model-zoo ``.pkl`` ``source`` without its FPN tensors (names with a part starting ``fpn_``), so
+    that the downstream FPN starts from Detectron2's initialisation, as from an export of a ResNet alone."""
+    try:
+        with open(source, "rb") as f:
+            weights = pickle.load(f)
+        model = weights["model"]
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as e:
+        raise UserError(f"{source!r} is not a Detectron2 model-zoo .pkl ({type(e).__name__}: {e})") from None
+    resnet = {name: value for name, value in model.items() if not any(part.startswith("fpn_") for part in name.split("."))}
+    if len(resnet) == len(model):
+        raise UserError(f"{source!r} has no FPN tensors (fpn_*) to leave out")
+    atomic_write(target, lambda f: pickle.dump({**weights, "model": resnet}, f), what="the ResNet-only weights")
+
+
+def _training_speed(log):
+    """Seconds per iteration from Detectron2's last "Overall training speed" line of ``log``."""
+    try:
+        with open(log) as f:
+            speeds = SPEED_LINE.findall(f.read())
+    except OSError:
+        return None
+    return float(speeds[-1]) if speeds else None
+
+
+def _last_error_line(log):
+    try:
+        with open(log, errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return "(no log)"
+    errors = [line for line in lines if line.startswith("vader_d2: ")]
+    return errors[-1] if errors else (lines[-1] if lines else "(empty log)")
+
+
+def budget_images(records, budgets, order, seed):
+    """The nested label budgets: ``{N: the first N records}`` of one order of ``records`` (the listed
+    order, or a shuffle with ``seed``), as ``{"file_name", "image_id"}`` entries."""
+    indices = list(range(len(records)))
+    if order == "shuffled":
+        random.Random(seed).shuffle(indices)
+    entries = [{"file_name": records[i]["file_name"], "image_id": records[i].get("image_id")} for i in indices]
+    return {budget: entries[:budget] for budget in budgets}
