@@ -10,7 +10,7 @@ labelled images:
 
     split      images (option, default)   objects                            backgrounds
     unlabeled  --num-unlabeled 2000       even-indexed stamps of each class  even-indexed demo train photos
-    train      --num-train 100            odd-indexed stamps of each class   odd-indexed demo train photos
+    train      --num-train 150            odd-indexed stamps of each class   odd-indexed demo train photos
     test       --num-test 100             odd-indexed stamps of each class   the demo val photos
 
 The demo train photos hold neighbouring frames of one campus walk, two stereo views of rocks and a
@@ -20,7 +20,9 @@ The test backgrounds are scenes of their own, seen by no other split.
 
 The label budgets are the first 10 / 30 / 100 train images (``LOWLABEL_BUDGETS``, registered as
 ``vader_lowlabel_train_N`` and ``vader_lowlabel_sem_seg_train_N``), so each budget holds the smaller ones;
-image i does not depend on how many images are made.
+train images 51-100 are also the validation split of the 10 and 30 budgets (``vader_lowlabel_val``) and
+101-150, in no budget, that of the 100 budget (``vader_lowlabel_holdout``). Image i does not depend on how
+many images are made: the first 100 are those of the former default of 100.
 
 Output, under ROOT (``--root``, default ``$DETECTRON2_DATASETS``, else ``./datasets``)::
 
@@ -31,7 +33,7 @@ Output, under ROOT (``--root``, default ``$DETECTRON2_DATASETS``, else ``./datas
     ROOT/vader_lowlabel/manifest.json   recipe, sources, the stamps each split draws from, the background
                                         and the stamps of every image, sha256 of every file
 
-Not part of ``make data``: ``experiments/transfer_study.sh`` runs it. With the defaults it wrote 86 MB
+Not part of ``make data``: run it before the studies of ``experiments/studies/``. With the defaults it wrote 86 MB
 (82 MB of them unlabeled) in 59 s of wall time, 48 s after the imports (its last line reports both size
 and time), on the 2-core development machine while training runs shared it (load average 8-11); an up to
 date check takes 14 s there, most of it the imports and the sha256 of every file.
@@ -179,7 +181,7 @@ def add_arguments(parser):
         "--num-unlabeled", type=int, default=2000, help="number of unlabeled images (default 2000)"
     )
     parser.add_argument(
-        "--num-train", type=int, default=100,
+        "--num-train", type=int, default=150,
         help=f"number of labelled train images (default 100; the budgets {LOWLABEL_BUDGETS} are the first ones)",
     )
     parser.add_argument("--num-test", type=int, default=100, help="number of test images (default 100)")

@@ -123,7 +123,7 @@ def test_lowlabel_registration_and_budgets(tiny_build):
     names = [
         "vader_lowlabel_unlabeled", "vader_lowlabel_test", "vader_lowlabel_sem_seg_test",
         *(f"vader_lowlabel{kind}_train_{budget}" for kind in ("", "_sem_seg") for budget in (10, 30, 100)),
-        "vader_lowlabel_val", "vader_lowlabel_sem_seg_val",
+        "vader_lowlabel_val", "vader_lowlabel_sem_seg_val", "vader_lowlabel_holdout", "vader_lowlabel_sem_seg_holdout",
     ]
     found = datasets_script_json(REGISTERED, *names, datasets_root=root)
 
@@ -165,10 +165,12 @@ def test_lowlabel_registration_and_budgets(tiny_build):
         name: sum(a["category_id"] == k and a["image_id"] <= 10 for a in train_json["annotations"])
         for k, name in enumerate(CUTPASTE_CLASSES, start=1)
     }
-    for name in ("vader_lowlabel_train_100", "vader_lowlabel_sem_seg_train_100", "vader_lowlabel_val", "vader_lowlabel_sem_seg_val"):
+    for name, last in (("vader_lowlabel_train_100", 100), ("vader_lowlabel_sem_seg_train_100", 100), ("vader_lowlabel_val", 100),
+                       ("vader_lowlabel_sem_seg_val", 100), ("vader_lowlabel_holdout", 150), ("vader_lowlabel_sem_seg_holdout", 150)):
         error = found[name]["error"]
-        assert "holds 30" in error and "--num-train 100" in error and "\n" not in error, error
+        assert "holds 30" in error and f"--num-train {last}" in error and "\n" not in error, error
     assert "images 51-100" in found["vader_lowlabel_val"]["error"]
+    assert "images 101-150" in found["vader_lowlabel_holdout"]["error"]
 
 
 def test_lowlabel_val_is_the_train_images_after_the_30_budget():
@@ -180,6 +182,15 @@ def test_lowlabel_val_is_the_train_images_after_the_30_budget():
     budget_30 = _selected_images(train, (0, 30), "vader_lowlabel_train_30", "train")
     assert val == train[50:]
     assert not {d["file_name"] for d in val} & {d["file_name"] for d in budget_30}
+
+
+def test_lowlabel_holdout_is_in_no_budget():
+    from vader_d2.data.datasets import LOWLABEL_BUDGETS, LOWLABEL_HOLDOUT_IMAGES, _selected_images
+
+    train = [{"file_name": f"train_{i:05d}.jpg"} for i in range(150)]
+    holdout = _selected_images(train, LOWLABEL_HOLDOUT_IMAGES, "vader_lowlabel_holdout", "train")
+    assert holdout == train[100:150]
+    assert not {d["file_name"] for d in holdout} & {d["file_name"] for d in train[:max(LOWLABEL_BUDGETS)]}
 
 
 @pytest.mark.parametrize("option, value", [("--num-unlabeled", "0"), ("--num-train", "-3"), ("--num-test", "0")])

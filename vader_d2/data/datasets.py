@@ -17,7 +17,9 @@ registered when this module is imported:
   ``vader_lowlabel_train_10`` / ``_30`` / ``_100`` and ``vader_lowlabel_sem_seg_train_10`` / ``_30`` /
   ``_100``: the first 10 / 30 / 100 labelled train images (each budget holds the smaller ones), as
   instances and as semantic masks; ``vader_lowlabel_val`` / ``vader_lowlabel_sem_seg_val``: train images
-  51-100, for choosing a recipe at the 10 and 30 budgets; ``vader_lowlabel_test`` / ``vader_lowlabel_sem_seg_test``: the test
+  51-100, for choosing a recipe at the 10 and 30 budgets; ``vader_lowlabel_holdout`` /
+  ``vader_lowlabel_sem_seg_holdout``: train images 101-150, in no budget, for choosing at the 100 budget;
+  ``vader_lowlabel_test`` / ``vader_lowlabel_sem_seg_test``: the test
   images. All from ``datasets/prepare_lowlabel.py``; no stamp or background photo of the unlabeled images
   is in a labelled one, and the test images' backgrounds are in no other split.
 
@@ -77,6 +79,8 @@ LOWLABEL_BUDGETS = (10, 30, 100)
 # vader_lowlabel_val: train images 51-100, for choosing a recipe at the 10 and 30 budgets without the
 # test split (they are in the 100-image budget, which therefore has no validation split).
 LOWLABEL_VAL_IMAGES = (50, 100)
+# vader_lowlabel_holdout: train images 101-150, in no budget: the validation split of the 100-image one.
+LOWLABEL_HOLDOUT_IMAGES = (100, 150)
 
 _PREPARE_DEMO_PHOTOS = "run `python datasets/prepare_demo_photos.py` (it writes under $DETECTRON2_DATASETS)"
 _PREPARE_CUTPASTE = "run `python datasets/prepare_cutpaste.py` (it writes under $DETECTRON2_DATASETS)"
@@ -299,6 +303,7 @@ def register_all_builtin(root):
     for suffix, split, images in [
         *((f"train_{budget}", "train", (0, budget)) for budget in LOWLABEL_BUDGETS),
         ("val", "train", LOWLABEL_VAL_IMAGES),
+        ("holdout", "train", LOWLABEL_HOLDOUT_IMAGES),
         ("test", "test", None),
     ]:
         _register_cutpaste_instances(
