@@ -162,7 +162,7 @@ def register_named_datasets(names):
     """
     for name in names:
         if name.startswith(FOLDER_DATASET_PREFIX):
-            path = _path_in_name(name, FOLDER_DATASET_PREFIX, "folder:/path/to/images")
+            path = _path_in_name(name, FOLDER_DATASET_PREFIX, "folder", "folder:/path/to/images")
             _register_image_folder(
                 name,
                 path,
@@ -178,10 +178,10 @@ def register_named_datasets(names):
 _RELATIVE_NAME_HINT = "a relative path in a dataset name means another file after a change of the current folder; use an absolute path"
 
 
-def _path_in_name(name, prefix, example):
+def _path_in_name(name, prefix, what, example):
     path = name[len(prefix):]
     if not path.strip():
-        raise UserError(f"the dataset name {name!r} names no path; write {example}")
+        raise UserError(f"the dataset name {name!r} names no {what}; write {example}")
     return os.path.abspath(os.path.expanduser(path))
 
 
@@ -221,7 +221,7 @@ _NOT_INHERITED = ("name", "json_file")
 def _register_subset(name):
     """``subset:FILE.json``: ``{"dataset": NAME, "images": [{"file_name": ..., "image_id": ...}, ...]}``, the
     records of dataset NAME whose file names the list holds, in the list's order."""
-    path = _path_in_name(name, SUBSET_DATASET_PREFIX, "subset:/path/to/subset.json")
+    path = _path_in_name(name, SUBSET_DATASET_PREFIX, "file", "subset:/path/to/subset.json")
 
     def load():
         parent, wanted = read_subset_file(path)

@@ -1,0 +1,423 @@
+"""
+tools/transfer_study.py and vader_d2.study: a declared study file, the checks before any training, the
+results it keeps and the table made from them. The end-to-end run (train, kill, resume) is
+tests/test_transfer_study_run.py (slow).
+"""
+
+import json
+import os
+import pickle
+import shutil
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from detectron2.data import DatasetCatalog
+
+from vader_d2.cli import build_config
+from vader_d2.config import check_solver_config
+from vader_d2.data.datasets import register_named_datasets
+from vader_d2.errors import UserError
+from vader_d2.solver import iterations_for_epochs, rescale_schedule
+from vader_d2.study import collect, gain_table, load_study, parse_study
+from vader_d2.study.runner import budget_images
+from vader_d2.trainer import schedule_in_epochs
+
+from .helpers import REPO, assert_one_line_refusal, load_tool, run_python
+from .test_bad_inputs import photo
+
+transfer_study = load_tool("transfer_study")
+
+IN_REPO_STUDIES = [
+    ("lowlabel", "transfer_study"),
+    ("lowlabel_vader1200", "transfer_study_vader1200"),
+    ("lowlabel_vader_recipe", "lowlabel_vader_recipe"),
+]
+
+
+def write_coco(folder, count, first_id=1, seed=0, name="instances.json"):
+    """``count`` photos with one filled box each (category "box") and their COCO json; the json's path."""
+    images_dir = folder / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images, annotations = [], []
+    for i in range(count):
+        image_id = first_id + i
+        picture = photo(96, 128, seed * 1000 + i)
+        x, y = int(rng.integers(8, 64)), int(rng.integers(8, 40))
+        ImageDraw.Draw(picture).rectangle([x, y, x + 40, y + 40], fill=(250, 20, 20))
+        file_name = f"img_{seed}_{i:03d}.jpg"
+        picture.save(images_dir / file_name)
+        images.append({"id": image_id, "file_name": file_name, "height": 96, "width": 128})
+        polygon = [x, y, x + 40, y, x + 40, y + 40, x, y + 40]
+        annotations.append({"id": image_id, "image_id": image_id, "category_id": 1, "bbox": [x, y, 40, 40],
+                            "area": 1600, "iscrowd": 0, "segmentation": [polygon]})
+    path = folder / name
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "box"}]}))
+    return path
+
+
+@pytest.fixture
+def labelled(tmp_path):
+    """A train set of 12 and a test set of 4 other images, as coco: dataset names."""
+    train = write_coco(tmp_path / "train", 12, seed=1)
+    test = write_coco(tmp_path / "test", 4, first_id=1, seed=2)
+    return f"coco:{train}:{train.parent / 'images'}", f"coco:{test}:{test.parent / 'images'}"
+
+
+def study_text(train, test, unlabeled="vader_demo_photos_train", budgets="[4, 8]", extra=""):
+    return textwrap.dedent(f"""\
+        seeds: [1, 2]
+        unlabeled: [{unlabeled}]
+        label_budgets: {budgets}
+        tasks:
+          mask_rcnn:
+            config: configs/downstream/lowlabel_mask_rcnn_R_18_FPN.yaml
+            train: "{train}"
+            test: "{test}"
+            overrides: {{MODEL.ROI_HEADS.NUM_CLASSES: 1}}
+        initialisations:
+          random_init: {{random: true}}
+          vader: {{pretrain: configs/vader_pretrain_demo.yaml}}
+        pretraining:
+          length: {{iterations: 6}}
+          overrides: {{MODEL.DEVICE: cpu}}
+        downstream:
+          overrides: {{MODEL.DEVICE: cpu}}
+        """) + extra
+
+
+def run_tool_in_process(*argv):
+    return transfer_study.main(transfer_study.parse_args(list(argv)))
+
+
+# ---- the in-repo study, carried over ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("study, results", IN_REPO_STUDIES)
+def test_in_repo_results_rederive_their_committed_tables(study, results):
+    """The results carried over from experiments/transfer_study.sh give table.md again, byte for byte, and
+    are recorded under the study file committed for them."""
+    out = os.path.join(REPO, "experiments", "results", results)
+    declared = load_study(os.path.join(REPO, "experiments", "studies", f"{study}.yaml"))
+    with open(os.path.join(out, "study.sha256")) as f:
+        assert f.read().split()[0] == declared.digest
+    recorded = transfer_study.declared_study(out)
+    with open(os.path.join(out, "table.md")) as f:
+        assert gain_table(recorded, collect(recorded, out)) + "\n" == f.read()
+
+
+def test_gains_are_paired_by_seed_and_marked_with_three_seeds_above_two_std(tmp_path):
+    study = parse_study(textwrap.dedent("""\
+        seeds: [1, 2, 3]
+        label_budgets: [10]
+        tasks: {frozen: {config: c.yaml, train: a, test: b}}
+        initialisations:
+          random_init: {random: true}
+          pixpro: {weights: p.pkl}
+          vader: {weights: v.pkl}
+          vader_two_seeds: {weights: w.pkl}
+        """), "study.yaml")
+    mIoU = {
+        "random_init": {1: 16.0, 2: 14.0, 3: 17.0},
+        "pixpro": {1: 18.0, 2: 16.5, 3: 19.0},  # +2.0, +2.5, +2.0: 2.17 ± 0.29, shown
+        "vader": {1: 20.0, 2: 13.0, 3: 17.0},  # +4, -1, 0: 1.0 ± 2.65, not shown
+        "vader_two_seeds": {1: 17.0, 2: 13.0},  # two seeds: never a claim
+    }
+    for init, per_seed in mIoU.items():
+        for seed, value in per_seed.items():
+            path = tmp_path / f"seed{seed}" / "frozen_10" / f"{init}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"name": init, "seed": seed, "finetune": {"sem_seg/mIoU": value}}))
+
+    table = gain_table(study, collect(study, str(tmp_path))).splitlines()
+
+    assert table[0] == (
+        "| task | labels | number | random_init | pixpro | vader | vader_two_seeds | "
+        "pixpro − random | vader − random | vader_two_seeds − random |"
+    )
+    assert table[2] == (
+        "| frozen | 10 | sem_seg/mIoU | 15.7 ± 1.5 (n=3) | 17.8 ± 1.3 (n=3) | 16.7 ± 3.5 (n=3) | 15.0 ± 2.8 (n=2) | "
+        "+2.2 ± 0.3 (n=3) **> 2 std** | +1.0 ± 2.6 (n=3) | +0.0 ± 1.4 (n=2) |"
+    )
+    assert table[-1].endswith(": pixpro > random init on frozen sem_seg/mIoU with 10 labels")
+
+
+# ---- the declaration ---------------------------------------------------------------------------------
+
+MINIMAL = {
+    "seeds": [1],
+    "label_budgets": [10],
+    "unlabeled": ["u"],
+    "tasks": {"frozen": {"config": "c.yaml", "train": "a", "test": "b"}},
+    "initialisations": {"random_init": {"random": True}, "vader": {"pretrain": "p.yaml", "length": {"iterations": 10}}},
+}
+
+
+def with_change(path, value):
+    declared = json.loads(json.dumps(MINIMAL))
+    *parents, last = path.split("/")
+    node = declared
+    for part in parents:
+        node = node.setdefault(part, {})
+    if value is None:
+        del node[last]
+    else:
+        node[last] = value
+    return json.dumps(declared)
+
+
+@pytest.mark.parametrize(
+    "path, value, expected",
+    [
+        ("seed", [1], "the study file has an unknown key 'seed'"),
+        ("tasks/frozen/froze", True, "tasks.frozen has an unknown key 'froze'"),
+        ("tasks/frozen/test", None, "tasks.frozen needs the key 'test'"),
+        ("label_budgets", [10, "30"], "label_budgets must be a whole number of at least 1, not '30'"),
+        ("label_budgets", [0], "label_budgets must be a whole number of at least 1, not 0"),
+        ("seeds", [1, 1], "seeds lists a number twice"),
+        ("budget_order", "random", "budget_order must be one of shuffled, as_listed"),
+        ("initialisations/both", {"random": True, "weights": "w.pkl"}, "needs exactly one of random"),
+        ("initialisations/other_random", {"random": True}, "has 2 random initialisations"),
+        ("initialisations/resnet", {"resnet_of": "dino"}, "resnet_of names 'dino', which is not declared"),
+        ("initialisations/resnet", {"resnet_of": "random_init"}, "brings no weights of its own"),
+        ("initialisations/moco", {"pretrain": "m.yaml", "length": {"equal_time_as": "random_init"}}, "is not a pretrain: initialisation"),
+        ("initialisations/moco", {"pretrain": "m.yaml"}, "initialisations.moco has no length"),
+        ("initialisations/moco", {"pretrain": "m.yaml", "length": {"iterations": 5, "epochs": 2}}, "needs exactly one of iterations"),
+        ("initialisations/a", {"pretrain": "m.yaml", "length": {"iterations": 5}, "start_from": "b"}, "names 'b', which is not declared"),
+        ("initialisations/Vader2", {"weights": "w.pkl"}, "has the name 'Vader2'"),
+        ("tasks/frozen/overrides", {"solver.base_lr": 0.1}, "config keys are written in full"),
+        ("tasks/frozen/schedule", {"epochs": 0}, "must be a positive number of passes"),
+        ("tasks/frozen/schedule", {"iterations": 300, "min_iterations": 100}, "min_iterations applies to epochs: only"),
+        ("tasks/frozen/frozen", "yes", "tasks.frozen.frozen must be true or false"),
+        ("unlabeled", None, "unlabeled names no dataset, but the study pretrains"),
+    ],
+)
+def test_a_mistake_in_the_study_file_is_one_line_naming_the_key(path, value, expected):
+    with pytest.raises(UserError, match=None) as error:
+        parse_study(with_change(path, value), "study.yaml")
+    assert expected in str(error.value) and str(error.value).startswith("study.yaml: "), str(error.value)
+
+
+def test_circular_start_from_is_refused():
+    text = with_change("initialisations/a", {"pretrain": "m.yaml", "length": {"iterations": 5}, "start_from": "b"})
+    declared = json.loads(text)
+    declared["initialisations"]["b"] = {"pretrain": "m.yaml", "length": {"iterations": 5}, "start_from": "a"}
+    with pytest.raises(UserError, match="in a circle: a -> b -> a"):
+        parse_study(json.dumps(declared), "study.yaml")
+
+
+def test_the_digest_ignores_comments_layout_and_description_but_no_value():
+    base = parse_study(json.dumps(MINIMAL), "s.yaml").digest
+    reformatted = "# a comment\n" + "\n".join(f"{k}: {json.dumps(v)}" for k, v in MINIMAL.items()) + "\ndescription: words\n"
+    assert parse_study(reformatted, "s.yaml").digest == base
+    assert parse_study(with_change("seeds", [1, 2]), "s.yaml").digest != base
+
+
+def test_overrides_become_a_command_line():
+    study = parse_study(with_change("tasks/frozen/overrides", {"SOLVER.BASE_LR": 0.01, "INPUT.CROP_SCALE": [0.2, 1.0]}), "s.yaml")
+    opts = study.tasks["frozen"].overrides
+    assert opts == ("SOLVER.BASE_LR", "0.01", "INPUT.CROP_SCALE", "(0.2, 1.0)")
+
+
+def test_budgets_are_nested_prefixes_of_one_order():
+    records = [{"file_name": f"{i}.jpg", "image_id": i} for i in range(20)]
+    listed = budget_images(records, (5, 10), "as_listed", 0)
+    assert [e["image_id"] for e in listed[10]] == list(range(10))
+    shuffled = budget_images(records, (5, 10), "shuffled", 3)
+    assert shuffled[10][:5] == shuffled[5] and sorted(e["image_id"] for e in shuffled[10]) != list(range(10))
+    assert budget_images(records, (5, 10), "shuffled", 3) == shuffled
+
+
+# ---- schedules ------------------------------------------------------------------------------------------
+
+def test_a_schedule_is_stretched_in_whole_numbers():
+    solver = build_config("configs/downstream/lowlabel_semantic_R_18_FPN.yaml", ["MODEL.DEVICE", "cpu"]).SOLVER
+    assert (solver.MAX_ITER, solver.WARMUP_ITERS, tuple(solver.STEPS)) == (300, 50, (200, 270))
+    assert rescale_schedule(solver, 1200) == {"MAX_ITER": 1200, "WARMUP_ITERS": 200, "STEPS": (800, 1080)}
+    assert rescale_schedule(solver, 30) == {"MAX_ITER": 30, "WARMUP_ITERS": 5, "STEPS": (20, 27)}
+    # The demo's warm-up is an eighth of its 160 iterations: the low-label study's N // 8.
+    demo = build_config("configs/vader_pretrain_demo.yaml", ["MODEL.DEVICE", "cpu"]).SOLVER
+    assert rescale_schedule(demo, 429)["WARMUP_ITERS"] == 429 // 8
+    # Steps past MAX_ITER never fired (a cosine schedule's default STEPS): stretched, they might.
+    assert rescale_schedule(demo, 5000)["STEPS"] == ()
+    assert iterations_for_epochs(20, 2000, 8) == 5000 and iterations_for_epochs(1, 3, 8) == 1
+
+
+def test_solver_epochs_sets_the_length_of_a_train_net_run():
+    cfg = build_config("configs/vader_pretrain_demo.yaml", ["MODEL.DEVICE", "cpu", "SOLVER.EPOCHS", "10"])
+    images = len(DatasetCatalog.get("vader_demo_photos_train"))
+    stretched, note = schedule_in_epochs(cfg)
+    expected = round(10 * images / 8)
+    assert stretched.SOLVER.MAX_ITER == expected and stretched.SOLVER.WARMUP_ITERS == 20 * expected // 160
+    assert f"over the {images} images" in note and f"MAX_ITER {expected}" in note
+    assert schedule_in_epochs(build_config("configs/vader_pretrain_demo.yaml", ["MODEL.DEVICE", "cpu"]))[1] is None
+    with pytest.raises(UserError, match="SOLVER.EPOCHS must be a whole number of passes >= 0"):
+        check_solver_config(build_config("configs/vader_pretrain_demo.yaml", ["MODEL.DEVICE", "cpu", "SOLVER.EPOCHS", "-1"]))
+
+
+# ---- dataset names --------------------------------------------------------------------------------------
+
+def test_coco_and_subset_dataset_names(tmp_path):
+    from detectron2.data import MetadataCatalog
+
+    json_path = write_coco(tmp_path / "set", 5, first_id=10)
+    coco = f"coco:{json_path}:{json_path.parent / 'images'}"
+    subset_file = tmp_path / "subset.json"
+    chosen = [str(json_path.parent / "images" / f"img_0_{i:03d}.jpg") for i in (3, 0)]
+    subset_file.write_text(json.dumps({"dataset": coco, "images": [{"file_name": f} for f in chosen]}))
+    subset = f"subset:{subset_file}"
+    register_named_datasets([coco, subset])
+
+    assert [r["image_id"] for r in DatasetCatalog.get(coco)] == [10, 11, 12, 13, 14]
+    assert [r["image_id"] for r in DatasetCatalog.get(subset)] == [13, 10]
+    assert MetadataCatalog.get(subset).thing_classes == ["box"] and MetadataCatalog.get(coco).evaluator_type == "coco"
+    assert MetadataCatalog.get(subset).get("json_file") is None
+
+    missing = f"coco:{tmp_path / 'nothing.json'}"
+    register_named_datasets([missing])
+    with pytest.raises(UserError, match="the annotation file .*nothing.json does not exist"):
+        DatasetCatalog.get(missing)
+    (tmp_path / "bad.json").write_text("{\"images\": 3}")
+    bad = f"coco:{tmp_path / 'bad.json'}"
+    register_named_datasets([bad])
+    with pytest.raises(UserError, match="is not a COCO-format instances file"):
+        DatasetCatalog.get(bad)
+    with pytest.raises(UserError, match="names no .json file"):
+        register_named_datasets(["coco:/data/images"])
+    wrong = tmp_path / "wrong_subset.json"
+    wrong.write_text(json.dumps({"dataset": coco, "images": [{"file_name": "elsewhere.jpg"}]}))
+    register_named_datasets([f"subset:{wrong}"])
+    with pytest.raises(UserError, match="1 images .* are not in"):
+        DatasetCatalog.get(f"subset:{wrong}")
+
+
+# ---- checks before any training ---------------------------------------------------------------------------
+
+def check(tmp_path, text):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return run_tool_in_process("check", str(path), str(tmp_path / "out"))
+
+
+def test_a_valid_study_passes_its_checks_and_writes_its_budgets(tmp_path, labelled, capsys):
+    train, test = labelled
+    assert check(tmp_path, study_text(train, test)) == 0
+    printed = capsys.readouterr().out
+    assert "run 1 of 10: seed 1, pretraining vader" in printed and "10 of 10 runs to make" in printed
+    budget = json.loads((tmp_path / "out" / "budgets" / "mask_rcnn_4.json").read_text())
+    bigger = json.loads((tmp_path / "out" / "budgets" / "mask_rcnn_8.json").read_text())
+    assert budget["dataset"] == train and bigger["images"][:4] == budget["images"]
+    assert not (tmp_path / "out" / "study.sha256").exists()  # recorded with the first result, not before
+
+
+def test_bad_input_is_one_line_before_any_training(tmp_path, labelled):
+    train, test = labelled
+    cases = {
+        "no dataset": (study_text(train, "vader_no_such_set"), "no dataset named 'vader_no_such_set' is registered"),
+        "budget": (study_text(train, test, budgets="[4, 40]"), "label_budgets asks for 40 labelled images, but tasks.mask_rcnn.train"),
+        "same file": (study_text(train, train), "shares an image with the labelled train set"),
+        "missing folder": (study_text(train, test, unlabeled=f'"folder:{tmp_path}/none"'), "does not exist"),
+    }
+    for name, (text, expected) in cases.items():
+        with pytest.raises(UserError) as error:
+            check(tmp_path, text)
+        assert expected in str(error.value), (name, str(error.value))
+        assert "\n" not in str(error.value)
+
+
+def test_a_test_image_seen_in_training_is_refused_by_id_or_by_bytes(tmp_path, labelled):
+    train, test = labelled
+    # The same json with another image folder: the same ids, other files.
+    json_file = train.split(":")[1]
+    other_images = tmp_path / "copies"
+    shutil.copytree(os.path.dirname(json_file) + "/images", other_images)
+    for path in other_images.iterdir():
+        photo(96, 128, 99).save(path)  # other bytes
+    with pytest.raises(UserError, match=r"image id \d+ of .*instances.json"):
+        check(tmp_path, study_text(train, f"coco:{json_file}:{other_images}"))
+    # A test image copied into the unlabeled folder under another name: the same bytes.
+    unlabeled = tmp_path / "unlabeled"
+    unlabeled.mkdir()
+    for i in range(3):
+        photo(64, 64, 50 + i).save(unlabeled / f"u{i}.jpg")
+    test_image = sorted((tmp_path / "test" / "images").iterdir())[2]
+    shutil.copy(test_image, unlabeled / "renamed.jpg")
+    with pytest.raises(UserError, match="the same bytes"):
+        check(tmp_path, study_text(train, test, unlabeled=f'"folder:{unlabeled}"'))
+
+
+def test_weights_that_do_not_fit_the_task_are_refused(tmp_path, labelled):
+    train, test = labelled
+    weights = tmp_path / "r50_stem.pkl"
+    weights.write_bytes(pickle.dumps({"model": {"stem.conv1.weight": np.zeros((64, 3, 7, 7), np.float32),
+                                                 "res2.0.conv1.weight": np.zeros((256, 64, 1, 1), np.float32)}}))
+    text = study_text(train, test).replace("  vader: {pretrain: configs/vader_pretrain_demo.yaml}", f"  supervised: {{weights: {weights}}}")
+    with pytest.raises(UserError) as error:
+        check(tmp_path, text)
+    assert str(error.value).startswith("initialisations.supervised.weights into tasks.mask_rcnn"), str(error.value)
+    missing = text.replace(str(weights), str(tmp_path / "none.pkl"))
+    with pytest.raises(UserError, match="none.pkl' does not exist"):
+        check(tmp_path, missing)
+
+
+def test_a_changed_study_file_is_refused_once_results_exist(tmp_path, labelled):
+    train, test = labelled
+    from vader_d2.study.runner import record_declaration
+
+    out = tmp_path / "out"
+    record_declaration(parse_study(study_text(train, test), str(tmp_path / "study.yaml")), str(out))
+    (tmp_path / "study.yaml").write_text(study_text(train, test) + "# only a comment more\n")
+    assert run_tool_in_process("check", str(tmp_path / "study.yaml"), str(out)) == 0
+    (tmp_path / "study.yaml").write_text(study_text(train, test, budgets="[4, 12]"))
+    result = run_python("tools/transfer_study.py", "run", str(tmp_path / "study.yaml"), str(out))
+    assert_one_line_refusal(result, "has changed since")
+    assert "a new grid is a new study file" in result.stderr
+
+
+def test_selection_must_be_declared(tmp_path, labelled):
+    train, test = labelled
+    (tmp_path / "study.yaml").write_text(study_text(train, test))
+    with pytest.raises(UserError, match=r"--seeds 7: not declared .*\(declared: 1 2\)"):
+        run_tool_in_process("check", str(tmp_path / "study.yaml"), str(tmp_path / "out"), "--seeds", "7")
+
+
+# ---- results files ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("", "is empty"),
+        ('{"name": "vader", "finetune": {"sem_seg/mIo', "is not valid JSON (truncated?"),
+        ('{"name": "vader"}', "holds no 'finetune' numbers"),
+        ("[1, 2]", "holds no 'finetune' numbers"),
+    ],
+)
+def test_a_damaged_results_file_is_one_line_naming_it(tmp_path, content, expected):
+    out = tmp_path / "out"
+    shutil.copytree(os.path.join(REPO, "experiments", "results", "transfer_study_vader1200"), out)
+    damaged = out / "seed1" / "frozen_10" / "vader.json"
+    damaged.write_text(content)
+    result = run_python("tools/transfer_study.py", "table", str(out))
+    assert_one_line_refusal(result, f"{damaged}")
+    assert expected in result.stderr
+    if content != '{"name": "vader"}':  # for summarise_seeds, any file with a run name is a result
+        summarised = run_python("experiments/summarise_seeds.py", "table", str(damaged))
+        assert_one_line_refusal(summarised, str(damaged))
+
+
+def test_table_of_a_folder_without_a_study_is_one_line(tmp_path):
+    result = run_python("tools/transfer_study.py", "table", str(tmp_path))
+    assert_one_line_refusal(result, "holds no declared study")
+
+
+def test_plot_draws_each_gain_against_the_budget(tmp_path):
+    out = os.path.join(REPO, "experiments", "results", "transfer_study")
+    png = tmp_path / "gains.png"
+    run_tool_in_process("plot", out, "--output", str(png))
+    with Image.open(png) as image:
+        assert image.size[0] > 2 * image.size[1]  # two panels side by side: semantic and frozen
+        colours = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    # Five initialisations' lines in five of matplotlib's colours, beside black, white and greys.
+    assert len({tuple(c) for c in colours if max(c) - min(c) > 60}) > 5
