@@ -190,6 +190,8 @@ def plot_gains(study, found, output):
                 if not differences:
                     continue
                 mean, std = _mean_and_std(differences) if len(differences) > 1 else (differences[0], 0.0)
+                if math.isnan(mean):  # Detectron2's AP when nothing was detected: no point to draw
+                    continue
                 budgets.append(budget)
                 means.append(mean)
                 stds.append(std)
@@ -201,13 +203,17 @@ def plot_gains(study, found, output):
             for budget, mean, filled in zip(budgets, means, shown):
                 axis.plot(budget, mean, "o", color=color, markerfacecolor=color if filled else "white")
         axis.axhline(0.0, color="black", linewidth=0.8)
+        if not axis.lines[:-1]:
+            axis.text(0.5, 0.6, "no finite gain yet", ha="center", transform=axis.transAxes)
+        axis.set_xlim(min(study.label_budgets) / 1.5, max(study.label_budgets) * 1.5)
         axis.set_xscale("log")
         axis.set_xticks(study.label_budgets)
         axis.set_xticklabels([str(b) for b in study.label_budgets])
         axis.set_xlabel("labelled images")
         axis.set_ylabel(f"{metric} − {reference}")
         axis.set_title(f"{task}: gain over {reference}")
-        axis.legend(fontsize="small")
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize="small")
     figure.suptitle(f"{study.description or os.path.basename(study.path)} (filled: gain > 2 std of the per-seed difference, 3+ seeds)", fontsize="small")
     figure.tight_layout()
     try:

@@ -26,6 +26,7 @@ from typing import Optional
 
 from ..atomic_io import atomic_write
 from ..errors import UserError
+from ..output_dir import OutputDirLock
 from .declaration import study_digest
 from ..cli import read_json_file
 from .results import finetune_result, result_path
@@ -289,6 +290,7 @@ class StudyRunner:
     def calibrate(self, init):
         declared = self.study.initialisations[init]
         run = os.path.join(self.work, "calibration", init)
+        wait_for_previous_run(run)
         shutil.rmtree(run, ignore_errors=True)
         iterations = self.study.calibration_iterations
         opts = [*self.facts.pretraining_base_opts(init), *self.facts.pretraining_schedule(init, iterations)]
@@ -310,6 +312,7 @@ class StudyRunner:
         export = os.path.join(run, "d2.pkl")
         iterations = self.pretraining_iterations(init)
         if not os.path.exists(os.path.join(run, "model_final.pth")):
+            wait_for_previous_run(run)
             self.train(f"seed {seed} pretraining {init}", declared.pretrain, self.pretraining_opts(init, seed, iterations), run, resume=True)
         from ..export import export_to_detectron2
 
@@ -341,6 +344,7 @@ class StudyRunner:
         opts = self.facts.downstream_opts(task, budget, weights, seed)
         if not os.path.exists(os.path.join(run, "model_final.pth")):
             # An unfinished run starts over: its result then equals an uninterrupted run's.
+            wait_for_previous_run(run)
             shutil.rmtree(run, ignore_errors=True)
             self.train(f"seed {seed} {task} {budget} labels {init}", declared_task.config, opts, run, resume=False)
         schedule = _overrides_dict(opts)
@@ -350,6 +354,25 @@ class StudyRunner:
         )
         record_declaration(self.study, self.out)
         write_json(result_path(self.out, seed, task, budget, init), result, "the result")
+
+
+def wait_for_previous_run(run, seconds=300):
+    """A training of a runner that was killed gets SIGTERM and writes its checkpoint before it ends: wait
+    for it to let go of its folder before the folder is reused."""
+    if not os.path.isdir(run):
+        return
+    deadline = time.monotonic() + seconds
+    while True:
+        lock = OutputDirLock(run)
+        try:
+            lock.acquire()
+        except UserError:
+            if time.monotonic() > deadline:
+                raise UserError(f"{run} is still held by an earlier training after {seconds} s; stop it and run again") from None
+            time.sleep(1)
+            continue
+        lock.release()
+        return
 
 
 def write_resnet_only(source, target):

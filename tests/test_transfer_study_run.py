@@ -1,0 +1,122 @@
+"""
+A tiny study end to end, as a user runs it (tools/transfer_study.py): random init and VADeR, one label
+budget, two seeds, a few iterations each, on a COCO json the test writes. Killed mid-run and run again,
+it repeats no finished run and ends with the results of an uninterrupted run; a changed study file is
+refused; table and plot come from the stored results.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .helpers import REPO, assert_one_line_refusal, run_python, train_net_env
+from .test_bad_inputs import photo
+from .test_transfer_study import write_coco
+
+pytestmark = pytest.mark.slow
+
+TINY_PRETRAINING = (
+    "MODEL.DEVICE: cpu, MODEL.VADER.PAIRS_PER_IMAGE: 32, INPUT.VIEWS.MIN_SHARED_CELLS: 32, INPUT.VIEWS.CROP_SIZE: 64, "
+    "SOLVER.IMS_PER_BATCH: 4, MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE: 2, MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE: 512, "
+    "DATALOADER.NUM_WORKERS: 0"
+)
+TINY_DOWNSTREAM = (
+    "MODEL.ROI_HEADS.NUM_CLASSES: 1, DATALOADER.NUM_WORKERS: 0, TEST.PRECISE_BN.ENABLED: False, "
+    "INPUT.MIN_SIZE_TRAIN: [96], INPUT.MAX_SIZE_TRAIN: 128, INPUT.MIN_SIZE_TEST: 96, INPUT.MAX_SIZE_TEST: 128"
+)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_study")
+    train = write_coco(root / "train", 10, seed=1)
+    test = write_coco(root / "test", 3, seed=2)
+    unlabeled = root / "unlabeled"
+    unlabeled.mkdir()
+    for i in range(8):
+        photo(96, 96, 100 + i).save(unlabeled / f"u{i}.jpg")
+    path = root / "study.yaml"
+    path.write_text(f"""\
+seeds: [1, 2]
+unlabeled: ["folder:{unlabeled}"]
+label_budgets: [8]
+tasks:
+  mask_rcnn:
+    config: configs/downstream/lowlabel_mask_rcnn_R_18_FPN.yaml
+    train: "coco:{train}:{train.parent / 'images'}"
+    test: "coco:{test}:{test.parent / 'images'}"
+    schedule: {{iterations: 4}}
+    overrides: {{{TINY_DOWNSTREAM}}}
+initialisations:
+  random_init: {{random: true}}
+  vader: {{pretrain: configs/vader_pretrain_demo.yaml}}
+pretraining:
+  length: {{iterations: 4}}
+  overrides: {{{TINY_PRETRAINING}}}
+downstream:
+  overrides: {{MODEL.DEVICE: cpu}}
+""")
+    return path
+
+
+def results(out):
+    found = {}
+    for seed in (1, 2):
+        for init in ("random_init", "vader"):
+            with open(os.path.join(out, f"seed{seed}", "mask_rcnn_8", f"{init}.json")) as f:
+                found[seed, init] = json.dumps(json.load(f)["finetune"], sort_keys=True)
+    return found
+
+
+def test_a_killed_study_resumes_without_repeating_a_finished_run(study, tmp_path):
+    uninterrupted = tmp_path / "uninterrupted"
+    result = run_python("tools/transfer_study.py", "run", str(study), str(uninterrupted), timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "run 1 of 6: seed 1, pretraining vader" in result.stdout
+    expected = results(uninterrupted)
+    assert (uninterrupted / "table.md").read_text().startswith("| task | labels | number | random_init | vader | vader − random |")
+    assert (uninterrupted / ".gitignore").read_text() == "work/\n"
+    pretraining = json.loads((uninterrupted / "seed2" / "pretraining" / "vader.json").read_text())
+    assert pretraining["iterations"] == 4 and pretraining["unlabeled_images"] == 8 and pretraining["epochs"] == 2.0
+
+    # Killed (SIGKILL: no chance to clean up) once seed 1's first downstream result is written.
+    out = tmp_path / "killed"
+    first = out / "seed1" / "mask_rcnn_8" / "random_init.json"
+    command = [sys.executable, "tools/transfer_study.py", "run", str(study), str(out)]
+    process = subprocess.Popen(command, cwd=REPO, env=train_net_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 1200
+    while not first.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-3000:]
+        time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    written = first.read_bytes(), first.stat().st_mtime_ns
+    assert not (out / "seed2" / "mask_rcnn_8" / "vader.json").exists()
+
+    rerun = run_python("tools/transfer_study.py", "run", str(study), str(out), timeout=1800)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    started = [line for line in rerun.stdout.splitlines() if line.startswith("[transfer_study] run ")]
+    assert not any("seed 1, pretraining" in line or "random_init" in line and "seed 1" in line for line in started), started
+    assert (first.read_bytes(), first.stat().st_mtime_ns) == written
+    assert results(out) == expected
+
+    # Nothing left to do: a third run trains nothing.
+    again = run_python("tools/transfer_study.py", "run", str(study), str(out), timeout=600)
+    assert again.returncode == 0 and "[transfer_study] run" not in again.stdout
+
+    # The grid may not change under its results.
+    study.write_text(study.read_text().replace("seeds: [1, 2]", "seeds: [1, 2, 3]"))
+    try:
+        assert_one_line_refusal(run_python("tools/transfer_study.py", "run", str(study), str(out)), "has changed since")
+    finally:
+        study.write_text(study.read_text().replace("seeds: [1, 2, 3]", "seeds: [1, 2]"))
+
+    table = run_python("tools/transfer_study.py", "table", str(out))
+    assert table.returncode == 0 and table.stdout == (out / "table.md").read_text()
+    plot = run_python("tools/transfer_study.py", "plot", str(out), "--output", str(tmp_path / "gains.png"))
+    assert plot.returncode == 0 and (tmp_path / "gains.png").stat().st_size > 10_000
