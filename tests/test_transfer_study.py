@@ -421,3 +421,13 @@ def test_plot_draws_each_gain_against_the_budget(tmp_path):
         colours = np.asarray(image.convert("RGB")).reshape(-1, 3)
     # Five initialisations' lines in five of matplotlib's colours, beside black, white and greys.
     assert len({tuple(c) for c in colours if max(c) - min(c) > 60}) > 5
+
+
+def test_the_eta_scales_each_run_left_by_its_length():
+    from vader_d2.study.runner import Job, StudyRunner
+
+    finished = [(Job("downstream", "a", None, iterations=300), 60.0), (Job("pretraining", "b", None, iterations=100), 50.0)]
+    left = [Job("downstream", "c", None, iterations=2400), Job("pretraining", "d", None), Job("downstream", "e", None, done=True)]
+    # 2400 iterations at 0.2 s each, and a pretraining of unknown length at the mean pretraining time.
+    assert StudyRunner._eta(left, finished) == "ETA 0:08:50 for the 2 runs left"
+    assert StudyRunner._eta(left, []) == "ETA after the first run"

@@ -52,7 +52,7 @@ class Job:
     what: str
     run: callable
     done: bool = False
-    estimate: Optional[float] = None  # seconds, when known before it runs
+    iterations: Optional[int] = None  # its length, when known before it runs (for the ETA)
 
 
 def _overrides_dict(opts):
@@ -188,7 +188,7 @@ class StudyRunner:
         jobs = []
         for init in self.needs_calibration():
             jobs.append(Job("calibration", f"calibration of {init} ({self.study.calibration_iterations} iterations)",
-                            lambda init=init: self.calibrate(init)))
+                            lambda init=init: self.calibrate(init), iterations=self.study.calibration_iterations))
         shared_planned = set()
         for seed in seeds:
             missing = [
@@ -203,11 +203,16 @@ class StudyRunner:
                     continue
                 shared_planned.add(init)
                 done = os.path.exists(os.path.join(self.pretraining_dir(init, seed), "d2.pkl"))
+                try:
+                    iterations = self.pretraining_iterations(init)
+                except UserError:  # equal_time_as, before its calibration
+                    iterations = None
                 jobs.append(Job("pretraining", f"seed {seed}, pretraining {init}",
-                                lambda init=init, seed=seed: self.pretrain(init, seed), done=done))
+                                lambda init=init, seed=seed: self.pretrain(init, seed), done=done, iterations=iterations))
             for task, budget, init in missing:
                 jobs.append(Job("downstream", f"seed {seed}, {task}, {budget} labels, {init}",
-                                lambda t=task, b=budget, i=init, s=seed: self.downstream(t, b, i, s)))
+                                lambda t=task, b=budget, i=init, s=seed: self.downstream(t, b, i, s),
+                                iterations=self.facts.downstream_iterations(task, budget)))
         return jobs
 
     def _closure(self, init):
@@ -221,14 +226,14 @@ class StudyRunner:
         try:
             jobs = self.plan(seeds, tasks, budgets, inits)
             total = len(jobs)
-            durations = {}
+            finished = []
             for k, job in enumerate(jobs, 1):
                 if job.done:
                     continue
-                print(f"[transfer_study] run {k} of {total}: {job.what} ({self._eta(jobs[k - 1:], durations)})", flush=True)
+                print(f"[transfer_study] run {k} of {total}: {job.what} ({self._eta(jobs[k - 1:], finished)})", flush=True)
                 started = time.monotonic()
                 job.run()
-                durations.setdefault(job.kind, []).append(time.monotonic() - started)
+                finished.append((job, time.monotonic() - started))
                 if self.stop_signal:
                     break
             return total
@@ -237,14 +242,26 @@ class StudyRunner:
                 signal.signal(sig, handler)
 
     @staticmethod
-    def _eta(remaining, durations):
-        if not durations:
+    def _eta(remaining, finished):
+        """Each run left at the seconds per iteration its kind has taken so far (at the mean time of a run
+        of its kind where its length is not known yet)."""
+        if not finished:
             return "ETA after the first run"
-        every = [d for ds in durations.values() for d in ds]
-        seconds = sum(
-            sum(durations.get(job.kind, every)) / len(durations.get(job.kind, every)) for job in remaining if not job.done
-        )
-        hours, rest = divmod(int(seconds), 3600)
+        by_kind = {}
+        for job, seconds in finished:
+            by_kind.setdefault(job.kind, []).append((job.iterations, seconds))
+        every = [pair for pairs in by_kind.values() for pair in pairs]
+        total = 0.0
+        for job in remaining:
+            if job.done:
+                continue
+            done = by_kind.get(job.kind, every)
+            measured = [(n, s) for n, s in done if n]
+            if job.iterations and measured:
+                total += job.iterations * sum(s for _, s in measured) / sum(n for n, _ in measured)
+            else:
+                total += sum(s for _, s in done) / len(done)
+        hours, rest = divmod(int(total), 3600)
         return f"ETA {hours}:{rest // 60:02d}:{rest % 60:02d} for the {sum(not j.done for j in remaining)} runs left"
 
     def _forward(self, signum, frame):
