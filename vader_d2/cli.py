@@ -15,14 +15,14 @@ status 2 (as argparse exits on a bad command line), never a traceback.
 
 import os
 import sys
-import tempfile
 
 import torch
 import yaml
 from detectron2.config import get_cfg
 
 from .config import add_vader_config, moved_keys_of_a_file, resolve_old_spellings, with_moved_keys_renamed
-from .errors import UserError
+# The exit status and the path checks are the package's (vader_d2/errors.py); tools take them from here.
+from .errors import USER_ERROR_EXIT, UserError, check_input_file, check_output_dir, check_output_file, report_user_error
 
 __all__ = [
     "USER_ERROR_EXIT",
@@ -35,9 +35,6 @@ __all__ = [
     "check_output_dir",
     "check_output_file",
 ]
-
-# Exit status after a UserError, as argparse exits on a command-line mistake.
-USER_ERROR_EXIT = 2
 
 
 def build_config(config_file, opts=()):
@@ -87,12 +84,6 @@ def _config_error(error):
     return f"{' '.join(message.split())}; the keys and their types are in vader_d2/config.py and detectron2/config/defaults.py"
 
 
-def report_user_error(error):
-    """Print ``vader_d2: <error>`` as one line on stderr and exit with status 2."""
-    print(f"vader_d2: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
-    sys.exit(USER_ERROR_EXIT)
-
-
 def run_cli(main, *args):
     """Run ``main(*args)``: a UserError ends the process with one line and exit status 2; an integer
     result is the exit status."""
@@ -103,39 +94,3 @@ def run_cli(main, *args):
     if isinstance(result, int) and not isinstance(result, bool):
         sys.exit(result)
     return result
-
-
-def check_input_file(path, what):
-    """``path`` names an existing file (URLs are left to the code that fetches them)."""
-    if not path or "://" in path:
-        return
-    if not os.path.exists(path):
-        raise UserError(f"{what} {path!r} does not exist")
-    if not os.path.isfile(path):
-        raise UserError(f"{what} {path!r} is not a file")
-
-
-def check_output_dir(path, what):
-    """Create the folder ``path`` if needed and make sure a file can be written into it, so that a run
-    fails at start-up rather than when it first writes. Returns ``path``."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create {what} {path!r}: {e.strerror or e}; choose a folder you can write") from None
-    if not os.path.isdir(path):
-        raise UserError(f"{what} {path!r} is not a folder; choose a folder you can write")
-    try:
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        raise UserError(f"cannot write into {what} {path!r}: {e.strerror or e}; choose a folder you can write") from None
-    return path
-
-
-def check_output_file(path, what):
-    """The file ``path`` can be written: its folder exists or can be created and is writable, and
-    ``path`` is not a folder. Nothing is written at ``path`` itself."""
-    if os.path.isdir(path):
-        raise UserError(f"{what} {path!r} is a folder; give a file name")
-    check_output_dir(os.path.dirname(os.path.abspath(path)), f"the folder of {what}")
-    return path

@@ -1,13 +1,30 @@
 """Config keys of VADeR pretraining: ``add_vader_config(cfg)`` must run before ``merge_from_file``."""
 
+import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
+from detectron2.modeling import META_ARCH_REGISTRY
 
-from .config_checks import at_least, ordered_pair, probability, require
+from .config_checks import at_least, ordered_pair, parse_signal_names, probability, require
 from .dense_grid import OUTPUT_STRIDE
 from .errors import UserError
-from .mixed_precision import check_amp_config
-from .modeling.momentum import pretraining_method, pretraining_methods
+
+
+def configurable_methods():
+    """
+    Every meta-architecture registered with Detectron2 that declares its own config: the pretraining
+    methods of vader_d2/modeling (``MomentumMethod``: ``add_config``, ``check_ranges``, ``check_config``),
+    in the order they were registered. Read from Detectron2's registry, so that this module needs no
+    import of the models (they import the config's checks); importing vader_d2 registers them.
+    """
+    return [method for _, method in META_ARCH_REGISTRY if isinstance(method, type) and callable(getattr(method, "add_config", None))]
+
+
+def configurable_method(cfg):
+    """The class of ``configurable_methods`` that ``cfg`` builds, or None (a stock Detectron2 model)."""
+    name = cfg.MODEL.META_ARCHITECTURE
+    method = META_ARCH_REGISTRY.get(name) if name in META_ARCH_REGISTRY else None
+    return method if method in configurable_methods() else None
 
 
 def add_vader_config(cfg):
@@ -19,7 +36,7 @@ def add_vader_config(cfg):
     """
     add_frozen_backbone_config(cfg)
     add_momentum_config(cfg)
-    for method in pretraining_methods():
+    for method in configurable_methods():
         method.add_config(cfg)
     add_solver_config(cfg)
     add_views_config(cfg)
@@ -249,7 +266,7 @@ def check_vader_config(cfg, world_size=1):
     for old, new in MOVED_KEYS.items():
         if _value(cfg, old) is not None:  # a config not built by vader_d2.cli.build_config, which moves it
             raise UserError(f"{old} is now {new}; set that")
-    method = pretraining_method(cfg)
+    method = configurable_method(cfg)
     method.check_ranges(cfg)
     check_view_ranges(cfg)
     if not cfg.DATASETS.TRAIN:
@@ -273,6 +290,23 @@ def check_vader_config(cfg, world_size=1):
         raise UserError(f"INPUT.VIEWS.CROP_SCALE must satisfy 0 < min <= max <= 1, got {tuple(views.CROP_SCALE)}")
     if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
         raise UserError(f"INPUT.FORMAT must be RGB or BGR for VADeR views, got {cfg.INPUT.FORMAT!r}")
+
+
+# SOLVER.AMP.PRECISION's names (vader_d2/mixed_precision.py).
+AMP_PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+
+def check_amp_config(cfg):
+    """SOLVER.AMP.PRECISION is a known name, and one the configured device trains with."""
+    precision = cfg.SOLVER.AMP.PRECISION
+    if precision not in ("auto", *AMP_PRECISIONS):
+        raise UserError(f"SOLVER.AMP.PRECISION must be 'auto', 'float16' or 'bfloat16', got {precision!r}")
+    if cfg.SOLVER.AMP.ENABLED and precision == "float16" and not cfg.MODEL.DEVICE.startswith("cuda"):
+        raise UserError(
+            f"SOLVER.AMP.PRECISION float16 needs a CUDA device (its gradient scaler; MODEL.DEVICE is "
+            f"{cfg.MODEL.DEVICE!r}); on the CPU use bfloat16 or auto"
+        )
 
 
 # Detectron2's, and vader_d2/solver.py's WarmupThenCosineLR (PixPro's: the cosine starts after the warm-up).
@@ -304,8 +338,6 @@ def check_solver_config(cfg):
     check_amp_config(cfg)
     keep = solver.CHECKPOINT_KEEP
     require(type(keep) is int and keep >= 0, "SOLVER.CHECKPOINT_KEEP", keep, "a whole number of checkpoints >= 0 (0 keeps them all)")
-    from .preemption import parse_signal_names  # it imports cli, which imports this module
-
     parse_signal_names(solver.PREEMPTION_SIGNALS)
     trust = solver.LARS.TRUST_COEFFICIENT
     require(0 < trust <= 1, "SOLVER.LARS.TRUST_COEFFICIENT", trust, "in (0, 1]")

@@ -5,11 +5,13 @@ value and what is allowed. This module imports nothing of the package but its er
 methods' modules and the config module can both use it.
 """
 
+import signal
+
 from detectron2.layers import get_norm
 
 from .errors import UserError
 
-__all__ = ["require", "at_least", "probability", "ordered_pair", "check_norm"]
+__all__ = ["require", "at_least", "probability", "ordered_pair", "check_norm", "parse_signal_names"]
 
 
 def require(ok, key, value, allowed):
@@ -45,3 +47,31 @@ def check_norm(norm, channels, norm_key, channels_key):
             f"{norm_key}={norm!r} cannot normalise {channels_key}={channels} channels "
             f"({type(e).__name__}: {e}); use 'GN' with a multiple of 32 channels, 'BN' or ''"
         ) from None
+
+
+# Signals that cannot be caught, or that report a fault, a child's end or a closed pipe rather than a
+# request to stop: noting them and training on would hide the fault or stop for no reason.
+_NOT_STOP_REQUESTS = ("SIGKILL", "SIGSTOP", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT", "SIGTRAP", "SIGCHLD", "SIGPIPE", "SIGXFSZ")
+
+
+def parse_signal_names(names, key="SOLVER.PREEMPTION_SIGNALS"):
+    """The signals named in ``names`` (e.g. ``["SIGTERM", "SIGUSR1"]``; empty: none), or a one-line UserError."""
+    if isinstance(names, str) or not all(isinstance(name, str) for name in names):
+        raise UserError(f"{key} must be a list of signal names such as ['SIGTERM', 'SIGUSR1'] ([] for none), got {names!r}")
+    signals = []
+    for name in names:
+        try:
+            sig = signal.Signals[name]
+        except KeyError:
+            raise UserError(
+                f"{key}: {name!r} is not a signal name on this system; use names such as 'SIGTERM' and 'SIGUSR1' "
+                "(the ones `kill -l` lists, with the SIG prefix)"
+            ) from None
+        if sig.name in _NOT_STOP_REQUESTS:
+            raise UserError(
+                f"{key}: {name} cannot be used: it cannot be caught, or it reports a fault or an event rather than "
+                "a request to stop; use SIGTERM, SIGUSR1, SIGUSR2, SIGINT or SIGHUP"
+            )
+        if sig not in signals:
+            signals.append(sig)
+    return tuple(signals)

@@ -33,8 +33,8 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.events import EventWriter
 
-from .cli import USER_ERROR_EXIT
-from .errors import UserError
+from .config_checks import parse_signal_names
+from .errors import PREEMPTED_EXIT, USER_ERROR_EXIT, UserError
 
 __all__ = [
     "PREEMPTED_EXIT",
@@ -49,42 +49,9 @@ __all__ = [
 
 logger = logging.getLogger("vader_d2")
 
-# The exit status of every process of a pre-empted run, for a requeue script to test. It is sysexits.h's
-# EX_TEMPFAIL ("a temporary failure ... the user is invited to retry later"), and none of the statuses that
-# mean something else: 0 (finished), 1 (a crash: Python's status after an uncaught exception), 2 (a
-# mistake to fix first: USER_ERROR_EXIT) and 128 + n (killed by signal n, e.g. 137 for SIGKILL, 143 for
-# SIGTERM: a run that could not write its checkpoint).
-PREEMPTED_EXIT = 75
+# PREEMPTED_EXIT (75) is vader_d2/errors.py's, beside the other exit statuses.
 
 DEFAULT_PREEMPTION_SIGNALS = ("SIGTERM", "SIGUSR1")
-
-# Signals that cannot be caught, or that report a fault, a child's end or a closed pipe rather than a
-# request to stop: noting them and training on would hide the fault or stop for no reason.
-_NOT_STOP_REQUESTS = ("SIGKILL", "SIGSTOP", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT", "SIGTRAP", "SIGCHLD", "SIGPIPE", "SIGXFSZ")
-
-
-def parse_signal_names(names, key="SOLVER.PREEMPTION_SIGNALS"):
-    """The signals named in ``names`` (e.g. ``["SIGTERM", "SIGUSR1"]``; empty: none), or a one-line UserError."""
-    if isinstance(names, str) or not all(isinstance(name, str) for name in names):
-        raise UserError(f"{key} must be a list of signal names such as ['SIGTERM', 'SIGUSR1'] ([] for none), got {names!r}")
-    signals = []
-    for name in names:
-        try:
-            sig = signal.Signals[name]
-        except KeyError:
-            raise UserError(
-                f"{key}: {name!r} is not a signal name on this system; use names such as 'SIGTERM' and 'SIGUSR1' "
-                "(the ones `kill -l` lists, with the SIG prefix)"
-            ) from None
-        if sig.name in _NOT_STOP_REQUESTS:
-            raise UserError(
-                f"{key}: {name} cannot be used: it cannot be caught, or it reports a fault or an event rather than "
-                "a request to stop; use SIGTERM, SIGUSR1, SIGUSR2, SIGINT or SIGHUP"
-            )
-        if sig not in signals:
-            signals.append(sig)
-    return tuple(signals)
-
 
 class SignalRecorder:
     """

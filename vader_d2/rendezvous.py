@@ -21,8 +21,7 @@ from datetime import timedelta
 
 from detectron2.engine.launch import DEFAULT_TIMEOUT
 
-from .cli import report_user_error
-from .errors import UserError
+from .errors import UserError, report_user_error
 
 __all__ = ["RendezvousWatch", "LaunchedRendezvousWatch", "collective_timeout"]
 

@@ -14,12 +14,11 @@ from detectron2.utils import comm
 
 from .atomic_io import checkpoint_problem, short_error
 from .checkpointer import EXPECTED_CHECKPOINT, VADeRCheckpointer
-from .cli import USER_ERROR_EXIT
 from .config import check_solver_config, check_vader_config
 from .data import VADeRViewMapper
 from .data.datasets import FOLDER_DATASET_PREFIX, register_named_folders
 from .data.decoding import UnreadableImageError, read_source_image
-from .errors import UserError
+from .errors import USER_ERROR_EXIT, UserError
 from .frozen_backbone import freeze_backbone
 from .hooks import NegativesWatch, RetainingPeriodicCheckpointer
 from .load_checks import check_backbone_loaded

@@ -37,7 +37,6 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..config_checks import at_least, probability, require
-from ..mixed_precision import full_precision
 from ..training_metrics import (
     DENSECL_CELLS_WITH_POSITIVE,
     DENSECL_DENSE_POSITIVE_SIMILARITY,
@@ -47,7 +46,7 @@ from ..training_metrics import (
     SKIPPED_IMAGES,
 )
 from .cell_geometry import nearest_cells_in_other_view
-from .losses import info_nce_loss
+from .losses import full_precision, info_nce_loss
 from .momentum import MomentumContrast, ResNetStageEncoder, cells_of_each_image, check_stage_name, check_whole_stage_cells
 from .shuffle_bn import concat_all_gather
 

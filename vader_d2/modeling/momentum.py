@@ -45,7 +45,6 @@ from detectron2.utils import comm
 
 from ..config_checks import at_least, require
 from ..errors import UserError
-from ..mixed_precision import full_precision
 from ..training_metrics import (
     NEGATIVE_SIMILARITY,
     POSITIVE_SIMILARITY,
@@ -54,6 +53,7 @@ from ..training_metrics import (
     SKIPPED_IMAGES,
     TOP1_ACCURACY,
 )
+from .losses import full_precision
 from .shuffle_bn import concat_all_gather, draw_permutation, encode_shuffled, forward_in_groups
 
 __all__ = [

@@ -39,9 +39,9 @@ from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 from detectron2.utils.events import get_event_storage
 
 from ..config_checks import at_least, check_norm, require
-from ..mixed_precision import full_precision
 from ..training_metrics import PIXPRO_MOMENTUM, PIXPRO_POSITIVE_PAIRS, SKIPPED_IMAGES
 from .cell_geometry import pixpro_positive_mask
+from .losses import full_precision
 from .momentum import (
     MomentumMethod,
     ResNetStageEncoder,
