@@ -11,13 +11,13 @@ from glob import glob
 import pytest
 import torch
 
-import vader_d2.output_dir as output_dir
-from vader_d2.checkpointer import VADeRCheckpointer
+import vader_d2.engine.output_dir as output_dir
+from vader_d2.checkpoint.checkpointer import VADeRCheckpointer
 from vader_d2.cli import build_config
 from vader_d2.config import check_solver_config
 from vader_d2.errors import UserError
-from vader_d2.hooks import RetainingPeriodicCheckpointer
-from vader_d2.output_dir import prune_checkpoints
+from vader_d2.engine.hooks import RetainingPeriodicCheckpointer
+from vader_d2.engine.output_dir import prune_checkpoints
 
 from .helpers import DEMO_CONFIG, demo_cfg, load_tool
 from .test_resume import FixedBatchTrainer, fixed_batch_cfg
@@ -137,7 +137,7 @@ def test_hook_over_a_preempted_and_resumed_run(tmp_path, monkeypatch):
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("vader_d2.checkpointer.torch.save", no_space)
+    monkeypatch.setattr("vader_d2.checkpoint.checkpointer.torch.save", no_space)
     with pytest.raises(UserError, match="No space left on device"):
         run_hook(resumed, [11])
     monkeypatch.undo()

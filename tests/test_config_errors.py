@@ -9,7 +9,7 @@ from detectron2.config import get_cfg
 from vader_d2.cli import build_config
 from vader_d2.config import add_vader_config, check_vader_config
 from vader_d2.errors import UserError
-from vader_d2.trainer import check_checkpoint_matches_config
+from vader_d2.engine.trainer import check_checkpoint_matches_config
 
 from .helpers import DEMO_CONFIG, REPO, TINY_OPTS, demo_cfg, load_tool, run_train_net, single_error_line
 

@@ -12,7 +12,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from vader_d2.data.datasets import register_named_folders
 from vader_d2.errors import UserError
-from vader_d2.trainer import VADeRTrainer
+from vader_d2.engine.trainer import VADeRTrainer
 
 from .helpers import DEMO_CONFIG, TINY_OPTS, datasets_script_json, demo_cfg, load_tool, run_python, run_train_net, single_error_line
 from .test_bad_inputs import photo

@@ -24,22 +24,22 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
-from vader_d2.checkpointer import VADeRCheckpointer
+from vader_d2.checkpoint.checkpointer import VADeRCheckpointer
 from vader_d2.cli import USER_ERROR_EXIT, build_config, check_output_dir, report_user_error, run_cli
 from vader_d2.config import check_solver_config, check_vader_config
 from vader_d2.errors import UserError
-from vader_d2.output_dir import PREVIOUS_RUNS, claim_output_dir, select_resume_checkpoint
-from vader_d2.preemption import PREEMPTED_EXIT, RECORDER
-from vader_d2.launchers import (
+from vader_d2.engine.output_dir import PREVIOUS_RUNS, claim_output_dir, select_resume_checkpoint
+from vader_d2.engine.preemption import PREEMPTED_EXIT, RECORDER
+from vader_d2.engine.launchers import (
     children_end_with_this_process, detect_launch, end_with_launcher, join_process_group, leave_process_group,
 )
-from vader_d2.rendezvous import LaunchedRendezvousWatch, RendezvousWatch, collective_timeout
-from vader_d2.trainer import VADeRTrainer, check_datasets_registered, is_pretraining, load_model_weights
+from vader_d2.engine.rendezvous import LaunchedRendezvousWatch, RendezvousWatch, collective_timeout
+from vader_d2.engine.trainer import VADeRTrainer, check_datasets_registered, is_pretraining, load_model_weights
 
 # Seconds the processes of all machines have to meet at --dist-url (Detectron2 waits 30 minutes, silently).
 DEFAULT_DIST_TIMEOUT = 600
 
-# A failed start-up is reported as one line (vader_d2.rendezvous): before our loggers exist, Detectron2's
+# A failed start-up is reported as one line (vader_d2.engine.rendezvous): before our loggers exist, Detectron2's
 # launched processes would print the --dist-url through Python's last-resort handler, and torch's
 # launcher one line per process it ends. (This module is imported by every launched process.)
 logging.getLogger("detectron2.engine.launch").addHandler(logging.NullHandler())
@@ -112,7 +112,7 @@ def main(args, notes=()):
         else:
             load_model_weights(cfg, model, cfg.MODEL.WEIGHTS)
         return VADeRTrainer.test(cfg, model)
-    # In each launched process (vader_d2/preemption.py); a one-process run handles them since run().
+    # In each launched process (vader_d2/engine/preemption.py); a one-process run handles them since run().
     RECORDER.install(cfg.SOLVER.PREEMPTION_SIGNALS)
     trainer = VADeRTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
@@ -160,7 +160,7 @@ def run(args):
         return run_launched(args, launched)
     cfg = check_before_launch(args)
     if not args.eval_only:
-        # A pre-emption signal from here on ends the run with a checkpoint (vader_d2/preemption.py); the
+        # A pre-emption signal from here on ends the run with a checkpoint (vader_d2/engine/preemption.py); the
         # launcher of several processes forwards it to them.
         RECORDER.install(cfg.SOLVER.PREEMPTION_SIGNALS, forward_to_children=args.num_gpus > 1)
     claim = None
@@ -214,7 +214,7 @@ def run(args):
 
 def run_launched(args, launched):
     """
-    One process of a run that torchrun or srun started (``vader_d2.launchers``): the training of
+    One process of a run that torchrun or srun started (``vader_d2.engine.launchers``): the training of
     ``--num-gpus``, in this process. The same checks before the processes meet, the same bounded wait for
     them, and OUTPUT_DIR held by global rank 0 only.
     """

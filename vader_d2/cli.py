@@ -81,7 +81,7 @@ def merge_opts(cfg, opts):
 def _config_error(error):
     message = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
     message = message.replace("Non-existent config key:", "unknown config key").replace("Non-existent key:", "unknown config key")
-    return f"{' '.join(message.split())}; the keys and their types are in vader_d2/config.py and detectron2/config/defaults.py"
+    return f"{' '.join(message.split())}; the keys and their types are in vader_d2/config/config.py and detectron2/config/defaults.py"
 
 
 def run_cli(main, *args):

@@ -36,7 +36,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..config_checks import at_least, probability, require
+from ..config.checks import at_least, probability, require
 from ..training_metrics import (
     DENSECL_CELLS_WITH_POSITIVE,
     DENSECL_DENSE_POSITIVE_SIMILARITY,

@@ -3,7 +3,7 @@ The InfoNCE loss of the queue-based methods (VADeR, MoCo v2, both of DenseCL's t
 its positive key and the queued keys of *other* images.
 
 ``full_precision``: autocast off for what every method keeps in float32 under SOLVER.AMP (the losses, the
-queues; vader_d2/mixed_precision.py).
+queues; vader_d2/engine/mixed_precision.py).
 """
 
 import contextlib

@@ -31,7 +31,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..config_checks import at_least, require
+from ..config.checks import at_least, require
 from ..training_metrics import QUEUE_STATS, SKIPPED_IMAGES
 from .losses import info_nce_loss
 from .momentum import MomentumContrast, ResNetStageEncoder, check_stage_name

@@ -43,7 +43,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone
 from detectron2.structures import ImageList
 from detectron2.utils import comm
 
-from ..config_checks import at_least, require
+from ..config.checks import at_least, require
 from ..errors import UserError
 from ..training_metrics import (
     NEGATIVE_SIMILARITY,
@@ -101,7 +101,7 @@ class MomentumMethod(nn.Module):
 
     # The queues of keys it keeps (``MomentumContrast``): buffers NAME, NAME_image_ids and NAME_ptr each.
     queues: Tuple[str, ...] = ()
-    # The parts of the backbone it trains, which the exporter writes (vader_d2/export.py): "ResNet",
+    # The parts of the backbone it trains, which the exporter writes (vader_d2/checkpoint/export.py): "ResNet",
     # and "FPN" for a method that runs the FPN (the others leave it at its random initialisation).
     exported_parts: Tuple[str, ...] = ("ResNet",)
     # The start of the names of its query encoder's head in a state dict, which no other method's

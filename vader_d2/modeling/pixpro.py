@@ -38,7 +38,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 from detectron2.utils.events import get_event_storage
 
-from ..config_checks import at_least, check_norm, require
+from ..config.checks import at_least, check_norm, require
 from ..training_metrics import PIXPRO_MOMENTUM, PIXPRO_POSITIVE_PAIRS, SKIPPED_IMAGES
 from .cell_geometry import pixpro_positive_mask
 from .losses import full_precision

@@ -36,7 +36,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..dense_grid import OUTPUT_STRIDE
-from ..config_checks import at_least, check_norm, require
+from ..config.checks import at_least, check_norm, require
 from ..errors import UserError
 from ..training_metrics import QUEUE_STATS, SKIPPED_IMAGES, VALID_MATCHES
 from .dense_head import DenseHead

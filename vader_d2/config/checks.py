@@ -1,5 +1,5 @@
 """
-One-line checks of config values, shared by ``vader_d2/config.py`` and each method's checks
+One-line checks of config values, shared by ``vader_d2/config/config.py`` and each method's checks
 (``check_ranges`` / ``check_config`` of the classes in ``vader_d2/modeling``). Each names the key, the
 value and what is allowed. This module imports nothing of the package but its error, so that the
 methods' modules and the config module can both use it.
@@ -9,7 +9,7 @@ import signal
 
 from detectron2.layers import get_norm
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["require", "at_least", "probability", "ordered_pair", "check_norm", "parse_signal_names"]
 

@@ -21,8 +21,8 @@ from detectron2.engine import AMPTrainer, SimpleTrainer
 
 # The precisions and their config check are the config's, the float32 switch the models' own; named here
 # too, where mixed precision is described.
-from .config import AMP_PRECISIONS, check_amp_config
-from .modeling.losses import full_precision
+from ..config import AMP_PRECISIONS, check_amp_config
+from ..modeling.losses import full_precision
 
 __all__ = ["AMP_PRECISIONS", "amp_dtype", "check_amp_config", "full_precision", "CPUAutocastTrainer", "build_step_trainer"]
 

@@ -33,8 +33,8 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.events import EventWriter
 
-from .config_checks import parse_signal_names
-from .errors import PREEMPTED_EXIT, USER_ERROR_EXIT, UserError
+from ..config.checks import parse_signal_names
+from ..errors import PREEMPTED_EXIT, USER_ERROR_EXIT, UserError
 
 __all__ = [
     "PREEMPTED_EXIT",

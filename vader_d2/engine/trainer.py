@@ -12,22 +12,22 @@ from detectron2.utils.events import JSONWriter, TensorboardXWriter
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.utils import comm
 
-from .atomic_io import checkpoint_problem, short_error
-from .checkpointer import EXPECTED_CHECKPOINT, VADeRCheckpointer
-from .config import check_solver_config, check_vader_config
-from .data import VADeRViewMapper
-from .data.datasets import FOLDER_DATASET_PREFIX, register_named_folders
-from .data.decoding import UnreadableImageError, read_source_image
-from .errors import USER_ERROR_EXIT, UserError
+from ..checkpoint.atomic_io import checkpoint_problem, short_error
+from ..checkpoint.checkpointer import EXPECTED_CHECKPOINT, VADeRCheckpointer
+from ..config import check_solver_config, check_vader_config
+from ..data import VADeRViewMapper
+from ..data.datasets import FOLDER_DATASET_PREFIX, register_named_folders
+from ..data.decoding import UnreadableImageError, read_source_image
+from ..errors import USER_ERROR_EXIT, UserError
 from .frozen_backbone import freeze_backbone
 from .hooks import NegativesWatch, RetainingPeriodicCheckpointer
-from .load_checks import check_backbone_loaded
+from ..checkpoint.load_checks import check_backbone_loaded
 from .mixed_precision import build_step_trainer
-from .modeling.momentum import pretraining_method
+from ..modeling.momentum import pretraining_method
 from .output_dir import select_resume_checkpoint
 from .preemption import PreemptionCheckpointer, StopOnWriteFailure, TrainingStopped
 from .solver import build_lr_scheduler, build_optimizer
-from .training_metrics import QUERIES_WITHOUT_NEGATIVE, SIMILARITY_STATS
+from ..training_metrics import QUERIES_WITHOUT_NEGATIVE, SIMILARITY_STATS
 
 
 
@@ -212,7 +212,7 @@ class VADeRTrainer(DefaultTrainer):
         # float32, or SOLVER.AMP on CUDA (Detectron2's AMPTrainer) or the CPU (bfloat16 autocast).
         self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        # Atomic saves; missing, damaged or foreign files reported as one line (vader_d2/checkpointer.py).
+        # Atomic saves; missing, damaged or foreign files reported as one line (vader_d2/checkpoint/checkpointer.py).
         self.checkpointer = VADeRCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -246,12 +246,12 @@ class VADeRTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """Detectron2's SGD, or LARS with SOLVER.OPTIMIZER LARS (vader_d2/solver.py), for every model."""
+        """Detectron2's SGD, or LARS with SOLVER.OPTIMIZER LARS (vader_d2/engine/solver.py), for every model."""
         return build_optimizer(cfg, model)
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
-        """Detectron2's schedulers, or WarmupThenCosineLR (vader_d2/solver.py), for every model."""
+        """Detectron2's schedulers, or WarmupThenCosineLR (vader_d2/engine/solver.py), for every model."""
         return build_lr_scheduler(cfg, optimizer)
 
     def build_hooks(self):
@@ -272,7 +272,7 @@ class VADeRTrainer(DefaultTrainer):
 
     def build_writers(self):
         """Detectron2's writers; one that cannot write (a full disk) stops training cleanly at the end of
-        the iteration (vader_d2/preemption.py) instead of raising inside Detectron2's hooks."""
+        the iteration (vader_d2/engine/preemption.py) instead of raising inside Detectron2's hooks."""
         def what(writer):
             if isinstance(writer, JSONWriter):
                 return os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")
@@ -283,7 +283,7 @@ class VADeRTrainer(DefaultTrainer):
         return [StopOnWriteFailure(writer, self.preemption, what(writer)) for writer in super().build_writers()]
 
     def train(self):
-        """DefaultTrainer's; a stop requested by a signal or a failed metrics write (vader_d2/preemption.py)
+        """DefaultTrainer's; a stop requested by a signal or a failed metrics write (vader_d2/engine/preemption.py)
         ends with its one line and exit status."""
         try:
             return super().train()

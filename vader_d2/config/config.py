@@ -5,9 +5,9 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from .config_checks import at_least, ordered_pair, parse_signal_names, probability, require
-from .dense_grid import OUTPUT_STRIDE
-from .errors import UserError
+from .checks import at_least, ordered_pair, parse_signal_names, probability, require
+from ..dense_grid import OUTPUT_STRIDE
+from ..errors import UserError
 
 
 def configurable_methods():
@@ -151,18 +151,18 @@ def add_momentum_config(cfg):
 
 def add_solver_config(cfg):
     """The optimizer, checkpoint and precision keys vader_d2 adds to Detectron2's SOLVER, for every model."""
-    # "SGD" (Detectron2's) or "LARS" (vader_d2/solver.py; PixPro's optimizer), for every method. LARS
+    # "SGD" (Detectron2's) or "LARS" (vader_d2/engine/solver.py; PixPro's optimizer), for every method. LARS
     # applies SOLVER.WEIGHT_DECAY to weight tensors only and leaves biases and norms undecayed and
     # unadapted, as PixPro's recipe; SOLVER.WEIGHT_DECAY_NORM, WEIGHT_DECAY_BIAS and BIAS_LR_FACTOR are SGD's.
     cfg.SOLVER.OPTIMIZER = "SGD"
     # Checkpoint retention: after each checkpoint, rank 0 keeps the newest CHECKPOINT_KEEP periodic
     # checkpoints (model_<iteration>.pth) and deletes older ones; model_final.pth and the file
-    # last_checkpoint names always stay (vader_d2/output_dir.py: prune_checkpoints). 0 keeps them all.
+    # last_checkpoint names always stay (vader_d2/engine/output_dir.py: prune_checkpoints). 0 keeps them all.
     cfg.SOLVER.CHECKPOINT_KEEP = 0
-    # Signals that pre-empt a run (vader_d2/preemption.py): every process finishes its iteration, rank 0
+    # Signals that pre-empt a run (vader_d2/engine/preemption.py): every process finishes its iteration, rank 0
     # writes its checkpoint, all exit with status 75; [] leaves the signals' default action (death).
     cfg.SOLVER.PREEMPTION_SIGNALS = ["SIGTERM", "SIGUSR1"]
-    # Mixed precision with SOLVER.AMP.ENABLED (vader_d2/mixed_precision.py): "float16" (Detectron2's
+    # Mixed precision with SOLVER.AMP.ENABLED (vader_d2/engine/mixed_precision.py): "float16" (Detectron2's
     # AMPTrainer with a gradient scaler; CUDA only), "bfloat16" (no scaler: float32's exponent range), or
     # "auto": float16 on CUDA, bfloat16 on the CPU. Losses, queues and the momentum update stay float32.
     cfg.SOLVER.AMP.PRECISION = "auto"
@@ -210,7 +210,7 @@ def add_views_config(cfg):
 
 
 def add_frozen_backbone_config(cfg):
-    """Downstream keys of the frozen-backbone protocol (vader_d2/frozen_backbone.py)."""
+    """Downstream keys of the frozen-backbone protocol (vader_d2/engine/frozen_backbone.py)."""
     # True: the ResNet and the FPN of a downstream model keep their loaded weights and batch-norm
     # statistics (frozen batch norm) and only the task head trains. Detectron2's
     # MODEL.BACKBONE.FREEZE_AT cannot freeze the FPN.
@@ -292,7 +292,7 @@ def check_vader_config(cfg, world_size=1):
         raise UserError(f"INPUT.FORMAT must be RGB or BGR for VADeR views, got {cfg.INPUT.FORMAT!r}")
 
 
-# SOLVER.AMP.PRECISION's names (vader_d2/mixed_precision.py).
+# SOLVER.AMP.PRECISION's names (vader_d2/engine/mixed_precision.py).
 AMP_PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -309,7 +309,7 @@ def check_amp_config(cfg):
         )
 
 
-# Detectron2's, and vader_d2/solver.py's WarmupThenCosineLR (PixPro's: the cosine starts after the warm-up).
+# Detectron2's, and vader_d2/engine/solver.py's WarmupThenCosineLR (PixPro's: the cosine starts after the warm-up).
 SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR", "WarmupThenCosineLR")
 
 
