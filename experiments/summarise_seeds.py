@@ -23,7 +23,7 @@ from collections import defaultdict
 
 from vader_d2.cli import run_cli
 from vader_d2.errors import UserError
-from vader_d2.training_metrics import read_metrics
+from vader_d2.evaluation.report import read_metrics
 
 # Parts of a results file that are settings, counts or bookkeeping, not measurements.
 NOT_MEASUREMENTS = {

@@ -37,7 +37,7 @@ from vader_d2.modeling.densecl import dense_contrastive_loss, dense_positive_cel
 from vader_d2.modeling.pixpro import PixelPropagation, pixpro_loss, pixpro_momentum
 from vader_d2.engine.solver import LARS, build_optimizer
 from vader_d2.engine.trainer import VADeRTrainer, load_model_weights
-from vader_d2.training_metrics import SKIPPED_IMAGES
+from vader_d2.modeling.momentum import SKIPPED_IMAGES
 
 from .helpers import FEW_PAIRS, run_train_net, single_error_line
 from .test_resume import assert_same

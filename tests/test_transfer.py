@@ -25,7 +25,7 @@ from vader_d2.data.datasets import (
 )
 from vader_d2.errors import UserError
 from vader_d2.engine.trainer import VADeRTrainer
-from vader_d2.training_metrics import read_metrics
+from vader_d2.evaluation.report import read_metrics
 
 from .helpers import REPO, demo_cfg, load_tool, run_tool
 

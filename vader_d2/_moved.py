@@ -30,6 +30,7 @@ MOVED_MODULES = {
     "vader_d2.load_checks": "vader_d2.checkpoint.load_checks",
     "vader_d2.atomic_io": "vader_d2.checkpoint.atomic_io",
     "vader_d2.config_checks": "vader_d2.config.checks",
+    "vader_d2.dense_grid": "vader_d2.config",  # OUTPUT_STRIDE
 }
 
 

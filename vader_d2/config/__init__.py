@@ -15,6 +15,7 @@ from .checks import at_least, check_norm, ordered_pair, parse_signal_names, prob
 from .config import (
     AMP_PRECISIONS,
     MOVED_KEYS,
+    OUTPUT_STRIDE,
     SCHEDULERS,
     add_vader_config,
     check_amp_config,
@@ -30,6 +31,7 @@ from .config import (
 
 __all__ = [
     "add_vader_config",
+    "OUTPUT_STRIDE",
     "check_vader_config",
     "check_solver_config",
     "check_view_ranges",

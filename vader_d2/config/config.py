@@ -6,8 +6,13 @@ from detectron2.config import get_cfg
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from .checks import at_least, ordered_pair, parse_signal_names, probability, require
-from ..dense_grid import OUTPUT_STRIDE
 from ..errors import UserError
+
+
+# The grid VADeR's dense embeddings live on: one cell per OUTPUT_STRIDE x OUTPUT_STRIDE pixels of the
+# input, the stride of p2, the finest level of Detectron2's FPN, where the dense head predicts. The views'
+# correspondences, the config checks, the dense evaluation and the model's dense head all take it from here.
+OUTPUT_STRIDE = 4
 
 
 def configurable_methods():

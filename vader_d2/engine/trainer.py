@@ -23,11 +23,10 @@ from .frozen_backbone import freeze_backbone
 from .hooks import NegativesWatch, RetainingPeriodicCheckpointer
 from ..checkpoint.load_checks import check_backbone_loaded
 from .mixed_precision import build_step_trainer
-from ..modeling.momentum import pretraining_method
+from ..modeling.momentum import SIMILARITY_STATS, pretraining_method
 from .output_dir import select_resume_checkpoint
 from .preemption import PreemptionCheckpointer, StopOnWriteFailure, TrainingStopped
 from .solver import build_lr_scheduler, build_optimizer
-from ..training_metrics import QUERIES_WITHOUT_NEGATIVE, SIMILARITY_STATS
 
 
 
@@ -264,7 +263,7 @@ class VADeRTrainer(DefaultTrainer):
             for hook in super().build_hooks()
         ]
         # Methods that log how many queries find no usable negative in their queue get that watched.
-        if is_pretraining(self.cfg) and QUERIES_WITHOUT_NEGATIVE in pretraining_method(self.cfg).metric_names:
+        if is_pretraining(self.cfg) and NegativesWatch.SCALAR in pretraining_method(self.cfg).metric_names:
             hooks.append(NegativesWatch.from_config(self.cfg))
         # Last: a pre-emption checkpoint holds what a periodic one of the same iteration holds.
         hooks.append(self.preemption)

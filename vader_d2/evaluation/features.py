@@ -26,7 +26,7 @@ from detectron2.structures import ImageList
 from detectron2.utils.env import seed_all_rng
 
 from ..checkpoint.load_checks import load_weights
-from ..dense_grid import OUTPUT_STRIDE
+from ..config import OUTPUT_STRIDE
 from ..errors import UserError
 from ..modeling.momentum import MomentumMethod
 

@@ -32,9 +32,8 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..config.checks import at_least, require
-from ..training_metrics import QUEUE_STATS, SKIPPED_IMAGES
 from .losses import info_nce_loss
-from .momentum import MomentumContrast, ResNetStageEncoder, check_stage_name
+from .momentum import QUEUE_STATS, SKIPPED_IMAGES, MomentumContrast, ResNetStageEncoder, check_stage_name
 from .shuffle_bn import concat_all_gather
 
 __all__ = ["MoCo", "GlobalEncoder", "add_moco_config"]
