@@ -5,6 +5,7 @@ complete; nothing is deleted before the newer checkpoint and last_checkpoint are
 """
 
 import errno
+import logging
 import os
 from glob import glob
 
@@ -161,6 +162,40 @@ def test_trainer_keeps_the_newest_checkpoints_of_a_real_run(tmp_path):
     trainer.train()  # iterations 0..4, a checkpoint after each
     assert checkpoint_names(tmp_path) == ["model_0000003.pth", "model_0000004.pth", "model_final.pth"]
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+
+
+class RecordedLogs(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_a_periodic_checkpoint_on_a_full_disk_stops_without_a_traceback(tmp_path, monkeypatch):
+    """A UserError in a hook (the periodic checkpoint of iteration 1 cannot be written) stops training as a
+    pre-emption does: train() raises it, to be reported as one line, and Detectron2's loop logs nothing
+    of it (it logs every Exception that passes through it with its whole traceback)."""
+    trainer = FixedBatchTrainer(fixed_batch_cfg(tmp_path))
+    trainer.resume_or_load(resume=False)
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("vader_d2.checkpoint.checkpointer.torch.save", no_space)
+    logs = RecordedLogs()
+    loop_logger = logging.getLogger("detectron2.engine.train_loop")
+    loop_logger.addHandler(logs)
+    try:
+        with pytest.raises(UserError, match="No space left on device") as error:
+            trainer.train()
+    finally:
+        loop_logger.removeHandler(logs)
+    assert "\n" not in str(error.value)
+    assert trainer.iter == 1  # the iteration whose checkpoint failed; no later step ran
+    assert not [record for record in logs.records if record.exc_info], [record.getMessage() for record in logs.records]
+    assert checkpoint_names(tmp_path) == []
 
 
 @pytest.mark.parametrize("value", ["-1", "2.5", "two", "True"])

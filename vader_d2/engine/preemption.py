@@ -45,6 +45,7 @@ __all__ = [
     "StopOnWriteFailure",
     "TrainingStopped",
     "parse_signal_names",
+    "stop_on_user_error",
 ]
 
 logger = logging.getLogger("vader_d2")
@@ -106,13 +107,28 @@ class TrainingStopped(BaseException):
     Ends training from a hook with exit status ``status``. A BaseException, so that Detectron2's training
     loop, which logs every Exception with its traceback, lets it pass (its hooks' ``after_train`` still
     run); ``VADeRTrainer.train`` turns it into the exit. ``message``: the line to report, None on the
-    processes that report nothing.
+    processes that report nothing. ``error``: the UserError it stands for (``stop_on_user_error``), which
+    ``VADeRTrainer.train`` raises again.
     """
 
-    def __init__(self, status, message=None):
+    def __init__(self, status, message=None, error=None):
         super().__init__(status, message)
         self.status = status
         self.message = message
+        self.error = error
+
+
+@contextlib.contextmanager
+def stop_on_user_error():
+    """
+    A UserError inside the training loop (a hook: a periodic checkpoint that cannot be written; a step:
+    a loss that diverged) ends training as a pre-emption does, as a ``TrainingStopped`` with its line:
+    Detectron2's loop logs every Exception with its whole traceback before letting it go.
+    """
+    try:
+        yield
+    except UserError as error:
+        raise TrainingStopped(USER_ERROR_EXIT, str(error), error) from None
 
 
 class PreemptionCheckpointer(HookBase):

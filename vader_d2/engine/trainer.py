@@ -25,7 +25,7 @@ from ..checkpoint.load_checks import check_backbone_loaded
 from .mixed_precision import build_step_trainer
 from ..modeling.momentum import SIMILARITY_STATS, pretraining_method
 from .output_dir import select_resume_checkpoint
-from .preemption import PreemptionCheckpointer, StopOnWriteFailure, TrainingStopped
+from .preemption import PreemptionCheckpointer, StopOnWriteFailure, TrainingStopped, stop_on_user_error
 from .solver import build_lr_scheduler, build_optimizer
 
 
@@ -283,10 +283,12 @@ class VADeRTrainer(DefaultTrainer):
 
     def train(self):
         """DefaultTrainer's; a stop requested by a signal or a failed metrics write (vader_d2/engine/preemption.py)
-        ends with its one line and exit status."""
+        ends with its one line and exit status, and so does a UserError of a hook or a step."""
         try:
             return super().train()
         except TrainingStopped as stop:
+            if stop.error is not None:
+                raise stop.error from None
             if stop.status == USER_ERROR_EXIT and stop.message:
                 raise UserError(stop.message) from None
             if stop.message:
@@ -341,7 +343,30 @@ class VADeRTrainer(DefaultTrainer):
         """Load MODEL.WEIGHTS (weights only) and check that the backbone arrived whole."""
         load_model_weights(self.cfg, self.model, path, self.checkpointer)
 
+    # Detectron2's loop logs every Exception of a hook or a step with its traceback before it reaches
+    # train(); a UserError there (a checkpoint that cannot be written, a diverging loss) is the user's
+    # problem, so it passes as a stop instead and train() raises it again, to be reported as one line.
+    def before_train(self):
+        with stop_on_user_error():
+            super().before_train()
+
+    def after_train(self):
+        with stop_on_user_error():
+            super().after_train()
+
+    def before_step(self):
+        with stop_on_user_error():
+            super().before_step()
+
+    def after_step(self):
+        with stop_on_user_error():
+            super().after_step()
+
     def run_step(self):
+        with stop_on_user_error():
+            self._run_step()
+
+    def _run_step(self):
         try:
             super().run_step()
         except FloatingPointError as e:
