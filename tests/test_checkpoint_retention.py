@@ -20,7 +20,7 @@ from vader_d2.errors import UserError
 from vader_d2.engine.hooks import RetainingPeriodicCheckpointer
 from vader_d2.engine.output_dir import prune_checkpoints
 
-from .helpers import DEMO_CONFIG, demo_cfg, load_tool
+from .helpers import DEMO_CONFIG, check_before_launch, demo_cfg, load_tool
 from .test_resume import FixedBatchTrainer, fixed_batch_cfg
 
 train_net = load_tool("train_net")
@@ -202,7 +202,7 @@ def test_a_periodic_checkpoint_on_a_full_disk_stops_without_a_traceback(tmp_path
 def test_bad_keep_values_are_one_line_before_the_start(value):
     args = train_net.parse_args(["--config-file", DEMO_CONFIG, "SOLVER.CHECKPOINT_KEEP", value])
     with pytest.raises(UserError) as error:
-        train_net.check_before_launch(args)
+        check_before_launch(args)
     message = str(error.value)
     assert "SOLVER.CHECKPOINT_KEEP" in message and "\n" not in message, message
     if value == "-1":

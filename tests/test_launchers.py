@@ -18,6 +18,7 @@ import time
 import pytest
 import torch
 
+import vader_d2.engine.launch as launch
 from vader_d2.errors import UserError
 from vader_d2.engine.launchers import (
     LAUNCHER_PID_VARIABLE,
@@ -169,7 +170,7 @@ def test_config_mistakes_under_torchrun_are_found_before_the_processes_meet(monk
     def meet(*args):
         raise AssertionError("the processes would meet at node01:29500")
 
-    monkeypatch.setattr(train_net, "join_process_group", meet)
+    monkeypatch.setattr(launch, "join_process_group", meet)
     args = train_net.parse_args(["--config-file", DEMO_CONFIG, *TINY_OPTS, *opts, "OUTPUT_DIR", str(tmp_path)])
     with pytest.raises(UserError, match="^" + message.replace(".", r"\.")):
         train_net.run(args)
