@@ -22,10 +22,12 @@ from .config import (
     check_solver_config,
     check_vader_config,
     check_view_ranges,
+    config_value,
     configurable_method,
     configurable_methods,
     moved_keys_of_a_file,
     resolve_old_spellings,
+    set_config_value,
     with_moved_keys_renamed,
 )
 
@@ -44,6 +46,8 @@ __all__ = [
     "resolve_old_spellings",
     "configurable_methods",
     "configurable_method",
+    "config_value",
+    "set_config_value",
     "require",
     "at_least",
     "probability",

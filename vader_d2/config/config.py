@@ -69,6 +69,16 @@ def _node_and_key(cfg, full_key):
     return node, key
 
 
+def config_value(cfg, full_key):
+    """The value of the dotted key ``full_key`` ("MODEL.VADER.TEMPERATURE") of ``cfg``."""
+    return _value(cfg, full_key)
+
+
+def set_config_value(cfg, full_key, value):
+    """Set the dotted key ``full_key`` of ``cfg`` to ``value``."""
+    _set(cfg, full_key, value)
+
+
 def _value(cfg, full_key):
     node, key = _node_and_key(cfg, full_key)
     return node[key]
@@ -222,42 +232,16 @@ def add_frozen_backbone_config(cfg):
     cfg.MODEL.FROZEN_BACKBONE = False
 
 
-# MoCo's keys, and the MODEL.VADER keys that gave them in configs of the old spelling (MODEL.VADER.LOSS global).
-MOCO_KEYS_OF_OLD_SPELLING = {
-    "MODEL.MOCO.IN_FEATURE": "MODEL.VADER.GLOBAL_HEAD.IN_FEATURE",
-    "MODEL.MOCO.HIDDEN_DIM": "MODEL.VADER.GLOBAL_HEAD.HIDDEN_DIM",
-    "MODEL.MOCO.TEMPERATURE": "MODEL.VADER.TEMPERATURE",
-    "MODEL.MOCO.SYMMETRIC": "MODEL.VADER.SYMMETRIC",
-}
-
-
 def resolve_old_spellings(cfg):
     """
-    Translate, in place, what configs written before MoCo was a meta-architecture of its own say:
-    ``MODEL.META_ARCHITECTURE VADeR`` with ``MODEL.VADER.LOSS global`` is ``MODEL.META_ARCHITECTURE MoCo``,
-    and its MODEL.VADER.GLOBAL_HEAD.*, TEMPERATURE and SYMMETRIC are MODEL.MOCO's. An old key that would
-    now do nothing (MODEL.VADER.TEMPERATURE in a MoCo config, say, as a command line may still add it)
-    is a one-line error naming the key to use. Returns ``cfg``.
+    Translate, in place, what configs written in a method's older spelling say, as each registered method
+    declares (its ``resolve_old_spellings``: MoCo's, configs written before MoCo was a meta-architecture of
+    its own). Returns ``cfg``.
     """
     defaults = get_cfg()
     add_vader_config(defaults)
-    if cfg.MODEL.META_ARCHITECTURE == "VADeR" and cfg.MODEL.VADER.LOSS == "global":
-        # Keys of both spellings in one config would say two things; the old spelling's are the ones it reads.
-        moved = [key for key in MOCO_KEYS_OF_OLD_SPELLING if _value(cfg, key) != _value(defaults, key)]
-        if moved:
-            raise UserError(
-                f"{moved[0]} is set in a config of the old spelling MODEL.VADER.LOSS global, which reads "
-                "MODEL.VADER's keys; write MODEL.META_ARCHITECTURE MoCo instead of MODEL.VADER.LOSS global"
-            )
-        cfg.MODEL.META_ARCHITECTURE = "MoCo"
-        for new, old in MOCO_KEYS_OF_OLD_SPELLING.items():
-            _set(cfg, new, _value(cfg, old))
-            _set(cfg, old, _value(defaults, old))
-        cfg.MODEL.VADER.LOSS = "dense"
-    elif cfg.MODEL.META_ARCHITECTURE == "MoCo":
-        for new, old in MOCO_KEYS_OF_OLD_SPELLING.items():
-            if _value(cfg, old) != _value(defaults, old):
-                raise UserError(f"{old} does not apply to MODEL.META_ARCHITECTURE MoCo; set {new}")
+    for method in configurable_methods():
+        method.resolve_old_spellings(cfg, defaults)
     return cfg
 
 

@@ -173,6 +173,11 @@ class MomentumMethod(nn.Module):
         registered method; PointRend's ``add_pointrend_config``, per method)."""
 
     @classmethod
+    def resolve_old_spellings(cls, cfg, defaults):
+        """Translate, in place, what configs of the method's older spelling say (``defaults``: the default
+        config); ``vader_d2.config.resolve_old_spellings`` calls this for every registered method."""
+
+    @classmethod
     def queue_buffers(cls):
         """The names of the buffers of its queues."""
         return tuple(f"{queue}{suffix}" for queue in cls.queues for suffix in ("", "_image_ids", "_ptr"))

@@ -74,7 +74,7 @@ def add_vader_method_config(cfg):
     MODEL.MOMENTUM_CONTRAST (EMBED_DIM, QUEUE_SIZE of pixel keys, ENQUEUE, MOMENTUM, KEY_BN, BN_GROUP_SIZE, ...)."""
     v = cfg.MODEL.VADER = CN()
     # "dense", VADeR's pixel-level InfoNCE. "global" is the old spelling of MODEL.META_ARCHITECTURE MoCo,
-    # translated by vader_d2.config.resolve_old_spellings (with GLOBAL_HEAD below).
+    # translated by MoCo.resolve_old_spellings in moco.py (with GLOBAL_HEAD below).
     v.LOSS = "dense"
     v.TEMPERATURE = 0.07
     # Matched pixel pairs per image the loss is applied to (paper: 32).
@@ -92,7 +92,7 @@ def add_vader_method_config(cfg):
     v.HEAD.NUM_CONVS = 1
     v.HEAD.NORM = "GN"
 
-    # The old spelling's MODEL.MOCO.IN_FEATURE and HIDDEN_DIM (vader_d2.config.resolve_old_spellings).
+    # The old spelling's MODEL.MOCO.IN_FEATURE and HIDDEN_DIM (MoCo.resolve_old_spellings in moco.py).
     v.GLOBAL_HEAD = CN()
     v.GLOBAL_HEAD.IN_FEATURE = "res5"
     v.GLOBAL_HEAD.HIDDEN_DIM = 2048
