@@ -26,7 +26,7 @@ from detectron2.utils.events import EventStorage
 from vader_d2.cli import build_config, check_output_dir, run_cli
 from vader_d2.config import check_vader_config
 from vader_d2.errors import UserError
-from vader_d2.trainer import VADeRTrainer, is_pretraining
+from vader_d2.engine.trainer import VADeRTrainer, is_pretraining
 
 MB = 1e6
 

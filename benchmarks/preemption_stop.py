@@ -24,7 +24,7 @@ import time
 
 from vader_d2.cli import run_cli
 from vader_d2.errors import UserError
-from vader_d2.preemption import PREEMPTED_EXIT
+from vader_d2.engine.preemption import PREEMPTED_EXIT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STOP_LINE = re.compile(r"received (SIG\w+) at iteration (\d+); checkpoint (model_\d+\.pth) written in ([\d.]+) s")

@@ -6,7 +6,7 @@ The two training steps the benchmark compares, and the parts of the full step ti
 * Full step: VADeR's training step (momentum update, pair sampling, queue, InfoNCE, metrics), once per
   queue size, against a queue filled with keys of other images as a long run leaves it.
 
-Both run through the trainer's step (vader_d2.mixed_precision.build_step_trainer), the step training runs:
+Both run through the trainer's step (vader_d2.engine.mixed_precision.build_step_trainer), the step training runs:
 forward, backward, per-step loss logging and the SGD step are in both. They take the same batch of
 mapped views, already on the device.
 
@@ -29,7 +29,7 @@ from vader_d2.cli import build_config, merge_opts
 from vader_d2.config import check_vader_config
 from vader_d2.errors import UserError
 from vader_d2.modeling.shuffle_bn import forward_in_groups
-from vader_d2.mixed_precision import build_step_trainer
+from vader_d2.engine.mixed_precision import build_step_trainer
 from vader_d2.modeling.losses import info_nce_loss
 from vader_d2.modeling.vader import VADeR, sample_grid
 

@@ -32,7 +32,8 @@ done
 
 "$PY" - "$OUT" "$ITERS" <<'EOF' | tee "$OUT/training_$ITERS.md"
 import sys
-from vader_d2.training_metrics import NEGATIVE_SIMILARITY, POSITIVE_SIMILARITY, TOP1_ACCURACY, read_metrics
+from vader_d2.evaluation.report import read_metrics
+from vader_d2.modeling.momentum import NEGATIVE_SIMILARITY, POSITIVE_SIMILARITY, TOP1_ACCURACY
 
 out, iters = sys.argv[1:]
 LAST = 5  # records averaged at the end of training: each one is a single batch

@@ -20,7 +20,7 @@ import json
 import statistics
 from collections import defaultdict
 
-from vader_d2.atomic_io import atomic_write
+from vader_d2.checkpoint.atomic_io import atomic_write
 from vader_d2.cli import read_json_file, run_cli
 from vader_d2.errors import UserError
 from vader_d2.study.results import finetune_result

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from vader_d2.training_metrics import read_metrics
+from vader_d2.evaluation.report import read_metrics
 
 from .helpers import DEMO_CONFIG, REPO, TINY_OPTS, run_train_net
 

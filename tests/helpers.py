@@ -158,3 +158,11 @@ def assert_second_preparation_is_a_no_op(script, env=None):
     command = [sys.executable, os.path.join(REPO, "datasets", script), "--root", DATASETS_ROOT]
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 0 and "up to date" in result.stdout, result.stdout + result.stderr
+
+
+def check_before_launch(args, launched=None):
+    """What tools/train_net.py checks before it launches a run of ``args`` (its config built as the tool does)."""
+    from vader_d2.cli import build_config
+    from vader_d2.engine.launch import check_before_launch as check
+
+    return check(args, build_config, launched)

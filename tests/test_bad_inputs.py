@@ -16,9 +16,9 @@ from detectron2.utils.events import EventStorage
 
 from vader_d2 import VADeRViewMapper, register_unlabeled_folder
 from vader_d2.errors import UserError
-from vader_d2.hooks import NegativesWatch
-from vader_d2.trainer import TrainingDivergedError, VADeRTrainer, check_some_image_readable
-from vader_d2.training_metrics import read_metrics
+from vader_d2.engine.hooks import NegativesWatch
+from vader_d2.engine.trainer import TrainingDivergedError, VADeRTrainer, check_some_image_readable
+from vader_d2.evaluation.report import read_metrics
 
 from .helpers import DEMO_CONFIG, TINY_OPTS, demo_cfg, run_train_net, single_error_line
 from .test_resume import FixedBatchTrainer, fixed_batch_cfg

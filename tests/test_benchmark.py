@@ -160,7 +160,7 @@ def test_help_documents_every_option():
 
 
 def test_mistakes_are_one_line_user_errors():
-    # --amp on the CPU is bfloat16 autocast (vader_d2/mixed_precision.py), no longer a mistake.
+    # --amp on the CPU is bfloat16 autocast (vader_d2/engine/mixed_precision.py), no longer a mistake.
     assert tiny_cfg(amp=True).SOLVER.AMP.ENABLED
     with pytest.raises(UserError, match="QUEUE_SIZE"):
         tiny_cfg(queue_size=100)

@@ -5,21 +5,22 @@ complete; nothing is deleted before the newer checkpoint and last_checkpoint are
 """
 
 import errno
+import logging
 import os
 from glob import glob
 
 import pytest
 import torch
 
-import vader_d2.output_dir as output_dir
-from vader_d2.checkpointer import VADeRCheckpointer
+import vader_d2.engine.output_dir as output_dir
+from vader_d2.checkpoint.checkpointer import VADeRCheckpointer
 from vader_d2.cli import build_config
 from vader_d2.config import check_solver_config
 from vader_d2.errors import UserError
-from vader_d2.hooks import RetainingPeriodicCheckpointer
-from vader_d2.output_dir import prune_checkpoints
+from vader_d2.engine.hooks import RetainingPeriodicCheckpointer
+from vader_d2.engine.output_dir import prune_checkpoints
 
-from .helpers import DEMO_CONFIG, demo_cfg, load_tool
+from .helpers import DEMO_CONFIG, check_before_launch, demo_cfg, load_tool
 from .test_resume import FixedBatchTrainer, fixed_batch_cfg
 
 train_net = load_tool("train_net")
@@ -137,7 +138,7 @@ def test_hook_over_a_preempted_and_resumed_run(tmp_path, monkeypatch):
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("vader_d2.checkpointer.torch.save", no_space)
+    monkeypatch.setattr("vader_d2.checkpoint.checkpointer.torch.save", no_space)
     with pytest.raises(UserError, match="No space left on device"):
         run_hook(resumed, [11])
     monkeypatch.undo()
@@ -163,11 +164,45 @@ def test_trainer_keeps_the_newest_checkpoints_of_a_real_run(tmp_path):
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
 
 
+class RecordedLogs(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_a_periodic_checkpoint_on_a_full_disk_stops_without_a_traceback(tmp_path, monkeypatch):
+    """A UserError in a hook (the periodic checkpoint of iteration 1 cannot be written) stops training as a
+    pre-emption does: train() raises it, to be reported as one line, and Detectron2's loop logs nothing
+    of it (it logs every Exception that passes through it with its whole traceback)."""
+    trainer = FixedBatchTrainer(fixed_batch_cfg(tmp_path))
+    trainer.resume_or_load(resume=False)
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("vader_d2.checkpoint.checkpointer.torch.save", no_space)
+    logs = RecordedLogs()
+    loop_logger = logging.getLogger("detectron2.engine.train_loop")
+    loop_logger.addHandler(logs)
+    try:
+        with pytest.raises(UserError, match="No space left on device") as error:
+            trainer.train()
+    finally:
+        loop_logger.removeHandler(logs)
+    assert "\n" not in str(error.value)
+    assert trainer.iter == 1  # the iteration whose checkpoint failed; no later step ran
+    assert not [record for record in logs.records if record.exc_info], [record.getMessage() for record in logs.records]
+    assert checkpoint_names(tmp_path) == []
+
+
 @pytest.mark.parametrize("value", ["-1", "2.5", "two", "True"])
 def test_bad_keep_values_are_one_line_before_the_start(value):
     args = train_net.parse_args(["--config-file", DEMO_CONFIG, "SOLVER.CHECKPOINT_KEEP", value])
     with pytest.raises(UserError) as error:
-        train_net.check_before_launch(args)
+        check_before_launch(args)
     message = str(error.value)
     assert "SOLVER.CHECKPOINT_KEEP" in message and "\n" not in message, message
     if value == "-1":

@@ -9,9 +9,9 @@ from detectron2.config import get_cfg
 from vader_d2.cli import build_config
 from vader_d2.config import add_vader_config, check_vader_config
 from vader_d2.errors import UserError
-from vader_d2.trainer import check_checkpoint_matches_config
+from vader_d2.engine.trainer import check_checkpoint_matches_config
 
-from .helpers import DEMO_CONFIG, REPO, TINY_OPTS, demo_cfg, load_tool, run_train_net, single_error_line
+from .helpers import DEMO_CONFIG, REPO, TINY_OPTS, check_before_launch, demo_cfg, load_tool, run_train_net, single_error_line
 
 train_net = load_tool("train_net")
 
@@ -46,7 +46,7 @@ train_net = load_tool("train_net")
 )
 def test_mistakes_found_before_launch(args, expected):
     with pytest.raises(UserError) as error:
-        train_net.check_before_launch(default_argument_parser().parse_args(args))
+        check_before_launch(default_argument_parser().parse_args(args))
     message = str(error.value)
     assert "\n" not in message
     for text in expected:
@@ -150,22 +150,22 @@ PRETRAIN_VALUES = [
 def test_values_that_cannot_work_are_one_line(opts, expected):
     args = train_net.parse_args(["--config-file", DEMO_CONFIG, "MODEL.VADER.PAIRS_PER_IMAGE", "256", *opts])
     with pytest.raises(UserError) as error:
-        train_net.check_before_launch(args)
+        check_before_launch(args)
     assert str(error.value).startswith(expected), str(error.value)
     assert "\n" not in str(error.value)
 
 
 def test_queries_have_negatives_from_the_second_step_of_a_one_image_batch():
     # Two steps' keys in the queue: the previous image's keys are negatives.
-    train_net.check_before_launch(train_net.parse_args(
+    check_before_launch(train_net.parse_args(
         ["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH", "1", "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "1", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "512"]
     ))
     # Two images per batch, one step in the queue: the other image's keys are negatives.
-    train_net.check_before_launch(train_net.parse_args(
+    check_before_launch(train_net.parse_args(
         ["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH", "2", "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "1", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "512"]
     ))
     # MoCo's order: one step in the queue holds the previous step's image, another image.
-    train_net.check_before_launch(train_net.parse_args(
+    check_before_launch(train_net.parse_args(
         ["--config-file", DEMO_CONFIG, "SOLVER.IMS_PER_BATCH", "1", "MODEL.MOMENTUM_CONTRAST.BN_GROUP_SIZE", "1", "MODEL.MOMENTUM_CONTRAST.QUEUE_SIZE", "256",
          "MODEL.MOMENTUM_CONTRAST.ENQUEUE", "after_loss"]
     ))
@@ -188,10 +188,10 @@ def test_launch_and_downstream_values(args, expected):
         args = ["--config-file", DEMO_CONFIG, *args]
     parsed = train_net.parse_args(args)
     if expected is None:
-        train_net.check_before_launch(parsed)
+        check_before_launch(parsed)
         return
     with pytest.raises(UserError, match="^" + expected.replace(".", r"\.").replace("(", r"\(")):
-        train_net.check_before_launch(parsed)
+        check_before_launch(parsed)
 
 
 def test_output_folder_that_cannot_be_created_is_one_line(tmp_path):

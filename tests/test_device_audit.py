@@ -29,7 +29,7 @@ from detectron2.utils.events import EventStorage
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from vader_d2.solver import build_optimizer
+from vader_d2.engine.solver import build_optimizer
 
 from .test_methods import mapped_batches
 from .test_mixed_precision import METHODS, small_cfg

@@ -48,7 +48,7 @@ from detectron2.solver import build_optimizer
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
-from vader_d2.training_metrics import read_metrics
+from vader_d2.evaluation.report import read_metrics
 
 from .helpers import DEMO_CONFIG, FEW_PAIRS, TINY_OPTS, demo_cfg, fake_batch, run_train_net
 

@@ -12,9 +12,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from vader_d2.data.datasets import register_named_datasets
 from vader_d2.errors import UserError
-from vader_d2.trainer import VADeRTrainer
+from vader_d2.engine.trainer import VADeRTrainer
 
-from .helpers import DEMO_CONFIG, TINY_OPTS, datasets_script_json, demo_cfg, load_tool, run_python, run_train_net, single_error_line
+from .helpers import DEMO_CONFIG, TINY_OPTS, check_before_launch, datasets_script_json, demo_cfg, load_tool, run_python, run_train_net, single_error_line
 from .test_bad_inputs import photo
 
 train_net = load_tool("train_net")
@@ -48,7 +48,7 @@ def file_names(dicts):
 def test_a_folder_name_is_registered_before_the_launch(photo_folder):
     name = f"folder:{photo_folder}"
     assert name not in DatasetCatalog.list()
-    train_net.check_before_launch(train_net.parse_args(["--config-file", DEMO_CONFIG, "DATASETS.TRAIN", f"('{name}',)"]))
+    check_before_launch(train_net.parse_args(["--config-file", DEMO_CONFIG, "DATASETS.TRAIN", f"('{name}',)"]))
     assert file_names(DatasetCatalog.get(name)) == [str(photo_folder / "a.jpg"), str(photo_folder / "sub" / "b.png")]
     assert MetadataCatalog.get(name).image_root == str(photo_folder)
 
@@ -88,7 +88,7 @@ def test_folder_name_mistakes_before_the_launch(photo_folder):
         (["DATASETS.TRAIN", "('my_photos',)"], "DATASETS.TRAIN: no dataset named 'my_photos' is registered; check the spelling, name your folder of images as folder:/path/to/images"),
     ):
         with pytest.raises(UserError) as error:
-            train_net.check_before_launch(train_net.parse_args(["--config-file", DEMO_CONFIG, *opts]))
+            check_before_launch(train_net.parse_args(["--config-file", DEMO_CONFIG, *opts]))
         assert str(error.value).startswith(message), str(error.value)
 
 

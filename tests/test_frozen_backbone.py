@@ -9,9 +9,9 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from vader_d2.export import export_to_detectron2
+from vader_d2.checkpoint.export import export_to_detectron2
 from vader_d2.errors import UserError
-from vader_d2.trainer import VADeRTrainer, load_model_weights
+from vader_d2.engine.trainer import VADeRTrainer, load_model_weights
 
 from .helpers import demo_cfg, run_train_net
 from .test_transfer import load_cfg

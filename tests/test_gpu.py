@@ -18,10 +18,10 @@ from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from vader_d2.export import export_to_detectron2
-from vader_d2.mixed_precision import CPUAutocastTrainer, build_step_trainer
-from vader_d2.solver import build_optimizer
-from vader_d2.trainer import load_model_weights
+from vader_d2.checkpoint.export import export_to_detectron2
+from vader_d2.engine.mixed_precision import CPUAutocastTrainer, build_step_trainer
+from vader_d2.engine.solver import build_optimizer
+from vader_d2.engine.trainer import load_model_weights
 
 from .helpers import fake_batch
 from .test_methods import mapped_batches

@@ -1,5 +1,5 @@
 """
-torchrun and srun start the processes of a run themselves (vader_d2/launchers.py), and a `--num-gpus` run
+torchrun and srun start the processes of a run themselves (vader_d2/engine/launchers.py), and a `--num-gpus` run
 ends its processes with its launcher.
 
 Fast: reading the launchers' variables and SLURM node lists, flags that contradict the launcher, config
@@ -18,8 +18,9 @@ import time
 import pytest
 import torch
 
+import vader_d2.engine.launch as launch
 from vader_d2.errors import UserError
-from vader_d2.launchers import (
+from vader_d2.engine.launchers import (
     LAUNCHER_PID_VARIABLE,
     SLURM_PORT_BASE,
     detect_launch,
@@ -27,7 +28,7 @@ from vader_d2.launchers import (
     parse_slurm_nodelist,
     slurm_port,
 )
-from vader_d2.output_dir import OutputDirLock
+from vader_d2.engine.output_dir import OutputDirLock
 
 from .helpers import DEMO_CONFIG, REPO, TINY_OPTS, free_port, load_tool, run_python, run_tool, run_train_net, single_error_line, train_net_env
 
@@ -169,7 +170,7 @@ def test_config_mistakes_under_torchrun_are_found_before_the_processes_meet(monk
     def meet(*args):
         raise AssertionError("the processes would meet at node01:29500")
 
-    monkeypatch.setattr(train_net, "join_process_group", meet)
+    monkeypatch.setattr(launch, "join_process_group", meet)
     args = train_net.parse_args(["--config-file", DEMO_CONFIG, *TINY_OPTS, *opts, "OUTPUT_DIR", str(tmp_path)])
     with pytest.raises(UserError, match="^" + message.replace(".", r"\.")):
         train_net.run(args)
@@ -259,7 +260,7 @@ def is_running(pid):
 LEAVE_SCRIPT = """
 import os, sys
 from detectron2.utils import comm
-from vader_d2.launchers import LaunchedProcess, join_process_group, leave_process_group
+from vader_d2.engine.launchers import LaunchedProcess, join_process_group, leave_process_group
 
 def gloo_threads():
     names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]

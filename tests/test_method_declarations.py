@@ -10,10 +10,10 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from vader_d2.export import detectron2_weights_from_vader
+from vader_d2.checkpoint.export import detectron2_weights_from_vader
 from vader_d2.evaluation import build_feature_extractor
 from vader_d2.modeling.momentum import pretraining_method, pretraining_methods
-from vader_d2.trainer import is_pretraining
+from vader_d2.engine.trainer import is_pretraining
 
 from .test_methods import mapped_batches
 from .test_mixed_precision import METHODS, small_cfg

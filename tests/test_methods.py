@@ -23,8 +23,8 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
-from vader_d2.export import export_to_detectron2
-from vader_d2.load_checks import check_weights_load, load_weights
+from vader_d2.checkpoint.export import export_to_detectron2
+from vader_d2.checkpoint.load_checks import check_weights_load, load_weights
 from vader_d2.cli import build_config
 from vader_d2.config import check_vader_config
 from vader_d2.data import VADeRViewMapper
@@ -35,9 +35,9 @@ from vader_d2.evaluation import build_feature_extractor
 from vader_d2.modeling.cell_geometry import nearest_cells_in_other_view, pixpro_positive_mask, source_cells
 from vader_d2.modeling.densecl import dense_contrastive_loss, dense_positive_cells
 from vader_d2.modeling.pixpro import PixelPropagation, pixpro_loss, pixpro_momentum
-from vader_d2.solver import LARS, build_optimizer
-from vader_d2.trainer import VADeRTrainer, load_model_weights
-from vader_d2.training_metrics import SKIPPED_IMAGES
+from vader_d2.engine.solver import LARS, build_optimizer
+from vader_d2.engine.trainer import VADeRTrainer, load_model_weights
+from vader_d2.modeling.momentum import SKIPPED_IMAGES
 
 from .helpers import FEW_PAIRS, run_train_net, single_error_line
 from .test_resume import assert_same

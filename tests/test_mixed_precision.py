@@ -42,7 +42,7 @@ import vader_d2.modeling.vader as vader_module
 from vader_d2.cli import build_config
 from vader_d2.config import check_solver_config
 from vader_d2.errors import UserError
-from vader_d2.mixed_precision import CPUAutocastTrainer, build_step_trainer
+from vader_d2.engine.mixed_precision import CPUAutocastTrainer, build_step_trainer
 
 from .helpers import FEW_PAIRS
 from .test_methods import mapped_batches

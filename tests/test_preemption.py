@@ -1,5 +1,5 @@
 """
-Pre-emption (vader_d2/preemption.py): on a configured signal every process finishes its iteration, the
+Pre-emption (vader_d2/engine/preemption.py): on a configured signal every process finishes its iteration, the
 processes agree on it, rank 0 writes its checkpoint, all exit with PREEMPTED_EXIT, and --resume continues
 as if nothing had happened; a metrics write that fails (a full disk) stops with one line and the last
 checkpoint intact.
@@ -25,12 +25,12 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, TensorboardXWriter
 from torch.multiprocessing import ProcessExitedException
 
-from vader_d2.atomic_io import checkpoint_problem
+from vader_d2.checkpoint.atomic_io import checkpoint_problem
 from vader_d2.cli import build_config
 from vader_d2.config import check_solver_config
 from vader_d2.errors import UserError
-from vader_d2.preemption import PREEMPTED_EXIT, RECORDER, PreemptionCheckpointer, StopOnWriteFailure, parse_signal_names
-from vader_d2.trainer import VADeRTrainer
+from vader_d2.engine.preemption import PREEMPTED_EXIT, RECORDER, PreemptionCheckpointer, StopOnWriteFailure, parse_signal_names
+from vader_d2.engine.trainer import VADeRTrainer
 
 from .helpers import DEMO_CONFIG, REPO, TINY_OPTS, demo_cfg, fake_batch, train_net_env
 from .test_resume import FixedBatchTrainer, assert_same, fixed_batch_cfg

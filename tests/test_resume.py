@@ -28,7 +28,7 @@ from detectron2.engine import HookBase
 from detectron2.solver import build_lr_scheduler, build_optimizer
 from detectron2.modeling import build_model
 
-from vader_d2.trainer import VADeRTrainer
+from vader_d2.engine.trainer import VADeRTrainer
 
 from .helpers import DEMO_CONFIG, FEW_PAIRS, REPO, TINY_OPTS, demo_cfg, fake_batch, run_train_net, train_net_env
 

@@ -20,13 +20,13 @@ import time
 import pytest
 import torch
 
-from vader_d2.atomic_io import checkpoint_problem
-from vader_d2.checkpointer import VADeRCheckpointer
-from vader_d2.export import export_to_detectron2
+from vader_d2.checkpoint.atomic_io import checkpoint_problem
+from vader_d2.checkpoint.checkpointer import VADeRCheckpointer
+from vader_d2.checkpoint.export import export_to_detectron2
 from vader_d2.cli import build_config
 from vader_d2.errors import UserError
-from vader_d2.output_dir import LOCK_FILE, OutputDirLock, claim_output_dir, select_resume_checkpoint
-from vader_d2.trainer import VADeRTrainer
+from vader_d2.engine.output_dir import LOCK_FILE, OutputDirLock, claim_output_dir, select_resume_checkpoint
+from vader_d2.engine.trainer import VADeRTrainer
 
 from .helpers import DEMO_CONFIG, REPO, TINY_OPTS, demo_cfg, free_port, run_train_net, single_error_line, train_net_env
 from .test_resume import FixedBatchTrainer, assert_same, fixed_batch_cfg

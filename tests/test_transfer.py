@@ -16,16 +16,16 @@ from detectron2.modeling import build_backbone, build_model
 from detectron2.utils.events import EventStorage
 
 from vader_d2 import add_vader_config
-from vader_d2.export import check_torchvision_conventions, convert_resnet_to_vader_init, export_to_detectron2
-from vader_d2.load_checks import check_weights_load, load_weights
+from vader_d2.checkpoint.export import check_torchvision_conventions, convert_resnet_to_vader_init, export_to_detectron2
+from vader_d2.checkpoint.load_checks import check_weights_load, load_weights
 from vader_d2.data.datasets import (
     CUTPASTE_CLASSES,
     CUTPASTE_KEYPOINT_NAMES,
     CUTPASTE_KEYPOINT_OKS_SIGMAS,
 )
 from vader_d2.errors import UserError
-from vader_d2.trainer import VADeRTrainer
-from vader_d2.training_metrics import read_metrics
+from vader_d2.engine.trainer import VADeRTrainer
+from vader_d2.evaluation.report import read_metrics
 
 from .helpers import REPO, demo_cfg, load_tool, run_tool
 

@@ -20,10 +20,10 @@ from vader_d2.cli import build_config
 from vader_d2.config import check_solver_config
 from vader_d2.data.datasets import register_named_datasets
 from vader_d2.errors import UserError
-from vader_d2.solver import iterations_for_epochs, rescale_schedule
+from vader_d2.engine.solver import iterations_for_epochs, rescale_schedule
 from vader_d2.study import collect, gain_table, load_study, parse_study
 from vader_d2.study.runner import budget_images
-from vader_d2.trainer import schedule_in_epochs
+from vader_d2.engine.trainer import schedule_in_epochs
 
 from .helpers import REPO, assert_one_line_refusal, load_tool, run_python
 from .test_bad_inputs import photo

@@ -14,7 +14,7 @@ from PIL.JpegImagePlugin import JpegImageFile
 
 from vader_d2.cli import build_config
 from vader_d2.config import add_vader_config
-from vader_d2.dense_grid import OUTPUT_STRIDE
+from vader_d2.config import OUTPUT_STRIDE
 from vader_d2.data.decoding import read_source_image
 from vader_d2.data.transforms import (
     ProjectiveTransform,

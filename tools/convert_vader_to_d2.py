@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """
-Move weights between VADeR pretraining and Detectron2 fine-tuning (library: vader_d2/export.py, vader_d2/load_checks.py).
+Move weights between VADeR pretraining and Detectron2 fine-tuning (library: vader_d2/checkpoint/export.py, vader_d2/checkpoint/load_checks.py).
 
 VADeR checkpoint -> D2 model-zoo weights for any downstream config (MODEL.WEIGHTS vader_r50.pkl):
 
@@ -19,8 +19,8 @@ every pretrained backbone tensor arrived (trailing KEY VALUE pairs override the 
 
 import argparse
 
-from vader_d2.export import ENCODERS, check_torchvision_conventions, convert_resnet_to_vader_init, export_to_detectron2
-from vader_d2.load_checks import check_weights_load
+from vader_d2.checkpoint.export import ENCODERS, check_torchvision_conventions, convert_resnet_to_vader_init, export_to_detectron2
+from vader_d2.checkpoint.load_checks import check_weights_load
 from vader_d2.cli import build_config, check_input_file, check_output_file, run_cli
 from vader_d2.errors import UserError
 

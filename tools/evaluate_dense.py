@@ -33,7 +33,7 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 
-from vader_d2.atomic_io import atomic_write
+from vader_d2.checkpoint.atomic_io import atomic_write
 from vader_d2.cli import build_config, check_input_file, check_output_file, run_cli
 from vader_d2.data.datasets import load_image_folder, register_named_datasets
 from vader_d2.errors import UserError

@@ -37,9 +37,9 @@ import torch
 
 from detectron2.data.detection_utils import read_image
 
-from vader_d2.atomic_io import atomic_write
+from vader_d2.checkpoint.atomic_io import atomic_write
 from vader_d2.cli import build_config, check_input_file, check_output_dir, check_output_file, run_cli
-from vader_d2.dense_grid import OUTPUT_STRIDE
+from vader_d2.config import OUTPUT_STRIDE
 from vader_d2.errors import UserError
 from vader_d2.evaluation import FEATURE_SOURCES, build_feature_extractor, format_propagation_table, read_results_files
 from vader_d2.evaluation.davis import davis_root, davis_video_files, list_davis_videos, read_davis_video

@@ -20,7 +20,7 @@ import os
 
 from vader_d2.cli import check_output_dir, run_cli
 from vader_d2.errors import UserError
-from vader_d2.output_dir import OutputDirLock
+from vader_d2.engine.output_dir import OutputDirLock
 from vader_d2.study import collect, gain_table, load_study, parse_study, plot_gains
 
 TRAIN_NET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_net.py")

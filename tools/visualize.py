@@ -37,7 +37,7 @@ from vader_d2.evaluation.visualization import (
     plot_similarity,
     plot_training_curves,
 )
-from vader_d2.training_metrics import read_metrics
+from vader_d2.evaluation.report import read_metrics
 
 
 def parse_args(argv=None):

@@ -13,17 +13,18 @@ status 2 (as argparse exits on a bad command line), never a traceback.
         run_cli(main, parse_args())
 """
 
-import json
 import os
 import sys
-import tempfile
 
 import torch
 import yaml
 from detectron2.config import get_cfg
 
 from .config import add_vader_config, moved_keys_of_a_file, resolve_old_spellings, with_moved_keys_renamed
-from .errors import UserError
+# The exit status and the path checks are the package's (vader_d2/errors.py); tools take them from here.
+from .errors import (
+    USER_ERROR_EXIT, UserError, check_input_file, check_output_dir, check_output_file, read_json_file, report_user_error,
+)
 
 __all__ = [
     "USER_ERROR_EXIT",
@@ -37,9 +38,6 @@ __all__ = [
     "check_output_file",
     "read_json_file",
 ]
-
-# Exit status after a UserError, as argparse exits on a command-line mistake.
-USER_ERROR_EXIT = 2
 
 
 def build_config(config_file, opts=()):
@@ -86,13 +84,7 @@ def merge_opts(cfg, opts):
 def _config_error(error):
     message = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
     message = message.replace("Non-existent config key:", "unknown config key").replace("Non-existent key:", "unknown config key")
-    return f"{' '.join(message.split())}; the keys and their types are in vader_d2/config.py and detectron2/config/defaults.py"
-
-
-def report_user_error(error):
-    """Print ``vader_d2: <error>`` as one line on stderr and exit with status 2."""
-    print(f"vader_d2: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
-    sys.exit(USER_ERROR_EXIT)
+    return f"{' '.join(message.split())}; the keys and their types are in vader_d2/config/config.py and detectron2/config/defaults.py"
 
 
 def run_cli(main, *args):
@@ -105,56 +97,3 @@ def run_cli(main, *args):
     if isinstance(result, int) and not isinstance(result, bool):
         sys.exit(result)
     return result
-
-
-def check_input_file(path, what):
-    """``path`` names an existing file (URLs are left to the code that fetches them)."""
-    if not path or "://" in path:
-        return
-    if not os.path.exists(path):
-        raise UserError(f"{what} {path!r} does not exist")
-    if not os.path.isfile(path):
-        raise UserError(f"{what} {path!r} is not a file")
-
-
-def check_output_dir(path, what):
-    """Create the folder ``path`` if needed and make sure a file can be written into it, so that a run
-    fails at start-up rather than when it first writes. Returns ``path``."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create {what} {path!r}: {e.strerror or e}; choose a folder you can write") from None
-    if not os.path.isdir(path):
-        raise UserError(f"{what} {path!r} is not a folder; choose a folder you can write")
-    try:
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        raise UserError(f"cannot write into {what} {path!r}: {e.strerror or e}; choose a folder you can write") from None
-    return path
-
-
-def check_output_file(path, what):
-    """The file ``path`` can be written: its folder exists or can be created and is writable, and
-    ``path`` is not a folder. Nothing is written at ``path`` itself."""
-    if os.path.isdir(path):
-        raise UserError(f"{what} {path!r} is a folder; give a file name")
-    check_output_dir(os.path.dirname(os.path.abspath(path)), f"the folder of {what}")
-    return path
-
-
-def read_json_file(path, what="results file"):
-    """The JSON content of ``path``; a missing, empty, truncated or malformed file is one line naming it."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise UserError(f"the {what} {path} does not exist") from None
-    except OSError as e:
-        raise UserError(f"cannot read the {what} {path}: {e.strerror or e}") from None
-    if not text.strip():
-        raise UserError(f"the {what} {path} is empty; delete it so that its run is made again")
-    try:
-        return json.loads(text)
-    except ValueError as e:
-        raise UserError(f"the {what} {path} is not valid JSON (truncated? {e}); delete it so that its run is made again") from None

@@ -1,3 +1,8 @@
+"""
+The data of pretraining: datasets by name (the builtin ones, ``folder:PATH``), images decoded once and
+downscaled, and the two views of each image with their cell correspondences (``VADeRViewMapper``).
+"""
+
 from .datasets import register_all_builtin, register_unlabeled_folder
 from .view_mapper import VADeRViewMapper
 

@@ -8,7 +8,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.data.transforms import AugInput, Augmentation, AugmentationList
 
-from ..dense_grid import OUTPUT_STRIDE
+from ..config import OUTPUT_STRIDE
 from .decoding import UnreadableImageError, read_source_image
 from .transforms import (
     FusedProjectiveAugmentation,

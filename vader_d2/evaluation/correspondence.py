@@ -43,7 +43,7 @@ from ..data.transforms import (
     RandomHomography,
 )
 from ..data.view_mapper import compute_correspondence, render_view
-from ..dense_grid import OUTPUT_STRIDE
+from ..config import OUTPUT_STRIDE
 
 __all__ = [
     "CorrespondenceProtocol",

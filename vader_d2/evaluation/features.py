@@ -25,8 +25,8 @@ from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 from detectron2.utils.env import seed_all_rng
 
-from ..load_checks import load_weights
-from ..dense_grid import OUTPUT_STRIDE
+from ..checkpoint.load_checks import load_weights
+from ..config import OUTPUT_STRIDE
 from ..errors import UserError
 from ..modeling.momentum import MomentumMethod
 

@@ -1,11 +1,12 @@
-"""Markdown tables for the results of one or several ``tools/evaluate_dense.py`` / ``tools/propagate_labels.py`` runs."""
+"""Markdown tables for the results of one or several ``tools/evaluate_dense.py`` / ``tools/propagate_labels.py`` runs,
+and the records of a training run's ``metrics.json``."""
 
 import json
 from typing import Dict, List, Sequence
 
 from ..errors import UserError
 
-__all__ = ["format_results_table", "format_propagation_table", "read_results_files"]
+__all__ = ["format_results_table", "format_propagation_table", "read_results_files", "read_metrics"]
 
 
 def _cell(value, percent=True):
@@ -98,3 +99,27 @@ def read_results_files(paths: Sequence[str], holding: str, kind: str) -> List[Di
             raise UserError(f"results file {path!r} holds no {kind} results (written by another tool?)")
         results.append(result)
     return results
+
+
+def read_metrics(path):
+    """The records of a ``metrics.json`` Detectron2's JSONWriter wrote (one dict per logging step); a
+    missing or unreadable file, or a line that is not a JSON record, is one line naming it."""
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist: did the run write any metrics?") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise UserError(f"{path} line {number} is not a JSON record (a truncated write?)") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{path} line {number} is not a JSON record")
+        records.append(record)
+    return records

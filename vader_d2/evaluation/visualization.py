@@ -20,8 +20,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from ..dense_grid import OUTPUT_STRIDE  # noqa: E402
-from ..training_metrics import NEGATIVE_SIMILARITY, POSITIVE_SIMILARITY, TOP1_ACCURACY  # noqa: E402
+from ..config import OUTPUT_STRIDE  # noqa: E402
+from ..modeling.momentum import NEGATIVE_SIMILARITY, POSITIVE_SIMILARITY, TOP1_ACCURACY  # noqa: E402
 from .correspondence import ViewPair, match_nearest, pixel_errors  # noqa: E402
 
 __all__ = ["plot_matches", "plot_pca", "plot_similarity", "central_valid_cell", "plot_training_curves"]

@@ -9,7 +9,7 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 
-from ..dense_grid import OUTPUT_STRIDE
+from ..config import OUTPUT_STRIDE
 
 
 class DenseHead(nn.Module):

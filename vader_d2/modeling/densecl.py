@@ -36,22 +36,22 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..config_checks import at_least, probability, require
-from ..mixed_precision import full_precision
-from ..training_metrics import (
-    DENSECL_CELLS_WITH_POSITIVE,
-    DENSECL_DENSE_POSITIVE_SIMILARITY,
-    DENSECL_DENSE_TOP1_ACCURACY,
-    DENSECL_GLOBAL_TOP1_ACCURACY,
-    DENSECL_QUEUE_FILL,
-    SKIPPED_IMAGES,
-)
+from ..config.checks import at_least, probability, require
 from .cell_geometry import nearest_cells_in_other_view
-from .losses import info_nce_loss
-from .momentum import MomentumContrast, ResNetStageEncoder, cells_of_each_image, check_stage_name, check_whole_stage_cells
+from .losses import full_precision, info_nce_loss
+from .momentum import SKIPPED_IMAGES, MomentumContrast, ResNetStageEncoder, cells_of_each_image, check_stage_name, check_whole_stage_cells
 from .shuffle_bn import concat_all_gather
 
 __all__ = ["DenseCL", "DenseCLEncoder", "add_densecl_config", "dense_positive_cells", "dense_contrastive_loss"]
+
+# DenseCL: the top-1 accuracy of its global and of its dense queries, the dense queries' mean cosine
+# similarity to their positive key, the share of query cells with a positive (all of them with feature
+# matching) and how full its queues are.
+DENSECL_GLOBAL_TOP1_ACCURACY = "densecl_global_top1_accuracy"
+DENSECL_DENSE_TOP1_ACCURACY = "densecl_dense_top1_accuracy"
+DENSECL_DENSE_POSITIVE_SIMILARITY = "densecl_dense_positive_similarity"
+DENSECL_CELLS_WITH_POSITIVE = "densecl_cells_with_positive"
+DENSECL_QUEUE_FILL = "densecl_queue_fill"
 
 
 def add_densecl_config(cfg):

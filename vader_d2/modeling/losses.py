@@ -1,13 +1,25 @@
 """
 The InfoNCE loss of the queue-based methods (VADeR, MoCo v2, both of DenseCL's terms): a query against
 its positive key and the queued keys of *other* images.
+
+``full_precision``: autocast off for what every method keeps in float32 under SOLVER.AMP (the losses, the
+queues; vader_d2/engine/mixed_precision.py).
 """
+
+import contextlib
 
 import torch
 
-from ..mixed_precision import full_precision
+__all__ = ["info_nce_loss", "NegativeLogSumExp", "full_precision"]
 
-__all__ = ["info_nce_loss", "NegativeLogSumExp"]
+
+def full_precision(tensor):
+    """Autocast off on ``tensor``'s device, for what must stay float32; nothing to switch off on a device
+    without autocast (the meta device of the device-audit test)."""
+    device_type = tensor.device.type
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 # Floor of the exp-weights' exponents. Excluded entries sit near the float minimum after the max is

@@ -16,7 +16,7 @@ With ``MODEL.MOCO.SYMMETRIC`` view 2 is a query too, against view 1's key. The F
 computation: it stays frozen and is not exported (MoCo transfers the ResNet).
 
 Configs written before MoCo had a meta-architecture of its own (``MODEL.META_ARCHITECTURE VADeR`` with
-``MODEL.VADER.LOSS global``) load as this one: ``vader_d2.config.resolve_old_spellings``.
+``MODEL.VADER.LOSS global``) load as this one: ``MoCo.resolve_old_spellings``, which ``vader_d2.config.resolve_old_spellings`` calls.
 """
 
 from typing import Dict, List
@@ -31,10 +31,11 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..config_checks import at_least, require
-from ..training_metrics import QUEUE_STATS, SKIPPED_IMAGES
+from ..config import config_value, set_config_value
+from ..config.checks import at_least, require
+from ..errors import UserError
 from .losses import info_nce_loss
-from .momentum import MomentumContrast, ResNetStageEncoder, check_stage_name
+from .momentum import QUEUE_STATS, SKIPPED_IMAGES, MomentumContrast, ResNetStageEncoder, check_stage_name
 from .shuffle_bn import concat_all_gather
 
 __all__ = ["MoCo", "GlobalEncoder", "add_moco_config"]
@@ -62,6 +63,15 @@ class GlobalEncoder(ResNetStageEncoder):
 
     def forward(self, images):
         return F.normalize(self.head(self.stage_features(images).mean(dim=(2, 3))), dim=1)
+
+
+# MoCo's keys, and the MODEL.VADER keys that gave them in configs of the old spelling (MODEL.VADER.LOSS global).
+MOCO_KEYS_OF_OLD_SPELLING = {
+    "MODEL.MOCO.IN_FEATURE": "MODEL.VADER.GLOBAL_HEAD.IN_FEATURE",
+    "MODEL.MOCO.HIDDEN_DIM": "MODEL.VADER.GLOBAL_HEAD.HIDDEN_DIM",
+    "MODEL.MOCO.TEMPERATURE": "MODEL.VADER.TEMPERATURE",
+    "MODEL.MOCO.SYMMETRIC": "MODEL.VADER.SYMMETRIC",
+}
 
 
 @META_ARCH_REGISTRY.register()
@@ -94,6 +104,33 @@ class MoCo(MomentumContrast):
     @classmethod
     def add_config(cls, cfg):
         add_moco_config(cfg)
+
+    @classmethod
+    def resolve_old_spellings(cls, cfg, defaults):
+        """
+        Translate, in place, what configs written before MoCo was a meta-architecture of its own say:
+        ``MODEL.META_ARCHITECTURE VADeR`` with ``MODEL.VADER.LOSS global`` is ``MODEL.META_ARCHITECTURE MoCo``,
+        and its MODEL.VADER.GLOBAL_HEAD.*, TEMPERATURE and SYMMETRIC are MODEL.MOCO's. An old key that would
+        now do nothing (MODEL.VADER.TEMPERATURE in a MoCo config, say, as a command line may still add it)
+        is a one-line error naming the key to use.
+        """
+        if cfg.MODEL.META_ARCHITECTURE == "VADeR" and cfg.MODEL.VADER.LOSS == "global":
+            # Keys of both spellings in one config would say two things; the old spelling's are the ones it reads.
+            moved = [key for key in MOCO_KEYS_OF_OLD_SPELLING if config_value(cfg, key) != config_value(defaults, key)]
+            if moved:
+                raise UserError(
+                    f"{moved[0]} is set in a config of the old spelling MODEL.VADER.LOSS global, which reads "
+                    "MODEL.VADER's keys; write MODEL.META_ARCHITECTURE MoCo instead of MODEL.VADER.LOSS global"
+                )
+            cfg.MODEL.META_ARCHITECTURE = "MoCo"
+            for new, old in MOCO_KEYS_OF_OLD_SPELLING.items():
+                set_config_value(cfg, new, config_value(cfg, old))
+                set_config_value(cfg, old, config_value(defaults, old))
+            cfg.MODEL.VADER.LOSS = "dense"
+        elif cfg.MODEL.META_ARCHITECTURE == "MoCo":
+            for new, old in MOCO_KEYS_OF_OLD_SPELLING.items():
+                if config_value(cfg, old) != config_value(defaults, old):
+                    raise UserError(f"{old} does not apply to MODEL.META_ARCHITECTURE MoCo; set {new}")
 
     @classmethod
     def keys_enqueued_per_step(cls, cfg):

@@ -43,17 +43,9 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone
 from detectron2.structures import ImageList
 from detectron2.utils import comm
 
-from ..config_checks import at_least, require
+from ..config.checks import at_least, require
 from ..errors import UserError
-from ..mixed_precision import full_precision
-from ..training_metrics import (
-    NEGATIVE_SIMILARITY,
-    POSITIVE_SIMILARITY,
-    QUERIES_WITHOUT_NEGATIVE,
-    QUEUE_FILL,
-    SKIPPED_IMAGES,
-    TOP1_ACCURACY,
-)
+from .losses import full_precision
 from .shuffle_bn import concat_all_gather, draw_permutation, encode_shuffled, forward_in_groups
 
 __all__ = [
@@ -66,7 +58,35 @@ __all__ = [
     "check_whole_stage_cells",
     "momentum_update_",
     "cells_of_each_image",
+    "SKIPPED_IMAGES",
+    "POSITIVE_SIMILARITY",
+    "NEGATIVE_SIMILARITY",
+    "TOP1_ACCURACY",
+    "QUEUE_FILL",
+    "QUERIES_WITHOUT_NEGATIVE",
+    "SIMILARITY_STATS",
+    "QUEUE_STATS",
 ]
+
+# The scalars the base classes log to Detectron2's event storage (metrics.json, TensorBoard): every
+# method the skip count, the queue-based ones (``MomentumContrast.queue_metrics``) their queue's
+# statistics. A method's own scalars are named in its module; each lists all it logs in ``metric_names``.
+# Mean cosine similarity of a query to its positive key, and to the usable negatives of the queue.
+POSITIVE_SIMILARITY = "vader_positive_similarity"
+NEGATIVE_SIMILARITY = "vader_negative_similarity"
+# Fraction of queries whose positive beats every usable negative.
+TOP1_ACCURACY = "vader_top1_accuracy"
+QUEUE_FILL = "vader_queue_fill"
+# Unreadable files skipped by the loaders of every process since the run began.
+SKIPPED_IMAGES = "vader_skipped_images"
+# Fraction of queries none of whose negatives is usable (all from the query's own image, or empty
+# slots): their loss is 0 and they learn nothing. A share that stays high means the data cannot teach.
+QUERIES_WITHOUT_NEGATIVE = "vader_queries_without_negative"
+
+# How well the queries tell their positive from the negatives: what to look at when training diverges.
+SIMILARITY_STATS = (POSITIVE_SIMILARITY, NEGATIVE_SIMILARITY, TOP1_ACCURACY)
+# What a method that contrasts against one queue (VADeR, the MoCo baseline) logs of it.
+QUEUE_STATS = (*SIMILARITY_STATS, QUERIES_WITHOUT_NEGATIVE, QUEUE_FILL)
 
 
 @torch.no_grad()
@@ -101,7 +121,7 @@ class MomentumMethod(nn.Module):
 
     # The queues of keys it keeps (``MomentumContrast``): buffers NAME, NAME_image_ids and NAME_ptr each.
     queues: Tuple[str, ...] = ()
-    # The parts of the backbone it trains, which the exporter writes (vader_d2/export.py): "ResNet",
+    # The parts of the backbone it trains, which the exporter writes (vader_d2/checkpoint/export.py): "ResNet",
     # and "FPN" for a method that runs the FPN (the others leave it at its random initialisation).
     exported_parts: Tuple[str, ...] = ("ResNet",)
     # The start of the names of its query encoder's head in a state dict, which no other method's
@@ -110,7 +130,7 @@ class MomentumMethod(nn.Module):
     # The sub-module that embeds the backbone's outputs densely at stride 4, if it has one: the evaluation
     # tools' feature source "head" (vader_d2/evaluation/features.py). Every model gives "p2".
     feature_head: Optional[str] = None
-    # The scalars it logs to Detectron2's event storage (names from vader_d2/training_metrics.py).
+    # The scalars it logs to Detectron2's event storage (names from this module and its own).
     metric_names: Tuple[str, ...] = (SKIPPED_IMAGES,)
 
     def __init__(
@@ -151,6 +171,11 @@ class MomentumMethod(nn.Module):
     def add_config(cls, cfg):
         """Add the method's own config section (``vader_d2.config.add_vader_config`` calls this for every
         registered method; PointRend's ``add_pointrend_config``, per method)."""
+
+    @classmethod
+    def resolve_old_spellings(cls, cfg, defaults):
+        """Translate, in place, what configs of the method's older spelling say (``defaults``: the default
+        config); ``vader_d2.config.resolve_old_spellings`` calls this for every registered method."""
 
     @classmethod
     def queue_buffers(cls):

@@ -38,11 +38,11 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 from detectron2.utils.events import get_event_storage
 
-from ..config_checks import at_least, check_norm, require
-from ..mixed_precision import full_precision
-from ..training_metrics import PIXPRO_MOMENTUM, PIXPRO_POSITIVE_PAIRS, SKIPPED_IMAGES
+from ..config.checks import at_least, check_norm, require
 from .cell_geometry import pixpro_positive_mask
+from .losses import full_precision
 from .momentum import (
+    SKIPPED_IMAGES,
     MomentumMethod,
     ResNetStageEncoder,
     cells_of_each_image,
@@ -51,7 +51,11 @@ from .momentum import (
     momentum_update_,
 )
 
-__all__ = ["PixPro", "PixProEncoder", "PixelPropagation", "add_pixpro_config", "pixpro_loss", "pixpro_momentum"]
+__all__ = ["PixPro", "PixProEncoder", "PixelPropagation", "add_pixpro_config", "pixpro_loss", "pixpro_momentum", "PIXPRO_MOMENTUM", "PIXPRO_POSITIVE_PAIRS"]
+
+# PixPro: the momentum of its momentum encoder at the step, and positive cell pairs per image.
+PIXPRO_MOMENTUM = "pixpro_momentum"
+PIXPRO_POSITIVE_PAIRS = "pixpro_positive_pairs"
 
 
 def add_pixpro_config(cfg):

@@ -35,16 +35,19 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..dense_grid import OUTPUT_STRIDE
-from ..config_checks import at_least, check_norm, require
+from ..config import OUTPUT_STRIDE
+from ..config.checks import at_least, check_norm, require
 from ..errors import UserError
-from ..training_metrics import QUEUE_STATS, SKIPPED_IMAGES, VALID_MATCHES
 from .dense_head import DenseHead
 from .losses import info_nce_loss
-from .momentum import MomentumContrast, cells_of_each_image
+from .momentum import QUEUE_STATS, SKIPPED_IMAGES, MomentumContrast, cells_of_each_image
 from .shuffle_bn import concat_all_gather
 
-__all__ = ["VADeR", "DenseEncoder", "add_vader_method_config", "sample_grid"]
+__all__ = ["VADeR", "DenseEncoder", "add_vader_method_config", "sample_grid", "VALID_MATCHES"]
+
+# VADeR's own scalar, beside the queue's (vader_d2/modeling/momentum.py): cells of view 1 with a match in
+# view 2, per image.
+VALID_MATCHES = "vader_valid_matches"
 
 # VADeR.from_config's answer to MODEL.VADER.LOSS global where vader_d2.cli.build_config (which translates
 # it) did not build the config.
@@ -71,7 +74,7 @@ def add_vader_method_config(cfg):
     MODEL.MOMENTUM_CONTRAST (EMBED_DIM, QUEUE_SIZE of pixel keys, ENQUEUE, MOMENTUM, KEY_BN, BN_GROUP_SIZE, ...)."""
     v = cfg.MODEL.VADER = CN()
     # "dense", VADeR's pixel-level InfoNCE. "global" is the old spelling of MODEL.META_ARCHITECTURE MoCo,
-    # translated by vader_d2.config.resolve_old_spellings (with GLOBAL_HEAD below).
+    # translated by MoCo.resolve_old_spellings in moco.py (with GLOBAL_HEAD below).
     v.LOSS = "dense"
     v.TEMPERATURE = 0.07
     # Matched pixel pairs per image the loss is applied to (paper: 32).
@@ -89,7 +92,7 @@ def add_vader_method_config(cfg):
     v.HEAD.NUM_CONVS = 1
     v.HEAD.NORM = "GN"
 
-    # The old spelling's MODEL.MOCO.IN_FEATURE and HIDDEN_DIM (vader_d2.config.resolve_old_spellings).
+    # The old spelling's MODEL.MOCO.IN_FEATURE and HIDDEN_DIM (MoCo.resolve_old_spellings in moco.py).
     v.GLOBAL_HEAD = CN()
     v.GLOBAL_HEAD.IN_FEATURE = "res5"
     v.GLOBAL_HEAD.HIDDEN_DIM = 2048

@@ -14,13 +14,13 @@ from collections import defaultdict
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..atomic_io import short_error
+from ..checkpoint.atomic_io import short_error
 from ..cli import build_config
 from ..config import check_solver_config, check_vader_config
 from ..data.datasets import SUBSET_DATASET_PREFIX, register_named_datasets
 from ..errors import UserError
-from ..solver import iterations_for_epochs, rescale_schedule
-from ..trainer import VADeRTrainer, check_datasets_registered, is_pretraining, load_model_weights
+from ..engine.solver import iterations_for_epochs, rescale_schedule
+from ..engine.trainer import VADeRTrainer, check_datasets_registered, is_pretraining, load_model_weights
 from .runner import budget_images, write_json
 
 __all__ = ["StudyFacts", "check_study"]

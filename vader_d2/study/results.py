@@ -17,8 +17,7 @@ import math
 import os
 import statistics
 
-from ..cli import read_json_file
-from ..errors import UserError
+from ..errors import UserError, read_json_file
 
 __all__ = [
     "MIN_SEEDS_FOR_A_CLAIM",
@@ -52,7 +51,7 @@ def read_result(path):
 
 def finetune_result(name, seed, run_dir, **extra):
     """A results dict of one Detectron2 training run: first and last logged total loss, final evaluation."""
-    from ..training_metrics import read_metrics
+    from ..evaluation.report import read_metrics
 
     metrics = read_metrics(os.path.join(run_dir, "metrics.json"))
     losses = [m["total_loss"] for m in metrics if "total_loss" in m]

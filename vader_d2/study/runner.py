@@ -24,11 +24,9 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from ..atomic_io import atomic_write
-from ..errors import UserError
-from ..output_dir import OutputDirLock
-from .declaration import study_digest
-from ..cli import read_json_file
+from ..checkpoint.atomic_io import atomic_write
+from ..engine.output_dir import OutputDirLock
+from ..errors import UserError, read_json_file
 from .results import finetune_result, result_path
 
 __all__ = ["StudyRunner", "check_declaration_unchanged"]
@@ -331,7 +329,7 @@ class StudyRunner:
         if not os.path.exists(os.path.join(run, "model_final.pth")):
             wait_for_previous_run(run)
             self.train(f"seed {seed} pretraining {init}", declared.pretrain, self.pretraining_opts(init, seed, iterations), run, resume=True)
-        from ..export import export_to_detectron2
+        from ..checkpoint.export import export_to_detectron2
 
         export_to_detectron2(os.path.join(run, "model_final.pth"), export)
         images, batch = self.facts.unlabeled_images, self.facts.pretraining_batch(init)

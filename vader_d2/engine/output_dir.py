@@ -28,9 +28,8 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from .atomic_io import TEMPORARY_SUFFIX, checkpoint_problem
-from .cli import check_output_dir
-from .errors import UserError
+from ..checkpoint.atomic_io import TEMPORARY_SUFFIX, checkpoint_problem
+from ..errors import UserError, check_output_dir
 
 __all__ = [
     "LOCK_FILE",

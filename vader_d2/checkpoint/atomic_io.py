@@ -10,7 +10,7 @@ import zipfile
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["atomic_write", "checkpoint_problem", "short_error", "TEMPORARY_SUFFIX"]
 

@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass
 from typing import List, Optional
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = [
     "LaunchedProcess",
@@ -278,7 +278,7 @@ def join_process_group(launched, use_cuda, timeout):
     What Detectron2's launch does in each process it spawns, for this process of a launched run: join
     the process group (NCCL on GPUs, gloo on CPUs), create Detectron2's per-machine group (which
     ``comm.get_local_rank()`` and the trainer's DDP read), take GPU ``local_rank``, and wait for every
-    process. Blocks until all have met; ``vader_d2.rendezvous.LaunchedRendezvousWatch`` bounds the wait.
+    process. Blocks until all have met; ``vader_d2.engine.rendezvous.LaunchedRendezvousWatch`` bounds the wait.
     """
     import torch
     import torch.distributed as dist

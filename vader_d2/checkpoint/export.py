@@ -36,8 +36,8 @@ from typing import Dict
 import torch
 
 from .atomic_io import atomic_write
-from .errors import UserError
-from .modeling.momentum import pretraining_methods
+from ..errors import UserError
+from ..modeling.momentum import pretraining_methods
 
 __all__ = [
     "ENCODERS",

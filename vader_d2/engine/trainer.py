@@ -12,23 +12,21 @@ from detectron2.utils.events import JSONWriter, TensorboardXWriter
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.utils import comm
 
-from .atomic_io import checkpoint_problem, short_error
-from .checkpointer import EXPECTED_CHECKPOINT, VADeRCheckpointer
-from .cli import USER_ERROR_EXIT
-from .config import check_solver_config, check_vader_config
-from .data import VADeRViewMapper
-from .data.datasets import FOLDER_DATASET_PREFIX, register_named_datasets
-from .data.decoding import UnreadableImageError, read_source_image
-from .errors import UserError
+from ..checkpoint.atomic_io import checkpoint_problem, short_error
+from ..checkpoint.checkpointer import EXPECTED_CHECKPOINT, VADeRCheckpointer
+from ..config import check_solver_config, check_vader_config
+from ..data import VADeRViewMapper
+from ..data.datasets import FOLDER_DATASET_PREFIX, register_named_datasets
+from ..data.decoding import UnreadableImageError, read_source_image
+from ..errors import USER_ERROR_EXIT, UserError
 from .frozen_backbone import freeze_backbone
 from .hooks import NegativesWatch, RetainingPeriodicCheckpointer
-from .load_checks import check_backbone_loaded
+from ..checkpoint.load_checks import check_backbone_loaded
 from .mixed_precision import build_step_trainer
-from .modeling.momentum import pretraining_method
+from ..modeling.momentum import SIMILARITY_STATS, pretraining_method
 from .output_dir import select_resume_checkpoint
-from .preemption import PreemptionCheckpointer, StopOnWriteFailure, TrainingStopped
+from .preemption import PreemptionCheckpointer, StopOnWriteFailure, TrainingStopped, stop_on_user_error
 from .solver import build_lr_scheduler, build_optimizer, iterations_for_epochs, rescale_schedule
-from .training_metrics import QUERIES_WITHOUT_NEGATIVE, SIMILARITY_STATS
 
 
 
@@ -249,7 +247,7 @@ class VADeRTrainer(DefaultTrainer):
         # float32, or SOLVER.AMP on CUDA (Detectron2's AMPTrainer) or the CPU (bfloat16 autocast).
         self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        # Atomic saves; missing, damaged or foreign files reported as one line (vader_d2/checkpointer.py).
+        # Atomic saves; missing, damaged or foreign files reported as one line (vader_d2/checkpoint/checkpointer.py).
         self.checkpointer = VADeRCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -288,12 +286,12 @@ class VADeRTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """Detectron2's SGD, or LARS with SOLVER.OPTIMIZER LARS (vader_d2/solver.py), for every model."""
+        """Detectron2's SGD, or LARS with SOLVER.OPTIMIZER LARS (vader_d2/engine/solver.py), for every model."""
         return build_optimizer(cfg, model)
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
-        """Detectron2's schedulers, or WarmupThenCosineLR (vader_d2/solver.py), for every model."""
+        """Detectron2's schedulers, or WarmupThenCosineLR (vader_d2/engine/solver.py), for every model."""
         return build_lr_scheduler(cfg, optimizer)
 
     def build_hooks(self):
@@ -306,7 +304,7 @@ class VADeRTrainer(DefaultTrainer):
             for hook in super().build_hooks()
         ]
         # Methods that log how many queries find no usable negative in their queue get that watched.
-        if is_pretraining(self.cfg) and QUERIES_WITHOUT_NEGATIVE in pretraining_method(self.cfg).metric_names:
+        if is_pretraining(self.cfg) and NegativesWatch.SCALAR in pretraining_method(self.cfg).metric_names:
             hooks.append(NegativesWatch.from_config(self.cfg))
         # Last: a pre-emption checkpoint holds what a periodic one of the same iteration holds.
         hooks.append(self.preemption)
@@ -314,7 +312,7 @@ class VADeRTrainer(DefaultTrainer):
 
     def build_writers(self):
         """Detectron2's writers; one that cannot write (a full disk) stops training cleanly at the end of
-        the iteration (vader_d2/preemption.py) instead of raising inside Detectron2's hooks."""
+        the iteration (vader_d2/engine/preemption.py) instead of raising inside Detectron2's hooks."""
         def what(writer):
             if isinstance(writer, JSONWriter):
                 return os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")
@@ -325,11 +323,13 @@ class VADeRTrainer(DefaultTrainer):
         return [StopOnWriteFailure(writer, self.preemption, what(writer)) for writer in super().build_writers()]
 
     def train(self):
-        """DefaultTrainer's; a stop requested by a signal or a failed metrics write (vader_d2/preemption.py)
-        ends with its one line and exit status."""
+        """DefaultTrainer's; a stop requested by a signal or a failed metrics write (vader_d2/engine/preemption.py)
+        ends with its one line and exit status, and so does a UserError of a hook or a step."""
         try:
             return super().train()
         except TrainingStopped as stop:
+            if stop.error is not None:
+                raise stop.error from None
             if stop.status == USER_ERROR_EXIT and stop.message:
                 raise UserError(stop.message) from None
             if stop.message:
@@ -384,7 +384,30 @@ class VADeRTrainer(DefaultTrainer):
         """Load MODEL.WEIGHTS (weights only) and check that the backbone arrived whole."""
         load_model_weights(self.cfg, self.model, path, self.checkpointer)
 
+    # Detectron2's loop logs every Exception of a hook or a step with its traceback before it reaches
+    # train(); a UserError there (a checkpoint that cannot be written, a diverging loss) is the user's
+    # problem, so it passes as a stop instead and train() raises it again, to be reported as one line.
+    def before_train(self):
+        with stop_on_user_error():
+            super().before_train()
+
+    def after_train(self):
+        with stop_on_user_error():
+            super().after_train()
+
+    def before_step(self):
+        with stop_on_user_error():
+            super().before_step()
+
+    def after_step(self):
+        with stop_on_user_error():
+            super().after_step()
+
     def run_step(self):
+        with stop_on_user_error():
+            self._run_step()
+
+    def _run_step(self):
         try:
             super().run_step()
         except FloatingPointError as e:

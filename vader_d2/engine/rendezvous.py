@@ -21,8 +21,7 @@ from datetime import timedelta
 
 from detectron2.engine.launch import DEFAULT_TIMEOUT
 
-from .cli import report_user_error
-from .errors import UserError
+from ..errors import UserError, report_user_error
 
 __all__ = ["RendezvousWatch", "LaunchedRendezvousWatch", "collective_timeout"]
 
@@ -137,7 +136,7 @@ class RendezvousWatch:
 
 class LaunchedRendezvousWatch(RendezvousWatch):
     """
-    The watch of a process that torchrun or srun started (``vader_d2.launchers``), which meets the others
+    The watch of a process that torchrun or srun started (``vader_d2.engine.launchers``), which meets the others
     itself: its main thread waits in torch's rendezvous, which no exception interrupts, and there is no
     spawned process to end. So on time-out this thread prints the one line and ends the process (it holds
     nothing yet: rank 0 takes OUTPUT_DIR only once all have met). Only local rank 0 prints the waiting

@@ -13,28 +13,18 @@ the momentum update (float32 parameters, an element-wise op autocast leaves alon
 geometry (float64 on the host, before anything reaches the device).
 """
 
-import contextlib
 import logging
 import time
 
 import torch
 from detectron2.engine import AMPTrainer, SimpleTrainer
 
-from .errors import UserError
+# The precisions and their config check are the config's, the float32 switch the models' own; named here
+# too, where mixed precision is described.
+from ..config import AMP_PRECISIONS, check_amp_config
+from ..modeling.losses import full_precision
 
 __all__ = ["AMP_PRECISIONS", "amp_dtype", "check_amp_config", "full_precision", "CPUAutocastTrainer", "build_step_trainer"]
-
-AMP_PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def full_precision(tensor):
-    """Autocast off on ``tensor``'s device, for what must stay float32; nothing to switch off on a device
-    without autocast (the meta device of the device-audit test)."""
-    device_type = tensor.device.type
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
-
 
 def amp_dtype(cfg):
     """The autocast dtype of ``cfg`` (None without SOLVER.AMP.ENABLED)."""
@@ -44,18 +34,6 @@ def amp_dtype(cfg):
     if precision == "auto":
         return torch.float16 if cfg.MODEL.DEVICE.startswith("cuda") else torch.bfloat16
     return AMP_PRECISIONS[precision]
-
-
-def check_amp_config(cfg):
-    """SOLVER.AMP.PRECISION is a known name, and one the configured device trains with."""
-    precision = cfg.SOLVER.AMP.PRECISION
-    if precision not in ("auto", *AMP_PRECISIONS):
-        raise UserError(f"SOLVER.AMP.PRECISION must be 'auto', 'float16' or 'bfloat16', got {precision!r}")
-    if cfg.SOLVER.AMP.ENABLED and precision == "float16" and not cfg.MODEL.DEVICE.startswith("cuda"):
-        raise UserError(
-            f"SOLVER.AMP.PRECISION float16 needs a CUDA device (its gradient scaler; MODEL.DEVICE is "
-            f"{cfg.MODEL.DEVICE!r}); on the CPU use bfloat16 or auto"
-        )
 
 
 class CPUAutocastTrainer(SimpleTrainer):

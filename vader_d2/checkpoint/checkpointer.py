@@ -11,7 +11,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .atomic_io import atomic_write, checkpoint_problem, short_error
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["EXPECTED_CHECKPOINT", "LoadReport", "VADeRCheckpointer"]
 

@@ -19,7 +19,7 @@ import logging
 
 from detectron2.layers import FrozenBatchNorm2d
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["freeze_backbone"]
 

@@ -6,9 +6,8 @@ import math
 from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 
-from .modeling.momentum import pretraining_method
+from ..modeling.momentum import QUERIES_WITHOUT_NEGATIVE, pretraining_method
 from .output_dir import prune_checkpoints
-from .training_metrics import QUERIES_WITHOUT_NEGATIVE
 
 __all__ = ["NegativesWatch", "RetainingPeriodicCheckpointer"]
 

@@ -33,8 +33,8 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.events import EventWriter
 
-from .cli import USER_ERROR_EXIT
-from .errors import UserError
+from ..config.checks import parse_signal_names
+from ..errors import PREEMPTED_EXIT, USER_ERROR_EXIT, UserError
 
 __all__ = [
     "PREEMPTED_EXIT",
@@ -45,46 +45,14 @@ __all__ = [
     "StopOnWriteFailure",
     "TrainingStopped",
     "parse_signal_names",
+    "stop_on_user_error",
 ]
 
 logger = logging.getLogger("vader_d2")
 
-# The exit status of every process of a pre-empted run, for a requeue script to test. It is sysexits.h's
-# EX_TEMPFAIL ("a temporary failure ... the user is invited to retry later"), and none of the statuses that
-# mean something else: 0 (finished), 1 (a crash: Python's status after an uncaught exception), 2 (a
-# mistake to fix first: USER_ERROR_EXIT) and 128 + n (killed by signal n, e.g. 137 for SIGKILL, 143 for
-# SIGTERM: a run that could not write its checkpoint).
-PREEMPTED_EXIT = 75
+# PREEMPTED_EXIT (75) is vader_d2/errors.py's, beside the other exit statuses.
 
 DEFAULT_PREEMPTION_SIGNALS = ("SIGTERM", "SIGUSR1")
-
-# Signals that cannot be caught, or that report a fault, a child's end or a closed pipe rather than a
-# request to stop: noting them and training on would hide the fault or stop for no reason.
-_NOT_STOP_REQUESTS = ("SIGKILL", "SIGSTOP", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT", "SIGTRAP", "SIGCHLD", "SIGPIPE", "SIGXFSZ")
-
-
-def parse_signal_names(names, key="SOLVER.PREEMPTION_SIGNALS"):
-    """The signals named in ``names`` (e.g. ``["SIGTERM", "SIGUSR1"]``; empty: none), or a one-line UserError."""
-    if isinstance(names, str) or not all(isinstance(name, str) for name in names):
-        raise UserError(f"{key} must be a list of signal names such as ['SIGTERM', 'SIGUSR1'] ([] for none), got {names!r}")
-    signals = []
-    for name in names:
-        try:
-            sig = signal.Signals[name]
-        except KeyError:
-            raise UserError(
-                f"{key}: {name!r} is not a signal name on this system; use names such as 'SIGTERM' and 'SIGUSR1' "
-                "(the ones `kill -l` lists, with the SIG prefix)"
-            ) from None
-        if sig.name in _NOT_STOP_REQUESTS:
-            raise UserError(
-                f"{key}: {name} cannot be used: it cannot be caught, or it reports a fault or an event rather than "
-                "a request to stop; use SIGTERM, SIGUSR1, SIGUSR2, SIGINT or SIGHUP"
-            )
-        if sig not in signals:
-            signals.append(sig)
-    return tuple(signals)
-
 
 class SignalRecorder:
     """
@@ -139,13 +107,28 @@ class TrainingStopped(BaseException):
     Ends training from a hook with exit status ``status``. A BaseException, so that Detectron2's training
     loop, which logs every Exception with its traceback, lets it pass (its hooks' ``after_train`` still
     run); ``VADeRTrainer.train`` turns it into the exit. ``message``: the line to report, None on the
-    processes that report nothing.
+    processes that report nothing. ``error``: the UserError it stands for (``stop_on_user_error``), which
+    ``VADeRTrainer.train`` raises again.
     """
 
-    def __init__(self, status, message=None):
+    def __init__(self, status, message=None, error=None):
         super().__init__(status, message)
         self.status = status
         self.message = message
+        self.error = error
+
+
+@contextlib.contextmanager
+def stop_on_user_error():
+    """
+    A UserError inside the training loop (a hook: a periodic checkpoint that cannot be written; a step:
+    a loss that diverged) ends training as a pre-emption does, as a ``TrainingStopped`` with its line:
+    Detectron2's loop logs every Exception with its whole traceback before letting it go.
+    """
+    try:
+        yield
+    except UserError as error:
+        raise TrainingStopped(USER_ERROR_EXIT, str(error), error) from None
 
 
 class PreemptionCheckpointer(HookBase):

@@ -16,7 +16,7 @@ from detectron2.solver import build_optimizer as build_detectron2_optimizer
 from detectron2.solver.build import maybe_add_gradient_clipping
 from fvcore.common.param_scheduler import CompositeParamScheduler, CosineParamScheduler, LinearParamScheduler
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["LARS", "build_optimizer", "lars_parameter_groups", "build_lr_scheduler", "iterations_for_epochs", "rescale_schedule"]
 

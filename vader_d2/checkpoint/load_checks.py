@@ -9,8 +9,8 @@ import re
 from detectron2.modeling import build_model
 
 from .checkpointer import VADeRCheckpointer
-from .errors import UserError
-from .modeling.momentum import pretraining_method
+from ..errors import UserError
+from ..modeling.momentum import pretraining_method
 
 __all__ = ["load_weights", "check_weights_load", "check_backbone_loaded"]
 

@@ -1,13 +1,35 @@
 """Config keys of VADeR pretraining: ``add_vader_config(cfg)`` must run before ``merge_from_file``."""
 
+import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
+from detectron2.modeling import META_ARCH_REGISTRY
 
-from .config_checks import at_least, ordered_pair, probability, require
-from .dense_grid import OUTPUT_STRIDE
-from .errors import UserError
-from .mixed_precision import check_amp_config
-from .modeling.momentum import pretraining_method, pretraining_methods
+from .checks import at_least, ordered_pair, parse_signal_names, probability, require
+from ..errors import UserError
+
+
+# The grid VADeR's dense embeddings live on: one cell per OUTPUT_STRIDE x OUTPUT_STRIDE pixels of the
+# input, the stride of p2, the finest level of Detectron2's FPN, where the dense head predicts. The views'
+# correspondences, the config checks, the dense evaluation and the model's dense head all take it from here.
+OUTPUT_STRIDE = 4
+
+
+def configurable_methods():
+    """
+    Every meta-architecture registered with Detectron2 that declares its own config: the pretraining
+    methods of vader_d2/modeling (``MomentumMethod``: ``add_config``, ``check_ranges``, ``check_config``),
+    in the order they were registered. Read from Detectron2's registry, so that this module needs no
+    import of the models (they import the config's checks); importing vader_d2 registers them.
+    """
+    return [method for _, method in META_ARCH_REGISTRY if isinstance(method, type) and callable(getattr(method, "add_config", None))]
+
+
+def configurable_method(cfg):
+    """The class of ``configurable_methods`` that ``cfg`` builds, or None (a stock Detectron2 model)."""
+    name = cfg.MODEL.META_ARCHITECTURE
+    method = META_ARCH_REGISTRY.get(name) if name in META_ARCH_REGISTRY else None
+    return method if method in configurable_methods() else None
 
 
 def add_vader_config(cfg):
@@ -19,7 +41,7 @@ def add_vader_config(cfg):
     """
     add_frozen_backbone_config(cfg)
     add_momentum_config(cfg)
-    for method in pretraining_methods():
+    for method in configurable_methods():
         method.add_config(cfg)
     add_solver_config(cfg)
     add_views_config(cfg)
@@ -45,6 +67,16 @@ def _node_and_key(cfg, full_key):
     for part in path:
         node = node[part]
     return node, key
+
+
+def config_value(cfg, full_key):
+    """The value of the dotted key ``full_key`` ("MODEL.VADER.TEMPERATURE") of ``cfg``."""
+    return _value(cfg, full_key)
+
+
+def set_config_value(cfg, full_key, value):
+    """Set the dotted key ``full_key`` of ``cfg`` to ``value``."""
+    _set(cfg, full_key, value)
 
 
 def _value(cfg, full_key):
@@ -134,23 +166,23 @@ def add_momentum_config(cfg):
 
 def add_solver_config(cfg):
     """The optimizer, checkpoint and precision keys vader_d2 adds to Detectron2's SOLVER, for every model."""
-    # "SGD" (Detectron2's) or "LARS" (vader_d2/solver.py; PixPro's optimizer), for every method. LARS
+    # "SGD" (Detectron2's) or "LARS" (vader_d2/engine/solver.py; PixPro's optimizer), for every method. LARS
     # applies SOLVER.WEIGHT_DECAY to weight tensors only and leaves biases and norms undecayed and
     # unadapted, as PixPro's recipe; SOLVER.WEIGHT_DECAY_NORM, WEIGHT_DECAY_BIAS and BIAS_LR_FACTOR are SGD's.
     cfg.SOLVER.OPTIMIZER = "SGD"
     # The run's length in passes over DATASETS.TRAIN (0: SOLVER.MAX_ITER as written). With EPOCHS > 0,
     # tools/train_net.py sets MAX_ITER to EPOCHS x images / IMS_PER_BATCH and stretches WARMUP_ITERS and
     # STEPS with it, so that the config's MAX_ITER, WARMUP_ITERS and STEPS give the schedule's shape and
-    # EPOCHS its length for your dataset (vader_d2/solver.py: rescale_schedule; docs/pretraining.md).
+    # EPOCHS its length for your dataset (vader_d2/engine/solver.py: rescale_schedule; docs/pretraining.md).
     cfg.SOLVER.EPOCHS = 0
     # Checkpoint retention: after each checkpoint, rank 0 keeps the newest CHECKPOINT_KEEP periodic
     # checkpoints (model_<iteration>.pth) and deletes older ones; model_final.pth and the file
-    # last_checkpoint names always stay (vader_d2/output_dir.py: prune_checkpoints). 0 keeps them all.
+    # last_checkpoint names always stay (vader_d2/engine/output_dir.py: prune_checkpoints). 0 keeps them all.
     cfg.SOLVER.CHECKPOINT_KEEP = 0
-    # Signals that pre-empt a run (vader_d2/preemption.py): every process finishes its iteration, rank 0
+    # Signals that pre-empt a run (vader_d2/engine/preemption.py): every process finishes its iteration, rank 0
     # writes its checkpoint, all exit with status 75; [] leaves the signals' default action (death).
     cfg.SOLVER.PREEMPTION_SIGNALS = ["SIGTERM", "SIGUSR1"]
-    # Mixed precision with SOLVER.AMP.ENABLED (vader_d2/mixed_precision.py): "float16" (Detectron2's
+    # Mixed precision with SOLVER.AMP.ENABLED (vader_d2/engine/mixed_precision.py): "float16" (Detectron2's
     # AMPTrainer with a gradient scaler; CUDA only), "bfloat16" (no scaler: float32's exponent range), or
     # "auto": float16 on CUDA, bfloat16 on the CPU. Losses, queues and the momentum update stay float32.
     cfg.SOLVER.AMP.PRECISION = "auto"
@@ -198,49 +230,23 @@ def add_views_config(cfg):
 
 
 def add_frozen_backbone_config(cfg):
-    """Downstream keys of the frozen-backbone protocol (vader_d2/frozen_backbone.py)."""
+    """Downstream keys of the frozen-backbone protocol (vader_d2/engine/frozen_backbone.py)."""
     # True: the ResNet and the FPN of a downstream model keep their loaded weights and batch-norm
     # statistics (frozen batch norm) and only the task head trains. Detectron2's
     # MODEL.BACKBONE.FREEZE_AT cannot freeze the FPN.
     cfg.MODEL.FROZEN_BACKBONE = False
 
 
-# MoCo's keys, and the MODEL.VADER keys that gave them in configs of the old spelling (MODEL.VADER.LOSS global).
-MOCO_KEYS_OF_OLD_SPELLING = {
-    "MODEL.MOCO.IN_FEATURE": "MODEL.VADER.GLOBAL_HEAD.IN_FEATURE",
-    "MODEL.MOCO.HIDDEN_DIM": "MODEL.VADER.GLOBAL_HEAD.HIDDEN_DIM",
-    "MODEL.MOCO.TEMPERATURE": "MODEL.VADER.TEMPERATURE",
-    "MODEL.MOCO.SYMMETRIC": "MODEL.VADER.SYMMETRIC",
-}
-
-
 def resolve_old_spellings(cfg):
     """
-    Translate, in place, what configs written before MoCo was a meta-architecture of its own say:
-    ``MODEL.META_ARCHITECTURE VADeR`` with ``MODEL.VADER.LOSS global`` is ``MODEL.META_ARCHITECTURE MoCo``,
-    and its MODEL.VADER.GLOBAL_HEAD.*, TEMPERATURE and SYMMETRIC are MODEL.MOCO's. An old key that would
-    now do nothing (MODEL.VADER.TEMPERATURE in a MoCo config, say, as a command line may still add it)
-    is a one-line error naming the key to use. Returns ``cfg``.
+    Translate, in place, what configs written in a method's older spelling say, as each registered method
+    declares (its ``resolve_old_spellings``: MoCo's, configs written before MoCo was a meta-architecture of
+    its own). Returns ``cfg``.
     """
     defaults = get_cfg()
     add_vader_config(defaults)
-    if cfg.MODEL.META_ARCHITECTURE == "VADeR" and cfg.MODEL.VADER.LOSS == "global":
-        # Keys of both spellings in one config would say two things; the old spelling's are the ones it reads.
-        moved = [key for key in MOCO_KEYS_OF_OLD_SPELLING if _value(cfg, key) != _value(defaults, key)]
-        if moved:
-            raise UserError(
-                f"{moved[0]} is set in a config of the old spelling MODEL.VADER.LOSS global, which reads "
-                "MODEL.VADER's keys; write MODEL.META_ARCHITECTURE MoCo instead of MODEL.VADER.LOSS global"
-            )
-        cfg.MODEL.META_ARCHITECTURE = "MoCo"
-        for new, old in MOCO_KEYS_OF_OLD_SPELLING.items():
-            _set(cfg, new, _value(cfg, old))
-            _set(cfg, old, _value(defaults, old))
-        cfg.MODEL.VADER.LOSS = "dense"
-    elif cfg.MODEL.META_ARCHITECTURE == "MoCo":
-        for new, old in MOCO_KEYS_OF_OLD_SPELLING.items():
-            if _value(cfg, old) != _value(defaults, old):
-                raise UserError(f"{old} does not apply to MODEL.META_ARCHITECTURE MoCo; set {new}")
+    for method in configurable_methods():
+        method.resolve_old_spellings(cfg, defaults)
     return cfg
 
 
@@ -254,7 +260,7 @@ def check_vader_config(cfg, world_size=1):
     for old, new in MOVED_KEYS.items():
         if _value(cfg, old) is not None:  # a config not built by vader_d2.cli.build_config, which moves it
             raise UserError(f"{old} is now {new}; set that")
-    method = pretraining_method(cfg)
+    method = configurable_method(cfg)
     method.check_ranges(cfg)
     check_view_ranges(cfg)
     if not cfg.DATASETS.TRAIN:
@@ -280,7 +286,24 @@ def check_vader_config(cfg, world_size=1):
         raise UserError(f"INPUT.FORMAT must be RGB or BGR for VADeR views, got {cfg.INPUT.FORMAT!r}")
 
 
-# Detectron2's, and vader_d2/solver.py's WarmupThenCosineLR (PixPro's: the cosine starts after the warm-up).
+# SOLVER.AMP.PRECISION's names (vader_d2/engine/mixed_precision.py).
+AMP_PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+
+def check_amp_config(cfg):
+    """SOLVER.AMP.PRECISION is a known name, and one the configured device trains with."""
+    precision = cfg.SOLVER.AMP.PRECISION
+    if precision not in ("auto", *AMP_PRECISIONS):
+        raise UserError(f"SOLVER.AMP.PRECISION must be 'auto', 'float16' or 'bfloat16', got {precision!r}")
+    if cfg.SOLVER.AMP.ENABLED and precision == "float16" and not cfg.MODEL.DEVICE.startswith("cuda"):
+        raise UserError(
+            f"SOLVER.AMP.PRECISION float16 needs a CUDA device (its gradient scaler; MODEL.DEVICE is "
+            f"{cfg.MODEL.DEVICE!r}); on the CPU use bfloat16 or auto"
+        )
+
+
+# Detectron2's, and vader_d2/engine/solver.py's WarmupThenCosineLR (PixPro's: the cosine starts after the warm-up).
 SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR", "WarmupThenCosineLR")
 
 
@@ -310,8 +333,6 @@ def check_solver_config(cfg):
     check_amp_config(cfg)
     keep = solver.CHECKPOINT_KEEP
     require(type(keep) is int and keep >= 0, "SOLVER.CHECKPOINT_KEEP", keep, "a whole number of checkpoints >= 0 (0 keeps them all)")
-    from .preemption import parse_signal_names  # it imports cli, which imports this module
-
     parse_signal_names(solver.PREEMPTION_SIGNALS)
     trust = solver.LARS.TRUST_COEFFICIENT
     require(0 < trust <= 1, "SOLVER.LARS.TRUST_COEFFICIENT", trust, "in (0, 1]")
