@@ -431,3 +431,28 @@ def test_the_eta_scales_each_run_left_by_its_length():
     # 2400 iterations at 0.2 s each, and a pretraining of unknown length at the mean pretraining time.
     assert StudyRunner._eta(left, finished) == "ETA 0:08:50 for the 2 runs left"
     assert StudyRunner._eta(left, []) == "ETA after the first run"
+
+
+def test_a_study_started_twice_on_one_results_folder_is_refused(tmp_path, labelled):
+    from vader_d2.engine.output_dir import OutputDirLock
+
+    train, test = labelled
+    (tmp_path / "study.yaml").write_text(study_text(train, test))
+    out = tmp_path / "out"
+    out.mkdir()
+    held = OutputDirLock(str(out), what="the results folder")
+    held.acquire()
+    try:
+        result = run_python("tools/transfer_study.py", "run", str(tmp_path / "study.yaml"), str(out))
+    finally:
+        held.release()
+    assert_one_line_refusal(result, f"the results folder '{out}' is in use by the run with PID {os.getpid()}")
+
+
+def test_pretraining_once_serves_every_seed(tmp_path, labelled, capsys):
+    train, test = labelled
+    text = study_text(train, test).replace("  overrides: {MODEL.DEVICE: cpu}\ndownstream", "  overrides: {MODEL.DEVICE: cpu}\n  per_seed: false\ndownstream")
+    assert "per_seed: false" in text
+    assert check(tmp_path, text) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("pretraining vader") == 1 and "8 of 9 runs" not in printed and "9 of 9 runs to make" in printed

@@ -72,8 +72,9 @@ class OutputDirLock:
     holder for messages; whether a run holds the folder is decided by the flock alone.
     """
 
-    def __init__(self, folder):
+    def __init__(self, folder, what="OUTPUT_DIR"):
         self.folder = folder
+        self.what = what  # the folder's name in messages
         self.path = os.path.join(folder, LOCK_FILE)
         self._fd = None
         self.previous_holder = None  # the content of a stale lock file this lock took over
@@ -92,10 +93,10 @@ class OutputDirLock:
                     self.unsupported = f"{e.strerror or e}"
                     return self
                 if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise UserError(f"cannot lock OUTPUT_DIR {self.folder!r}: {e.strerror or e}") from None
+                    raise UserError(f"cannot lock {self.what} {self.folder!r}: {e.strerror or e}") from None
                 raise UserError(
-                    f"OUTPUT_DIR {self.folder!r} is in use by {_describe_holder(self._read_holder())}; "
-                    "wait for that run to end or stop it, or choose another OUTPUT_DIR"
+                    f"{self.what} {self.folder!r} is in use by {_describe_holder(self._read_holder())}; "
+                    f"wait for that run to end or stop it, or choose another {self.what}"
                 ) from None
             # A holder that released the lock removes the file: if this descriptor's file is no longer the
             # one at the path, another process may lock the new file; start again on the new one.
@@ -110,7 +111,7 @@ class OutputDirLock:
             self.previous_holder = self._read_holder()
             self._write_holder()
             return self
-        raise UserError(f"cannot lock OUTPUT_DIR {self.folder!r}: its lock file keeps being replaced")
+        raise UserError(f"cannot lock {self.what} {self.folder!r}: its lock file keeps being replaced")
 
     def _open(self):
         try:

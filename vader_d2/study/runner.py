@@ -378,7 +378,7 @@ def wait_for_previous_run(run, seconds=300):
         return
     deadline = time.monotonic() + seconds
     while True:
-        lock = OutputDirLock(run)
+        lock = OutputDirLock(run, what="the run folder")
         try:
             lock.acquire()
         except UserError:
