@@ -184,9 +184,6 @@ class StudyRunner:
 
     def plan(self, seeds, tasks, budgets, inits):
         jobs = []
-        for init in self.needs_calibration():
-            jobs.append(Job("calibration", f"calibration of {init} ({self.study.calibration_iterations} iterations)",
-                            lambda init=init: self.calibrate(init), iterations=self.study.calibration_iterations))
         shared_planned = set()
         for seed in seeds:
             missing = [
@@ -211,6 +208,14 @@ class StudyRunner:
                 jobs.append(Job("downstream", f"seed {seed}, {task}, {budget} labels, {init}",
                                 lambda t=task, b=budget, i=init, s=seed: self.downstream(t, b, i, s),
                                 iterations=self.facts.downstream_iterations(task, budget)))
+        # Calibrated first, once and for every equal_time_as pretraining together, when one is to run.
+        if any(job.kind == "pretraining" and not job.done for job in jobs):
+            calibrations = [
+                Job("calibration", f"calibration of {init} ({self.study.calibration_iterations} iterations)",
+                    lambda init=init: self.calibrate(init), iterations=self.study.calibration_iterations)
+                for init in self.needs_calibration()
+            ]
+            jobs = calibrations + jobs
         return jobs
 
     def _closure(self, init):
