@@ -22,6 +22,7 @@ __all__ = [
     "check_output_dir",
     "check_output_file",
     "read_json_file",
+    "read_text_file",
 ]
 
 
@@ -82,15 +83,20 @@ def check_output_file(path, what):
     return path
 
 
-def read_json_file(path, what="results file"):
-    """The JSON content of ``path``; a missing, empty, truncated or malformed file is one line naming it."""
+def read_text_file(path, what):
+    """The text of ``path``; a missing or unreadable file is one line naming it as ``what``."""
     try:
         with open(path) as f:
-            text = f.read()
+            return f.read()
     except FileNotFoundError:
         raise UserError(f"the {what} {path} does not exist") from None
     except OSError as e:
         raise UserError(f"cannot read the {what} {path}: {e.strerror or e}") from None
+
+
+def read_json_file(path, what="results file"):
+    """The JSON content of ``path``; a missing, empty, truncated or malformed file is one line naming it."""
+    text = read_text_file(path, what)
     if not text.strip():
         raise UserError(f"the {what} {path} is empty; delete it so that its run is made again")
     try:

@@ -4,7 +4,7 @@ and the records of a training run's ``metrics.json``."""
 import json
 from typing import Dict, List, Sequence
 
-from ..errors import UserError
+from ..errors import UserError, read_text_file
 
 __all__ = ["format_results_table", "format_propagation_table", "read_results_files", "read_metrics"]
 
@@ -104,15 +104,8 @@ def read_results_files(paths: Sequence[str], holding: str, kind: str) -> List[Di
 def read_metrics(path):
     """The records of a ``metrics.json`` Detectron2's JSONWriter wrote (one dict per logging step); a
     missing or unreadable file, or a line that is not a JSON record, is one line naming it."""
-    try:
-        with open(path) as f:
-            lines = f.readlines()
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist: did the run write any metrics?") from None
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     records = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(read_text_file(path, "metrics file").splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -44,7 +44,7 @@ from typing import Dict, List, Optional, Tuple
 
 import yaml
 
-from ..errors import UserError
+from ..errors import UserError, read_text_file
 
 __all__ = ["Study", "Task", "Initialisation", "Length", "Schedule", "load_study", "parse_study", "study_digest"]
 
@@ -155,14 +155,7 @@ def study_digest(declared):
 
 
 def load_study(path):
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise UserError(f"the study file {path} does not exist") from None
-    except OSError as e:
-        raise UserError(f"cannot read the study file {path}: {e.strerror or e}") from None
-    return parse_study(text, path)
+    return parse_study(read_text_file(path, "study file"), path)
 
 
 def parse_study(text, path):

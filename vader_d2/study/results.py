@@ -138,7 +138,8 @@ def gain_table(study, found):
     inits = [init for init in study.initialisations if init in present]
     reference = study.reference
     compared = [init for init in inits if init != reference] if reference else []
-    lines = ["| task | labels | number | " + " | ".join(inits) + " | " + " | ".join(f"{i} − random" for i in compared) + " |"]
+    header = ["task", "labels", "number", *inits, *(f"{i} − random" for i in compared)]
+    lines = ["| " + " | ".join(header) + " |"]
     lines.append("|---|---:|---|" + "---:|" * (len(inits) + len(compared)))
     shown = []
     for (task, budget), runs in found.items():
