@@ -319,6 +319,9 @@ def test_bad_input_is_one_line_before_any_training(tmp_path, labelled):
         "budget": (study_text(train, test, budgets="[4, 40]"), "label_budgets asks for 40 labelled images, but tasks.mask_rcnn.train"),
         "same file": (study_text(train, train), "shares an image with the labelled train set"),
         "missing folder": (study_text(train, test, unlabeled=f'"folder:{tmp_path}/none"'), "does not exist"),
+        "no labels": (study_text("vader_demo_photos_train", test), "has no instance annotations, which a GeneralizedRCNN"),
+        "semantic masks for a detector": (study_text("vader_cutpaste_sem_seg_train", test), "has no instance annotations"),
+        "unlabeled test": (study_text(train, "vader_demo_photos_val"), "has no instance annotations"),
     }
     for name, (text, expected) in cases.items():
         with pytest.raises(UserError) as error:

@@ -107,6 +107,15 @@ def check_study(study, out):
                 f"{study.path}: label_budgets asks for {largest} labelled images, but tasks.{name}.train "
                 f"{task.train!r} holds {size}; lower the budget or label more images"
             )
+    for name, task in study.tasks.items():
+        _check_labels(facts.task_configs[name], task.train, train[task.train], f"tasks.{name}.train")
+        _check_labels(facts.task_configs[name], task.test, test[task.test], f"tasks.{name}.test")
+        evaluator = MetadataCatalog.get(task.test).get("evaluator_type", None)
+        if evaluator not in ("coco", "sem_seg"):
+            raise UserError(
+                f"tasks.{name}.test: dataset {task.test!r} has no evaluator (metadata evaluator_type={evaluator!r}); "
+                "a test set is a COCO-format (coco:) or semantic-segmentation dataset"
+            )
     _check_no_shared_images(test, {**{n: ("the labelled train set", r) for n, r in train.items()},
                                    **{n: ("the unlabeled set", r) for n, r in unlabeled.items()}})
     _check_weights(study, facts)
@@ -167,6 +176,20 @@ def _load(name, where):
     if not records:
         raise UserError(f"{where}: dataset {name!r} holds no images")
     return records
+
+
+# What each kind of Detectron2 model learns from: a semantic FPN from semantic masks, the R-CNNs from instances.
+LABELS_OF_MODEL = {"SemanticSegmentor": ("sem_seg_file_name", "semantic masks"), "GeneralizedRCNN": ("annotations", "instance annotations"),
+                   "ProposalNetwork": ("annotations", "instance annotations"), "RetinaNet": ("annotations", "instance annotations")}
+
+
+def _check_labels(cfg, name, records, where):
+    """The dataset has the labels the task's model learns from (or is scored on)."""
+    needed = LABELS_OF_MODEL.get(cfg.MODEL.META_ARCHITECTURE)
+    if needed and not any(needed[0] in record for record in records):
+        raise UserError(
+            f"{where}: dataset {name!r} has no {needed[1]}, which a {cfg.MODEL.META_ARCHITECTURE} learns from and is scored on"
+        )
 
 
 def _check_no_shared_images(test_sets, other_sets):
