@@ -443,13 +443,13 @@ def test_a_study_started_twice_on_one_results_folder_is_refused(tmp_path, labell
     (tmp_path / "study.yaml").write_text(study_text(train, test))
     out = tmp_path / "out"
     out.mkdir()
-    held = OutputDirLock(str(out), what="the results folder")
+    held = OutputDirLock(str(out), what="results folder")
     held.acquire()
     try:
         result = run_python("tools/transfer_study.py", "run", str(tmp_path / "study.yaml"), str(out))
     finally:
         held.release()
-    assert_one_line_refusal(result, f"the results folder '{out}' is in use by the run with PID {os.getpid()}")
+    assert_one_line_refusal(result, f"results folder '{out}' is in use by the run with PID {os.getpid()}")
 
 
 def test_pretraining_once_serves_every_seed(tmp_path, labelled, capsys):

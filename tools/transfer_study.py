@@ -76,7 +76,7 @@ def run(args):
     chosen = selection(study, args)
     out = check_output_dir(args.out, "the results folder OUT")
     work = args.work_dir or os.path.join(out, "work")
-    lock = OutputDirLock(out, what="the results folder")
+    lock = OutputDirLock(out, what="results folder")
     lock.acquire()
     try:
         check_declaration_unchanged(study, out)

@@ -383,7 +383,7 @@ def wait_for_previous_run(run, seconds=300):
         return
     deadline = time.monotonic() + seconds
     while True:
-        lock = OutputDirLock(run, what="the run folder")
+        lock = OutputDirLock(run, what="run folder")
         try:
             lock.acquire()
         except UserError:
