@@ -459,3 +459,56 @@ def test_pretraining_once_serves_every_seed(tmp_path, labelled, capsys):
     assert check(tmp_path, text) == 0
     printed = capsys.readouterr().out
     assert printed.count("pretraining vader") == 1 and "8 of 9 runs" not in printed and "9 of 9 runs to make" in printed
+
+
+def test_vader_after_moco_starts_its_resnet_from_the_moco_export(tmp_path):
+    """configs/vader_after_moco_demo.yaml: MoCo's exported ResNet arrives in VADeR's query encoder whole
+    (the FPN and dense head, which MoCo does not train, start fresh), and a fresh run copies it into the
+    key encoder."""
+    import torch
+    from detectron2.modeling import build_model
+
+    from vader_d2.checkpoint import detectron2_weights_from_vader
+    from vader_d2.engine.trainer import load_model_weights
+
+    torch.manual_seed(0)
+    moco = build_model(build_config("configs/moco_global_demo.yaml", ["MODEL.DEVICE", "cpu"]))
+    weights, _, _, _ = detectron2_weights_from_vader(moco.state_dict())
+    export = tmp_path / "moco_r18.pkl"
+    export.write_bytes(pickle.dumps({"model": {k: v.numpy() for k, v in weights.items()}, "__author__": "test", "matching_heuristics": True}))
+
+    cfg = build_config("configs/vader_after_moco_demo.yaml", ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(export)])
+    vader = build_model(cfg)
+    load_model_weights(cfg, vader, cfg.MODEL.WEIGHTS)
+    vader.reset_key_encoder()
+    query = dict(vader.query_encoder.named_parameters())
+    key = dict(vader.key_encoder.named_parameters())
+    resnet = [name for name in query if ".bottom_up." in name]
+    assert len(resnet) > 50 and len(weights) >= len(resnet)
+    moco_state = moco.state_dict()
+    for name in resnet:
+        source = next(k for k in moco_state if k.startswith("query_encoder") and k.endswith(name.split(".bottom_up.")[1]) and ".bottom_up." in k)
+        assert torch.equal(query[name], moco_state[source]), name
+        assert torch.equal(key[name], query[name]), name
+
+
+def test_equal_time_lengths_come_from_the_calibrated_step_times(tmp_path):
+    from vader_d2.study.runner import StudyRunner
+
+    declared = json.loads(json.dumps(MINIMAL))
+    declared["initialisations"].update({
+        "vader": {"pretrain": "v.yaml", "length": {"iterations": 160}},
+        "pixpro": {"pretrain": "p.yaml"},
+        "moco_half": {"pretrain": "m.yaml", "length": {"equal_time_as": "vader", "fraction": 0.5}},
+        "vader_after_moco": {"pretrain": "v.yaml", "start_from": "moco_half", "length": {"iterations": 80}},
+    })
+    declared["pretraining"] = {"length": {"equal_time_as": "vader"}}
+    study = parse_study(json.dumps(declared), "s.yaml")
+    assert study.pretrained == ["vader", "pixpro", "moco_half", "vader_after_moco"]
+    (tmp_path / "calibration.json").write_text(json.dumps({"seconds_per_step": {"vader": 1.2, "pixpro": 0.6, "moco_half": 0.4}}))
+    runner = StudyRunner(study, str(tmp_path), str(tmp_path / "work"), None, facts=None)
+    assert runner.needs_calibration() == []  # every step time is in; the lengths are fixed when first asked
+    assert runner.pretraining_iterations("moco_half") == 240 and runner.pretraining_iterations("vader_after_moco") == 80
+    assert runner.calibration()["iterations"] == {"pixpro": 320, "moco_half": 240}
+    with pytest.raises(UserError, match="fraction applies to equal_time_as: only"):
+        parse_study(with_change("initialisations/vader/length", {"iterations": 5, "fraction": 0.5}), "s.yaml")

@@ -21,7 +21,11 @@ A transfer study's declaration: one YAML file that fixes the whole grid before a
       random_init: {random: true}                        # the reference every gain is measured against
       vader: {pretrain: configs/vader_pretrain_demo.yaml, length: {iterations: 160}}
       pixpro: {pretrain: configs/pixpro_demo.yaml}       # length from pretraining: below
-      vader_after_moco: {pretrain: configs/vader_pretrain_demo.yaml, start_from: moco_v2}
+      moco_half: {pretrain: configs/moco_global_demo.yaml, length: {equal_time_as: vader, fraction: 0.5}}
+      vader_after_moco:                                  # MoCo v2, then VADeR from its export: the
+        pretrain: configs/vader_pretrain_demo.yaml       # other half of VADeR's time
+        start_from: moco_half
+        length: {iterations: 80}
       vader_resnet: {resnet_of: vader}                   # an export without its FPN tensors
       imagenet: {weights: /models/R-18.pkl}              # an existing checkpoint or model-zoo .pkl
     pretraining:
@@ -60,6 +64,7 @@ class Length:
     iterations: Optional[int] = None
     epochs: Optional[int] = None
     equal_time_as: Optional[str] = None
+    fraction: float = 1.0  # of the reference's time, with equal_time_as (a two-stage pretraining's share)
 
 
 @dataclass(frozen=True)
@@ -268,7 +273,7 @@ def _check_references(study, reader):
                 if reference not in inits or not inits[reference].pretrain:
                     reader.fail(f"{where}.length.equal_time_as" if init.length else "pretraining.length.equal_time_as",
                                 f"names {reference!r}, which is not a pretrain: initialisation of this study")
-                if reference != name and study.length_of(reference).equal_time_as:
+                if study.length_of(reference).equal_time_as:
                     reader.fail(f"initialisations.{reference}", "is the equal_time_as reference, so it needs its own length: in iterations or epochs")
     for name in inits:
         _check_no_cycle(inits, name, [], reader)
@@ -354,13 +359,19 @@ class _Reader:
         return tuple(flat)
 
     def length(self, value, where):
-        self.mapping(value, where, optional=("iterations", "epochs", "equal_time_as"))
-        if len(value) != 1:
+        self.mapping(value, where, optional=("iterations", "epochs", "equal_time_as", "fraction"))
+        kinds = [key for key in value if key != "fraction"]
+        if len(kinds) != 1:
             self.fail(where, "needs exactly one of iterations: N, epochs: N, equal_time_as: INITIALISATION")
-        (key, item), = value.items()
+        key = kinds[0]
         if key == "equal_time_as":
-            return Length(equal_time_as=self.string(item, f"{where}.equal_time_as"))
-        return Length(**{key: self.whole_number(item, f"{where}.{key}", minimum=1)})
+            fraction = value.get("fraction", 1.0)
+            if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not fraction > 0:
+                self.fail(f"{where}.fraction", f"must be a positive share of the reference's time, not {fraction!r}")
+            return Length(equal_time_as=self.string(value[key], f"{where}.equal_time_as"), fraction=float(fraction))
+        if "fraction" in value:
+            self.fail(f"{where}.fraction", "applies to equal_time_as: only")
+        return Length(**{key: self.whole_number(value[key], f"{where}.{key}", minimum=1)})
 
     def schedule(self, value, where):
         if value is None:

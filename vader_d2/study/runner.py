@@ -165,6 +165,10 @@ class StudyRunner:
         if length.epochs:
             return self.facts.iterations_for_epochs(init, length.epochs)
         iterations = self.calibration()["iterations"]
+        if init not in iterations and not self.needs_calibration():
+            # Every step time is in but the lengths were not fixed (a run killed in between): fix them now.
+            self._fix_equal_time_iterations()
+            iterations = self.calibration()["iterations"]
         if init not in iterations:
             raise UserError(f"{init} pretrains for the time of {length.equal_time_as}, but OUT/calibration.json has no iterations for it; delete that file to calibrate again")
         return iterations[init]
@@ -173,11 +177,9 @@ class StudyRunner:
         calibration = self.calibration()
         per_step = calibration["seconds_per_step"]
         for init in self.equal_time_inits():
-            reference = self.study.length_of(init).equal_time_as
-            reference_iterations = self.pretraining_iterations(reference)
-            calibration["iterations"][init] = (
-                reference_iterations if reference == init else max(1, round(reference_iterations * per_step[reference] / per_step[init]))
-            )
+            length = self.study.length_of(init)
+            seconds = length.fraction * self.pretraining_iterations(length.equal_time_as) * per_step[length.equal_time_as]
+            calibration["iterations"][init] = max(1, round(seconds / per_step[init]))
         write_json(os.path.join(self.out, "calibration.json"), calibration, "the calibration")
 
     # ---- the jobs --------------------------------------------------------------------------------------
