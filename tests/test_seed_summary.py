@@ -39,3 +39,15 @@ def test_finetune_result_reads_the_last_evaluation_and_leaves_out_classes(tmp_pa
     (tmp_path / "metrics.json").write_text(json.dumps(records[0]) + "\n")
     with pytest.raises(UserError, match="no training loss or no evaluation"):
         finetune_result("vader_600", 2, str(tmp_path))
+
+
+def test_a_result_needs_the_final_evaluation_when_asked(tmp_path):
+    """A run stopped during its final evaluation holds only an earlier periodic one: no result from it."""
+    records = [
+        {"iteration": 99, "total_loss": 2.5, "sem_seg/mIoU": 10.0},
+        {"iteration": 199, "total_loss": 2.0},
+    ]
+    (tmp_path / "metrics.json").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(UserError, match="no evaluation at iteration 200"):
+        finetune_result("vader", 1, str(tmp_path), final_iteration=200)
+    assert finetune_result("vader", 1, str(tmp_path))["finetune"]["sem_seg/mIoU"] == 10.0

@@ -49,8 +49,9 @@ def read_result(path):
     return result
 
 
-def finetune_result(name, seed, run_dir, **extra):
-    """A results dict of one Detectron2 training run: first and last logged total loss, final evaluation."""
+def finetune_result(name, seed, run_dir, final_iteration=None, **extra):
+    """A results dict of one Detectron2 training run: first and last logged total loss, final evaluation
+    (with ``final_iteration``, one made at that iteration: not an earlier periodic one)."""
     from ..evaluation.report import read_metrics
 
     metrics = read_metrics(os.path.join(run_dir, "metrics.json"))
@@ -59,6 +60,8 @@ def finetune_result(name, seed, run_dir, **extra):
     evaluations = [m for m in metrics if any(k.startswith(EVALUATION_PREFIXES) for k in m)]
     if not losses or not evaluations:
         raise UserError(f"{run_dir}/metrics.json has no training loss or no evaluation: did the run finish?")
+    if final_iteration is not None and evaluations[-1].get("iteration") != final_iteration:
+        raise UserError(f"{run_dir}/metrics.json has no evaluation at iteration {final_iteration}: did the run finish?")
     # The set-level numbers; per-class ones ("bbox/AP-bird", "sem_seg/IoU-fish") carry a "-class" suffix.
     final = {k: v for k, v in evaluations[-1].items() if k.startswith(EVALUATION_PREFIXES) and "-" not in k.split("/", 1)[1]}
     return {

@@ -26,13 +26,11 @@ from typing import Optional
 
 from ..checkpoint.atomic_io import atomic_write
 from ..engine.output_dir import OutputDirLock
-from ..errors import UserError, read_json_file
+from ..errors import PREEMPTED_EXIT, USER_ERROR_EXIT, UserError, read_json_file
 from .results import finetune_result, result_path
 
 __all__ = ["StudyRunner", "check_declaration_unchanged"]
 
-PREEMPTED_EXIT = 75
-USER_ERROR_EXIT = 2
 SPEED_LINE = re.compile(r"Overall training speed: \d+ iterations in \S+ \(([0-9.]+) s / it\)")
 _PR_SET_PDEATHSIG = 1
 
@@ -95,9 +93,9 @@ def write_json(path, content, what):
 
 class StudyRunner:
     """
-    ``StudyRunner(study, out, work, train_net).run(seeds, tasks, budgets, inits)``: the selected part of
-    the declared grid (all of it by default). ``train_net`` is the path of tools/train_net.py, which
-    every training runs in its own process.
+    ``StudyRunner(study, out, work, train_net, facts).run(seeds, tasks, budgets, inits)``: the selected
+    part of the declared grid (all of it by default). ``train_net`` is the path of tools/train_net.py,
+    which every training runs in its own process; ``facts`` what ``checks.check_study`` found.
     """
 
     def __init__(self, study, out, work, train_net, facts):
@@ -364,16 +362,24 @@ class StudyRunner:
         weights = self.derived_weights(init, seed) if declared_init.resnet_of else self.weights_of(init, self.pretraining_seed(seed))
         run = os.path.join(self.work, f"seed{seed}", f"{task}_{budget}", init)
         opts = self.facts.downstream_opts(task, budget, weights, seed)
-        if not os.path.exists(os.path.join(run, "model_final.pth")):
+        max_iter = int(_overrides_dict(opts).get("SOLVER.MAX_ITER", self.facts.task_max_iter(task)))
+
+        def result_of_run():
+            # Detectron2 logs the final evaluation at iteration MAX_ITER (its loop's counter after the loop).
+            return finetune_result(init, seed, run, final_iteration=max_iter, task=task, budget=budget, weights=weights, max_iter=max_iter)
+
+        result = None
+        if os.path.exists(os.path.join(run, "model_final.pth")):
+            try:
+                result = result_of_run()
+            except UserError:
+                pass  # trained, but stopped during its final evaluation: it is made again
+        if result is None:
             # An unfinished run starts over: its result then equals an uninterrupted run's.
             wait_for_previous_run(run)
             shutil.rmtree(run, ignore_errors=True)
             self.train(f"seed {seed} {task} {budget} labels {init}", declared_task.config, opts, run, resume=False)
-        schedule = _overrides_dict(opts)
-        result = finetune_result(
-            init, seed, run, task=task, budget=budget, weights=weights,
-            max_iter=int(schedule.get("SOLVER.MAX_ITER", self.facts.task_max_iter(task))),
-        )
+            result = result_of_run()
         record_declaration(self.study, self.out)
         write_json(result_path(self.out, seed, task, budget, init), result, "the result")
 
