@@ -192,12 +192,28 @@ def with_change(path, value):
         ("tasks/frozen/schedule", {"iterations": 300, "min_iterations": 100}, "min_iterations applies to epochs: only"),
         ("tasks/frozen/frozen", "yes", "tasks.frozen.frozen must be true or false"),
         ("unlabeled", None, "unlabeled names no dataset, but the study pretrains"),
+        ("initialisations/random_init", {"random": 1}, "random must be true, not 1"),
+        ("tasks/frozen/overrides", {"SOLVER.BASE_LR": {"value": 0.1}}, "must be a number, a string, true / false or a list of them"),
+        ("initialisations/moco", {"pretrain": "m.yaml", "length": {"equal_time_as": "pixpro"}}, "names 'pixpro', which is not a pretrain:"),
+        ("initialisations/vader/length", {"equal_time_as": "vader"}, "is the equal_time_as reference, so it needs its own length"),
     ],
 )
 def test_a_mistake_in_the_study_file_is_one_line_naming_the_key(path, value, expected):
     with pytest.raises(UserError, match=None) as error:
         parse_study(with_change(path, value), "study.yaml")
     assert expected in str(error.value) and str(error.value).startswith("study.yaml: "), str(error.value)
+
+
+def test_values_yaml_reads_as_other_types_are_one_line():
+    """YAML reads 2020-01-01 as a date and .inf as infinity: neither is a value a study can use."""
+    base = "\n".join(f"{k}: {json.dumps(v)}" for k, v in MINIMAL.items())
+    date = base.replace('"config": "c.yaml"', '"config": "c.yaml", "overrides": {"SOLVER.BASE_LR": 2020-01-01}')
+    with pytest.raises(UserError, match="SOLVER.BASE_LR must be a number, a string"):
+        parse_study(date, "s.yaml")
+    infinite = base.replace('"config": "c.yaml"', '"config": "c.yaml", "schedule": {"epochs": .inf}')
+    with pytest.raises(UserError, match="schedule.epochs must be a positive number of passes"):
+        parse_study(infinite, "s.yaml")
+    assert parse_study(base.replace("[10]", "[30, 10]"), "s.yaml").digest == parse_study(base.replace("[10]", "[10, 30]"), "s.yaml").digest
 
 
 def test_circular_start_from_is_refused():
@@ -243,6 +259,9 @@ def test_a_schedule_is_stretched_in_whole_numbers():
     # Steps past MAX_ITER never fired (a cosine schedule's default STEPS): stretched, they might.
     assert rescale_schedule(demo, 5000)["STEPS"] == ()
     assert iterations_for_epochs(20, 2000, 8) == 5000 and iterations_for_epochs(1, 3, 8) == 1
+    # Squeezed short, steps would round to 0 or onto each other; Detectron2's multi-step schedule takes
+    # increasing steps only.
+    assert rescale_schedule(solver, 3)["STEPS"] == (2,) and rescale_schedule(solver, 1)["STEPS"] == ()
 
 
 def test_solver_epochs_sets_the_length_of_a_train_net_run():
@@ -322,6 +341,12 @@ def test_bad_input_is_one_line_before_any_training(tmp_path, labelled):
         "no labels": (study_text("vader_demo_photos_train", test), "has no instance annotations, which a GeneralizedRCNN"),
         "semantic masks for a detector": (study_text("vader_cutpaste_sem_seg_train", test), "has no instance annotations"),
         "unlabeled test": (study_text(train, "vader_demo_photos_val"), "has no instance annotations"),
+        "epochs key": (study_text(train, test).replace("overrides: {MODEL.DEVICE: cpu}\ndownstream", "overrides: {MODEL.DEVICE: cpu, SOLVER.EPOCHS: 5}\ndownstream"),
+                       "SOLVER.EPOCHS 5 is set, but a study gives lengths itself"),
+        "resnet of MoCo": (study_text(train, test, extra="").replace(
+            "  vader: {pretrain: configs/vader_pretrain_demo.yaml}",
+            "  moco_v2: {pretrain: configs/moco_global_demo.yaml}\n  moco_resnet: {resnet_of: moco_v2}"),
+            "names 'moco_v2', whose MoCo export holds no FPN to leave out"),
     }
     for name, (text, expected) in cases.items():
         with pytest.raises(UserError) as error:
@@ -505,10 +530,17 @@ def test_equal_time_lengths_come_from_the_calibrated_step_times(tmp_path):
     declared["pretraining"] = {"length": {"equal_time_as": "vader"}}
     study = parse_study(json.dumps(declared), "s.yaml")
     assert study.pretrained == ["vader", "pixpro", "moco_half", "vader_after_moco"]
-    (tmp_path / "calibration.json").write_text(json.dumps({"seconds_per_step": {"vader": 1.2, "pixpro": 0.6, "moco_half": 0.4}}))
+    calibration = {"seconds_per_step": {"vader": 1.2, "pixpro": 0.6, "moco_half": 0.4}, "study_sha256": "another declaration"}
+    (tmp_path / "calibration.json").write_text(json.dumps(calibration))
     runner = StudyRunner(study, str(tmp_path), str(tmp_path / "work"), None, facts=None)
+    # Made under another declaration, before any result: calibrated again.
+    assert runner.needs_calibration() == ["vader", "pixpro", "moco_half"]
+    (tmp_path / "calibration.json").write_text(json.dumps({**calibration, "study_sha256": study.digest}))
     assert runner.needs_calibration() == []  # every step time is in; the lengths are fixed when first asked
     assert runner.pretraining_iterations("moco_half") == 240 and runner.pretraining_iterations("vader_after_moco") == 80
     assert runner.calibration()["iterations"] == {"pixpro": 320, "moco_half": 240}
     with pytest.raises(UserError, match="fraction applies to equal_time_as: only"):
         parse_study(with_change("initialisations/vader/length", {"iterations": 5, "fraction": 0.5}), "s.yaml")
+    (tmp_path / "calibration.json").write_text(json.dumps({"seconds_per_step": None}))
+    with pytest.raises(UserError, match="is not one tools/transfer_study.py wrote; restore it"):
+        runner.calibration()

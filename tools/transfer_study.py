@@ -17,9 +17,10 @@ were begun with (a changed grid is a new study file and a new OUT).
 
 import argparse
 import os
+import sys
 
 from vader_d2.cli import check_output_dir, run_cli
-from vader_d2.errors import UserError
+from vader_d2.errors import UserError, read_text_file
 from vader_d2.engine.output_dir import OutputDirLock
 from vader_d2.study import collect, gain_table, load_study, parse_study, plot_gains
 
@@ -50,8 +51,7 @@ def declared_study(out):
     path = os.path.join(out, "study.yaml")
     if not os.path.isfile(path):
         raise UserError(f"{out} holds no declared study ({path}); `run` writes it with the first result")
-    with open(path) as f:
-        return parse_study(f.read(), path)
+    return parse_study(read_text_file(path, "declared study"), path)
 
 
 def selection(study, args):
@@ -68,23 +68,24 @@ def selection(study, args):
 
 
 def run(args):
-    # Imported here: table and plot need neither torch nor Detectron2.
+    # Imported here: what only check and run need.
     from vader_d2.study.checks import check_study
     from vader_d2.study.runner import StudyRunner, check_declaration_unchanged
 
     study = load_study(args.study)
     chosen = selection(study, args)
     out = check_output_dir(args.out, "the results folder OUT")
-    work = args.work_dir or os.path.join(out, "work")
-    lock = OutputDirLock(out, what="results folder")
-    lock.acquire()
+    work = os.path.abspath(args.work_dir or os.path.join(out, "work"))
+    locks = [OutputDirLock(out, what="results folder"), OutputDirLock(check_output_dir(work, "--work-dir"), what="work folder")]
+    for lock in locks:
+        lock.acquire()
     try:
         check_declaration_unchanged(study, out)
         if not args.work_dir and not os.path.exists(os.path.join(out, ".gitignore")):
             with open(os.path.join(out, ".gitignore"), "w") as f:
                 f.write("work/\n")
         facts = check_study(study, out)
-        runner = StudyRunner(study, out, check_output_dir(work, "--work-dir"), TRAIN_NET, facts)
+        runner = StudyRunner(study, out, work, TRAIN_NET, facts)
         if args.command == "check":
             jobs = runner.plan(*chosen)
             for k, job in enumerate(jobs, 1):
@@ -101,12 +102,17 @@ def run(args):
                 print(table)
         return 0
     finally:
-        lock.release()
+        for lock in locks:
+            lock.release()
 
 
 def main(args):
     if args.command in ("run", "check"):
-        return run(args)
+        try:
+            return run(args)
+        except KeyboardInterrupt:  # before the runner takes the signal over: during the checks
+            print("vader_d2: stopped (Ctrl-C) before any training; run the same command again", file=sys.stderr, flush=True)
+            return 130
     study = declared_study(args.out)
     found = collect(study, args.out)
     if not found:

@@ -92,6 +92,8 @@ def read_text_file(path, what):
         raise UserError(f"the {what} {path} does not exist") from None
     except OSError as e:
         raise UserError(f"cannot read the {what} {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"the {what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def read_json_file(path, what="results file"):

@@ -55,6 +55,7 @@ __all__ = [
     "NAMED_DATASET_PREFIXES",
     "load_image_folder",
     "read_subset_file",
+    "subset_file_names",
     "register_unlabeled_folder",
     "register_named_datasets",
     "register_all_builtin",
@@ -220,44 +221,64 @@ _NOT_INHERITED = ("name", "json_file")
 
 def _register_subset(name):
     """``subset:FILE.json``: ``{"dataset": NAME, "images": [{"file_name": ..., "image_id": ...}, ...]}``, the
-    records of dataset NAME whose file names the list holds, in the list's order."""
+    records of dataset NAME whose files the list holds, in the list's order. With ``"relative_to":
+    "image_root"`` the file names are relative to NAME's image folder where it is registered now, so that
+    the file stays right when the data move (another machine, another $DETECTRON2_DATASETS)."""
     path = _path_in_name(name, SUBSET_DATASET_PREFIX, "file", "subset:/path/to/subset.json")
 
     def load():
-        parent, wanted = read_subset_file(path)
+        parent, wanted, relative = read_subset_file(path)
         register_named_datasets([parent])
         if parent not in DatasetCatalog.list():
             raise UserError(f"dataset {name!r}: {path} selects from {parent!r}, which is not registered")
-        by_file = {os.path.realpath(record["file_name"]): record for record in DatasetCatalog.get(parent)}
-        missing = [file_name for file_name in wanted if os.path.realpath(file_name) not in by_file]
+        records = DatasetCatalog.get(parent)
+        image_root = MetadataCatalog.get(parent).get("image_root", None) if relative else None
+        if relative and image_root is None:
+            raise UserError(f"dataset {name!r}: {path} lists files relative to the image folder of {parent!r}, which has none")
+        wanted = [os.path.realpath(os.path.join(image_root, f) if image_root else f) for f in wanted]
+        by_file = {os.path.realpath(record["file_name"]): record for record in records}
+        missing = [file_name for file_name in wanted if file_name not in by_file]
         if missing:
             raise UserError(f"dataset {name!r}: {len(missing)} images {path} lists are not in {parent!r} (first: {missing[0]})")
         inherited = {k: v for k, v in MetadataCatalog.get(parent).as_dict().items() if k not in _NOT_INHERITED}
         metadata = MetadataCatalog.get(name)
         metadata.set(**{k: v for k, v in inherited.items() if metadata.get(k, None) is None})
-        return [by_file[os.path.realpath(file_name)] for file_name in wanted]
+        return [by_file[file_name] for file_name in wanted]
 
     _register_once(name, load, _RELATIVE_NAME_HINT, image_root=path)
 
 
 def read_subset_file(path):
-    """The dataset name and the listed file names of a ``subset:`` file; a one-line error when it is
-    missing or not such a file."""
+    """The dataset name, the listed file names and whether they are relative to its image folder, of a
+    ``subset:`` file; a one-line error when it is missing or not such a file."""
     try:
         with open(path) as f:
             content = json.load(f)
         parent = content["dataset"]
         file_names = [image["file_name"] for image in content["images"]]
+        relative = content.get("relative_to") == "image_root"
     except FileNotFoundError:
         raise UserError(f"the subset file {path} does not exist") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(
             f"{path} is not a subset file ({type(e).__name__}: {e}); it holds "
             '{"dataset": NAME, "images": [{"file_name": ...}, ...]}'
         ) from None
-    if not isinstance(parent, str) or not file_names:
+    if not isinstance(parent, str) or not file_names or not all(isinstance(f, str) for f in file_names):
         raise UserError(f"{path} names no dataset or lists no images")
-    return parent, file_names
+    return parent, file_names, relative
+
+
+def subset_file_names(records, image_root):
+    """The file names of ``records`` as a subset file writes them: relative to ``image_root`` (with
+    ``"relative_to": "image_root"``) when every one lies under it, else as they are. Returns
+    ``(names, relative)``."""
+    if image_root:
+        root = os.path.realpath(image_root)
+        names = [os.path.relpath(os.path.realpath(r["file_name"]), root) for r in records]
+        if not any(n.startswith(os.pardir + os.sep) or n == os.pardir for n in names):
+            return names, True
+    return [r["file_name"] for r in records], False
 
 
 def register_all_builtin(root):

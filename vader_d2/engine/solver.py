@@ -113,17 +113,18 @@ def rescale_schedule(solver, max_iter):
     The schedule of the SOLVER node ``solver`` stretched to ``max_iter`` iterations, as
     ``{"MAX_ITER", "WARMUP_ITERS", "STEPS"}``: the warm-up and every LR step keep their fraction of
     MAX_ITER, rounded down (a config whose warm-up is an eighth of its length keeps max_iter // 8).
-    Steps at or past the old MAX_ITER never fired and are left out (stretched, they might). Cosine
-    schedules need nothing else: they span MAX_ITER.
+    Steps at or past the old MAX_ITER never fired and are left out (stretched, they might), as are steps
+    a short schedule rounds to 0 or onto an earlier one. Cosine schedules need nothing else: they span
+    MAX_ITER.
     """
     if max_iter < 1:
         raise UserError(f"a schedule needs at least one iteration, not {max_iter}")
     # Whole numbers throughout: a float scale would round 3 x 10 / 10 down to 2.
-    return {
-        "MAX_ITER": max_iter,
-        "WARMUP_ITERS": solver.WARMUP_ITERS * max_iter // solver.MAX_ITER,
-        "STEPS": tuple(step * max_iter // solver.MAX_ITER for step in solver.STEPS if step < solver.MAX_ITER),
-    }
+    stretched = [step * max_iter // solver.MAX_ITER for step in solver.STEPS if step < solver.MAX_ITER]
+    # A schedule squeezed short can round steps to 0 or onto each other; Detectron2's multi-step schedule
+    # takes increasing steps only.
+    steps = tuple(step for i, step in enumerate(stretched) if step > 0 and step not in stretched[:i])
+    return {"MAX_ITER": max_iter, "WARMUP_ITERS": solver.WARMUP_ITERS * max_iter // solver.MAX_ITER, "STEPS": steps}
 
 
 def iterations_for_epochs(epochs, images, batch):

@@ -10,6 +10,7 @@ command-line overrides) and writes the label budgets' image lists into ``out/bud
 import hashlib
 import json
 import os
+import pickle
 from collections import defaultdict
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -17,10 +18,11 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ..checkpoint.atomic_io import short_error
 from ..cli import build_config
 from ..config import check_solver_config, check_vader_config
-from ..data.datasets import SUBSET_DATASET_PREFIX, register_named_datasets
+from ..data.datasets import SUBSET_DATASET_PREFIX, read_subset_file, register_named_datasets, subset_file_names
 from ..errors import UserError
 from ..engine.solver import iterations_for_epochs, rescale_schedule
 from ..engine.trainer import VADeRTrainer, check_datasets_registered, is_pretraining, load_model_weights
+from ..modeling.momentum import pretraining_method
 from .runner import budget_images, write_json
 
 __all__ = ["StudyFacts", "check_study"]
@@ -116,9 +118,11 @@ def check_study(study, out):
                 f"tasks.{name}.test: dataset {task.test!r} has no evaluator (metadata evaluator_type={evaluator!r}); "
                 "a test set is a COCO-format (coco:) or semantic-segmentation dataset"
             )
+    _check_schedules(study, facts)
     _check_no_shared_images(test, {**{n: ("the labelled train set", r) for n, r in train.items()},
                                    **{n: ("the unlabeled set", r) for n, r in unlabeled.items()}})
     _check_weights(study, facts)
+    _check_resnet_of(study, facts)
     _write_budgets(study, facts, train)
     return facts
 
@@ -133,9 +137,10 @@ def _check_configs(study, facts):
             raise UserError(f"{study.path}: {where} {task.config} is a pretraining config; a task is a downstream config (configs/downstream/)")
         _as_where(where, check_datasets_registered, cfg)
         _as_where(where, check_solver_config, cfg)
+        _no_epochs_key(cfg, where)
         facts.task_configs[name] = cfg
     for name, init in study.initialisations.items():
-        if init.weights and not os.path.isfile(init.weights):
+        if init.weights and "://" not in init.weights and not os.path.isfile(init.weights):
             raise UserError(f"{study.path}: initialisations.{name}.weights {init.weights!r} does not exist")
         if not init.pretrain:
             continue
@@ -146,7 +151,17 @@ def _check_configs(study, facts):
         _as_where(where, check_datasets_registered, cfg)
         _as_where(where, check_solver_config, cfg)
         _as_where(where, check_vader_config, cfg, 1)
+        _no_epochs_key(cfg, where)
         facts.pretraining_configs[name] = cfg
+
+
+def _no_epochs_key(cfg, where):
+    """A study sets every run's length itself (length:, schedule:): SOLVER.EPOCHS would override it."""
+    if cfg.SOLVER.EPOCHS:
+        raise UserError(
+            f"{where}: SOLVER.EPOCHS {cfg.SOLVER.EPOCHS} is set, but a study gives lengths itself: write "
+            "length: {epochs: N} (pretraining) or schedule: {epochs: N} (a task) and leave SOLVER.EPOCHS 0"
+        )
 
 
 def _config(path, opts, where):
@@ -190,6 +205,18 @@ def _check_labels(cfg, name, records, where):
         raise UserError(
             f"{where}: dataset {name!r} has no {needed[1]}, which a {cfg.MODEL.META_ARCHITECTURE} learns from and is scored on"
         )
+
+
+def _check_schedules(study, facts):
+    """Each budget's downstream schedule, stretched from its config's, passes train_net.py's solver checks."""
+    for name in study.tasks:
+        for budget in study.label_budgets:
+            iterations = facts.downstream_iterations(name, budget)
+            cfg = facts.task_configs[name].clone()
+            cfg.defrost()
+            for key, value in rescale_schedule(cfg.SOLVER, iterations).items():
+                cfg.SOLVER[key] = value
+            _as_where(f"tasks.{name} with {budget} labels ({iterations} iterations)", check_solver_config, cfg)
 
 
 def _check_no_shared_images(test_sets, other_sets):
@@ -238,6 +265,32 @@ def _check_no_shared_images(test_sets, other_sets):
                         refuse(test_path, record["file_name"], "the same bytes")
 
 
+def _check_resnet_of(study, facts):
+    """resnet_of leaves the FPN out of an export: its source must bring one (VADeR's does; MoCo's, DenseCL's
+    and PixPro's export their ResNet alone, already what resnet_of makes)."""
+    for name, init in study.initialisations.items():
+        if not init.resnet_of:
+            continue
+        where = f"initialisations.{name}.resnet_of"
+        source = study.initialisations[init.resnet_of]
+        if source.pretrain:
+            method = pretraining_method(facts.pretraining_configs[init.resnet_of])
+            if "FPN" not in method.exported_parts:
+                raise UserError(
+                    f"{study.path}: {where} names {init.resnet_of!r}, whose {method.__name__} export holds no FPN to "
+                    f"leave out; use {init.resnet_of!r} itself"
+                )
+        elif "://" not in source.weights:
+            try:
+                with open(source.weights, "rb") as f:
+                    model = pickle.load(f, encoding="latin1")["model"]
+                has_fpn = any(part.startswith("fpn_") for key in model for part in key.split("."))
+            except Exception as e:  # any unreadable file: the user's to fix
+                raise UserError(f"{study.path}: {where}: {source.weights!r} is not a Detectron2 model-zoo .pkl ({short_error(e)})") from None
+            if not has_fpn:
+                raise UserError(f"{study.path}: {where}: {source.weights!r} holds no FPN tensors (fpn_*) to leave out")
+
+
 def _check_weights(study, facts):
     """Each existing checkpoint loads into every task's model (and into the pretraining that starts
     from it), with the backbone checks of a real run."""
@@ -261,25 +314,34 @@ def _load_into(cfg, path, what):
 
 
 def _write_budgets(study, facts, train):
-    """OUT/budgets/<task>_<N>.json: each budget's images. Written once; a labelled set whose budgets
-    would now hold other images (the data changed) is refused."""
+    """OUT/budgets/<task>_<N>.json: each budget's images, as a ``subset:`` file. Until the study's first
+    result they follow the declaration; after it, a labelled set whose budget would now hold other
+    images (the data changed) is refused."""
+    declared = os.path.exists(os.path.join(facts.out, "study.sha256"))
     for name, task in study.tasks.items():
+        image_root = MetadataCatalog.get(task.train).get("image_root", None)
         chosen = budget_images(train[task.train], study.label_budgets, study.budget_order, study.budget_seed)
-        for budget, images in chosen.items():
+        for budget, records in chosen.items():
+            where = f"tasks.{name} with {budget} labels"
+            if not any(LABELS_OF_MODEL.get(facts.task_configs[name].MODEL.META_ARCHITECTURE, ("file_name",))[0] in r for r in records):
+                raise UserError(f"{where}: none of the budget's images has labels; label more images or shuffle with another budget_seed")
             path = facts.budget_file(name, budget)
-            content = {"dataset": task.train, "budget": budget, "order": study.budget_order,
-                       "budget_seed": study.budget_seed, "images": images}
-            if os.path.exists(path):
-                with open(path) as f:
-                    try:
-                        written = json.load(f).get("images")
-                    except ValueError:
-                        written = None
-                if written == images:
+            names, relative = subset_file_names(records, image_root)
+            images = [{"file_name": n, "image_id": r.get("image_id")} for n, r in zip(names, records)]
+            content = {"dataset": task.train, "budget": budget, "order": study.budget_order, "budget_seed": study.budget_seed,
+                       **({"relative_to": "image_root"} if relative else {}), "images": images}
+            if os.path.exists(path) and declared:
+                if _budget_files(path) == [os.path.realpath(r["file_name"]) for r in records]:
                     continue
-                if written is not None:
-                    raise UserError(
-                        f"{path} holds other images than {task.train!r} gives the {budget}-image budget now: the labelled "
-                        "set changed since the study began; restore it, or give the study another results folder"
-                    )
+                raise UserError(
+                    f"{path} holds other images than {task.train!r} gives the {budget}-image budget now: the labelled "
+                    "set changed since the study's first result; restore it, or give the study another results folder"
+                )
             write_json(path, content, "a label budget")
+
+
+def _budget_files(path):
+    """The files a budget file lists, resolved as its subset: dataset resolves them."""
+    parent, names, relative = read_subset_file(path)
+    image_root = MetadataCatalog.get(parent).get("image_root", None) if relative else None
+    return [os.path.realpath(os.path.join(image_root, n) if image_root else n) for n in names]

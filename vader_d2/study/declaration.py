@@ -6,7 +6,7 @@ A transfer study's declaration: one YAML file that fixes the whole grid before a
     seeds: [1, 2, 3]                                     # each drives a downstream run of every cell
     unlabeled: ["folder:/data/photos"]                   # pretraining data: dataset names, several allowed
     label_budgets: [30, 100]                             # nested: the first N of one order of the train set
-    budget_order: shuffled                               # or as_listed (the train set's own order)
+    budget_order: shuffled                               # or as_listed (the set's order: a COCO json's by image id)
     budget_seed: 0                                       # the shuffle's seed
     tasks:                                               # name: a downstream config and its data
       mask_rcnn:
@@ -42,6 +42,7 @@ file (an unknown key, a name used before it is declared, a value of the wrong ki
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -156,6 +157,8 @@ class Study:
 def study_digest(declared):
     """sha256 of the declared grid: comments, layout and the description may change, no other value may."""
     grid = {key: value for key, value in declared.items() if key != "description"}
+    # The budgets are nested whatever order they are listed in.
+    grid["label_budgets"] = sorted(grid["label_budgets"])
     return hashlib.sha256(json.dumps(grid, sort_keys=True).encode()).hexdigest()
 
 
@@ -209,7 +212,7 @@ def parse_study(text, path):
         if len(kinds) != 1:
             reader.fail(where, "needs exactly one of random: true, pretrain: CONFIG, weights: FILE, resnet_of: INITIALISATION"
                         + (f" (it gives {', '.join(kinds)})" if kinds else ""))
-        if init.get("random") not in (None, True):
+        if "random" in init and init["random"] is not True:
             reader.fail(f"{where}.random", f"must be true, not {init['random']!r}")
         for key in ("start_from", "length", "overrides"):
             if key in init and "pretrain" not in init:
@@ -273,7 +276,7 @@ def _check_references(study, reader):
                 if reference not in inits or not inits[reference].pretrain:
                     reader.fail(f"{where}.length.equal_time_as" if init.length else "pretraining.length.equal_time_as",
                                 f"names {reference!r}, which is not a pretrain: initialisation of this study")
-                if study.length_of(reference).equal_time_as:
+                if study.length_of(reference) is None or study.length_of(reference).equal_time_as:
                     reader.fail(f"initialisations.{reference}", "is the equal_time_as reference, so it needs its own length: in iterations or epochs")
     for name in inits:
         _check_no_cycle(inits, name, [], reader)
@@ -351,10 +354,11 @@ class _Reader:
         for key, item in value.items():
             if not isinstance(key, str) or not re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+", key):
                 self.fail(where, f"has the key {key!r}: config keys are written in full, e.g. SOLVER.BASE_LR")
-            if isinstance(item, (list, tuple)):
+            scalar = (str, int, float, bool)
+            if isinstance(item, (list, tuple)) and all(isinstance(x, scalar) for x in item):
                 item = repr(tuple(item))
-            elif isinstance(item, dict) or item is None:
-                self.fail(f"{where}.{key}", f"must be a value, not {item!r}")
+            elif not isinstance(item, scalar):
+                self.fail(f"{where}.{key}", f"must be a number, a string, true / false or a list of them, not {item!r}")
             flat += [key, str(item)]
         return tuple(flat)
 
@@ -366,7 +370,7 @@ class _Reader:
         key = kinds[0]
         if key == "equal_time_as":
             fraction = value.get("fraction", 1.0)
-            if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not fraction > 0:
+            if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < math.inf:
                 self.fail(f"{where}.fraction", f"must be a positive share of the reference's time, not {fraction!r}")
             return Length(equal_time_as=self.string(value[key], f"{where}.equal_time_as"), fraction=float(fraction))
         if "fraction" in value:
@@ -384,6 +388,6 @@ class _Reader:
                 self.fail(f"{where}.min_iterations", "applies to epochs: only")
             return Schedule(iterations=self.whole_number(value["iterations"], f"{where}.iterations", minimum=1))
         epochs = value["epochs"]
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not epochs > 0:
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not 0 < epochs < math.inf:
             self.fail(f"{where}.epochs", f"must be a positive number of passes over the budget's images, not {epochs!r}")
         return Schedule(epochs=float(epochs), min_iterations=self.whole_number(value.get("min_iterations", 1), f"{where}.min_iterations", minimum=1))

@@ -223,6 +223,8 @@ def plot_gains(study, found, output):
         figure.savefig(output, dpi=100)
     except OSError as e:
         raise UserError(f"cannot write the plot {output}: {e.strerror or e}") from None
+    except ValueError as e:  # an extension matplotlib cannot write
+        raise UserError(f"cannot write the plot {output}: {e}; give a .png file") from None
     finally:
         plt.close(figure)
     return output

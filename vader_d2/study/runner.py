@@ -51,6 +51,29 @@ class Job:
     iterations: Optional[int] = None  # its length, when known before it runs (for the ETA)
 
 
+# In each run folder: the command that trains it. A folder is reused only by the same command (the same
+# config, overrides and length): a changed calibration or a work folder shared by mistake retrains.
+RUN_RECORD = "study_run.json"
+
+
+def _run_record(config, opts, weights=""):
+    """What makes a run: its config, its overrides and, for a run that loads weights, which file (its
+    size and time), so that a retrained pretraining's downstream runs are trained again."""
+    record = {"config": config, "opts": list(opts)}
+    if weights and os.path.exists(weights):
+        stat = os.stat(weights)
+        record["weights_file"] = [stat.st_size, stat.st_mtime_ns]
+    return record
+
+
+def _same_command(run, record):
+    try:
+        with open(os.path.join(run, RUN_RECORD)) as f:
+            return json.load(f) == record
+    except (OSError, ValueError):
+        return False
+
+
 def _overrides_dict(opts):
     return dict(zip(opts[0::2], opts[1::2]))
 
@@ -110,7 +133,8 @@ class StudyRunner:
     # ---- what each initialisation's weights are -------------------------------------------------------
 
     def pretraining_dir(self, init, seed):
-        return os.path.join(self.work, f"seed{seed}" if self.study.pretrain_per_seed else "pretrained_once", init)
+        # Beside the seed's <task>_<budget>/ downstream folders, never among them (an init may be named det_10).
+        return os.path.join(self.work, f"seed{seed}" if self.study.pretrain_per_seed else "pretrained_once", "pretraining", init)
 
     def pretraining_seed(self, seed):
         return seed if self.study.pretrain_per_seed else self.study.seeds[0]
@@ -134,14 +158,24 @@ class StudyRunner:
     def calibration(self):
         """OUT/calibration.json: ``{"seconds_per_step": {init: s}, "iterations": {init: n}}``. The
         iterations of an equal_time_as pretraining are fixed once, when the last calibration is in, and
-        kept with the results: a fresh machine resuming the study pretrains for as many."""
+        kept with the results: a fresh machine resuming the study pretrains for as many. Until the
+        study's first result, a calibration made under another declaration is made again."""
         path = os.path.join(self.out, "calibration.json")
         if not os.path.exists(path):
-            return {"seconds_per_step": {}, "iterations": {}}
+            return {"seconds_per_step": {}, "iterations": {}, "study_sha256": self.study.digest}
         calibration = read_json_file(path, "calibration file")
-        if not isinstance(calibration, dict) or not isinstance(calibration.get("iterations", {}), dict):
-            raise UserError(f"the calibration file {path} is not one tools/transfer_study.py wrote; delete it to calibrate again")
-        return {"seconds_per_step": calibration.get("seconds_per_step", {}), "iterations": calibration.get("iterations", {}), **calibration}
+        per_step = calibration.get("seconds_per_step", {}) if isinstance(calibration, dict) else None
+        iterations = calibration.get("iterations", {}) if isinstance(calibration, dict) else None
+        if not (isinstance(per_step, dict) and all(isinstance(v, (int, float)) and v > 0 for v in per_step.values())
+                and isinstance(iterations, dict) and all(type(v) is int and v > 0 for v in iterations.values())):
+            raise UserError(
+                f"the calibration file {path} is not one tools/transfer_study.py wrote; restore it (it fixes the "
+                "pretraining lengths of the study's results), or delete it if the study has no result yet"
+            )
+        declared = os.path.exists(os.path.join(self.out, "study.sha256"))
+        if not declared and calibration.get("study_sha256") != self.study.digest:
+            return {"seconds_per_step": {}, "iterations": {}, "study_sha256": self.study.digest}
+        return {**calibration, "seconds_per_step": per_step, "iterations": iterations}
 
     def equal_time_inits(self):
         return [init for init in self.study.pretrained if self.study.length_of(init).equal_time_as]
@@ -168,7 +202,7 @@ class StudyRunner:
             self._fix_equal_time_iterations()
             iterations = self.calibration()["iterations"]
         if init not in iterations:
-            raise UserError(f"{init} pretrains for the time of {length.equal_time_as}, but OUT/calibration.json has no iterations for it; delete that file to calibrate again")
+            raise UserError(f"{init} pretrains for the time of {length.equal_time_as}, but {self.out}/calibration.json has no iterations for it; delete that file to calibrate again")
         return iterations[init]
 
     def _fix_equal_time_iterations(self):
@@ -197,11 +231,14 @@ class StudyRunner:
                 if init not in needed or (not self.study.pretrain_per_seed and init in shared_planned):
                     continue
                 shared_planned.add(init)
-                done = os.path.exists(os.path.join(self.pretraining_dir(init, seed), "d2.pkl"))
                 try:
                     iterations = self.pretraining_iterations(init)
                 except UserError:  # equal_time_as, before its calibration
                     iterations = None
+                run = self.pretraining_dir(init, self.pretraining_seed(seed))
+                done = iterations is not None and os.path.exists(os.path.join(run, "d2.pkl")) and _same_command(
+                    run, self.pretraining_record(init, self.pretraining_seed(seed), iterations)
+                )
                 jobs.append(Job("pretraining", f"seed {seed}, pretraining {init}",
                                 lambda init=init, seed=seed: self.pretrain(init, seed), done=done, iterations=iterations))
             for task, budget, init in missing:
@@ -238,7 +275,7 @@ class StudyRunner:
                 job.run()
                 finished.append((job, time.monotonic() - started))
                 if self.stop_signal:
-                    break
+                    self._stopped(f"the study, after {job.what}")
             return total
         finally:
             for sig, handler in previous.items():
@@ -267,12 +304,22 @@ class StudyRunner:
         hours, rest = divmod(int(total), 3600)
         return f"ETA {hours}:{rest // 60:02d}:{rest % 60:02d} for the {sum(not j.done for j in remaining)} runs left"
 
+    @staticmethod
+    def _stopped(what):
+        print(f"vader_d2: {what}, was stopped by a signal; run the same command again to continue", file=sys.stderr, flush=True)
+        raise SystemExit(PREEMPTED_EXIT)
+
     def _forward(self, signum, frame):
         self.stop_signal = signum
         if self.child is not None and self.child.poll() is None:
             self.child.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
 
     # ---- running one training ----------------------------------------------------------------------------
+
+    @staticmethod
+    def start_run(run, record):
+        os.makedirs(run, exist_ok=True)
+        write_json(os.path.join(run, RUN_RECORD), record, "the run's command")
 
     def train(self, what, config, opts, output_dir, resume):
         logs = os.path.join(self.work, "logs")
@@ -281,24 +328,34 @@ class StudyRunner:
         command = [sys.executable, self.train_net, "--config-file", config, *(["--resume"] if resume else []),
                    *opts, "OUTPUT_DIR", output_dir]
         if self.stop_signal:
-            raise SystemExit(PREEMPTED_EXIT)
+            self._stopped(f"the study, before {what}")
         with open(log, "a") as f:
             f.write(f"$ {' '.join(command)}\n")
             f.flush()
-            self.child = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, preexec_fn=_end_with_parent)
+            # A session of its own: the terminal's Ctrl-C reaches this runner only, which passes it on as
+            # SIGTERM, the signal training turns into a checkpoint.
+            self.child = subprocess.Popen(
+                command, stdout=f, stderr=subprocess.STDOUT, preexec_fn=_end_with_parent, start_new_session=True
+            )
+            if self.stop_signal:  # a signal between the check above and the start
+                self.child.send_signal(signal.SIGTERM)
             status = self.child.wait()
             self.child = None
         if status == 0:
             return
         last = _last_error_line(log)
         if status == PREEMPTED_EXIT or self.stop_signal:
-            print(f"vader_d2: {what} was stopped by a signal; run the same command again to continue", file=sys.stderr, flush=True)
-            raise SystemExit(PREEMPTED_EXIT)
+            self._stopped(what)
         if status == USER_ERROR_EXIT:
             raise UserError(f"{what}: {last.removeprefix('vader_d2: ')} (its log: {log})")
         raise UserError(f"{what} failed with exit status {status} (its log: {log}; last line: {last})")
 
     # ---- calibration, pretraining, derived weights ---------------------------------------------------------
+
+    def pretraining_record(self, init, seed, iterations):
+        declared = self.study.initialisations[init]
+        opts = self.pretraining_opts(init, seed, iterations)
+        return _run_record(declared.pretrain, opts, self.weights_of(declared.start_from, seed) if declared.start_from else "")
 
     def pretraining_opts(self, init, seed, iterations):
         declared = self.study.initialisations[init]
@@ -313,7 +370,8 @@ class StudyRunner:
         wait_for_previous_run(run)
         shutil.rmtree(run, ignore_errors=True)
         iterations = self.study.calibration_iterations
-        opts = [*self.facts.pretraining_base_opts(init), *self.facts.pretraining_schedule(init, iterations)]
+        # Speed only: no MODEL.WEIGHTS, whatever the initialisation starts from.
+        opts = [*self.facts.pretraining_base_opts(init), *self.facts.pretraining_schedule(init, iterations), "MODEL.WEIGHTS", ""]
         self.train(f"calibration {init}", declared.pretrain, opts, run, resume=False)
         per_step = _training_speed(os.path.join(run, "log.txt"))
         if per_step is None:
@@ -331,9 +389,15 @@ class StudyRunner:
         run = self.pretraining_dir(init, seed)
         export = os.path.join(run, "d2.pkl")
         iterations = self.pretraining_iterations(init)
+        opts = self.pretraining_opts(init, seed, iterations)
+        record = self.pretraining_record(init, seed, iterations)
+        wait_for_previous_run(run)
+        if not _same_command(run, record):
+            shutil.rmtree(run, ignore_errors=True)
         if not os.path.exists(os.path.join(run, "model_final.pth")):
-            wait_for_previous_run(run)
-            self.train(f"seed {seed} pretraining {init}", declared.pretrain, self.pretraining_opts(init, seed, iterations), run, resume=True)
+            # The same command continues from its last checkpoint (reproducible, not bit-equal).
+            self.start_run(run, record)
+            self.train(f"seed {seed} pretraining {init}", declared.pretrain, opts, run, resume=True)
         from ..checkpoint.export import export_to_detectron2
 
         export_to_detectron2(os.path.join(run, "model_final.pth"), export)
@@ -350,8 +414,9 @@ class StudyRunner:
         """A resnet_of initialisation's file: its source's export without the FPN tensors (made once)."""
         declared = self.study.initialisations[init]
         target = os.path.join(self.pretraining_dir(init, self.pretraining_seed(seed)), "d2.pkl")
-        if not os.path.exists(target):
-            write_resnet_only(self.weights_of(declared.resnet_of, self.pretraining_seed(seed)), target)
+        source = self.weights_of(declared.resnet_of, self.pretraining_seed(seed))
+        if not os.path.exists(target) or os.path.getmtime(target) < os.path.getmtime(source):
+            write_resnet_only(source, target)
         return target
 
     # ---- a downstream run ------------------------------------------------------------------------------
@@ -369,7 +434,8 @@ class StudyRunner:
             return finetune_result(init, seed, run, final_iteration=max_iter, task=task, budget=budget, weights=weights, max_iter=max_iter)
 
         result = None
-        if os.path.exists(os.path.join(run, "model_final.pth")):
+        record = _run_record(declared_task.config, opts, weights)
+        if os.path.exists(os.path.join(run, "model_final.pth")) and _same_command(run, record):
             try:
                 result = result_of_run()
             except UserError:
@@ -378,6 +444,7 @@ class StudyRunner:
             # An unfinished run starts over: its result then equals an uninterrupted run's.
             wait_for_previous_run(run)
             shutil.rmtree(run, ignore_errors=True)
+            self.start_run(run, record)
             self.train(f"seed {seed} {task} {budget} labels {init}", declared_task.config, opts, run, resume=False)
             result = result_of_run()
         record_declaration(self.study, self.out)
@@ -408,9 +475,9 @@ def write_resnet_only(source, target):
     that the downstream FPN starts from Detectron2's initialisation, as from an export of a ResNet alone."""
     try:
         with open(source, "rb") as f:
-            weights = pickle.load(f)
-        model = weights["model"]
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as e:
+            weights = pickle.load(f, encoding="latin1")  # Detectron2's model zoo: pickles of Python 2
+        model = dict(weights["model"])
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{source!r} is not a Detectron2 model-zoo .pkl ({type(e).__name__}: {e})") from None
     resnet = {name: value for name, value in model.items() if not any(part.startswith("fpn_") for part in name.split("."))}
     if len(resnet) == len(model):
@@ -440,9 +507,9 @@ def _last_error_line(log):
 
 def budget_images(records, budgets, order, seed):
     """The nested label budgets: ``{N: the first N records}`` of one order of ``records`` (the listed
-    order, or a shuffle with ``seed``), as ``{"file_name", "image_id"}`` entries."""
+    order, or a shuffle with ``seed``)."""
     indices = list(range(len(records)))
     if order == "shuffled":
         random.Random(seed).shuffle(indices)
-    entries = [{"file_name": records[i]["file_name"], "image_id": records[i].get("image_id")} for i in indices]
-    return {budget: entries[:budget] for budget in budgets}
+    ordered = [records[i] for i in indices]
+    return {budget: ordered[:budget] for budget in budgets}
