@@ -1,8 +1,9 @@
 """
 A tiny study end to end, as a user runs it (tools/transfer_study.py): random init and VADeR, one label
-budget, two seeds, a few iterations each, on a COCO json the test writes. Killed mid-run and run again,
-it repeats no finished run and ends with the results of an uninterrupted run; a changed study file is
-refused; table and plot come from the stored results.
+budget, two seeds, a few iterations each, on a COCO json the test writes. Stopped by SIGTERM (exit status
+75, one line), later killed by SIGKILL, and run again each time, it repeats no finished run and ends with
+the results of an uninterrupted run; a changed study file is refused; table and plot come from the
+stored results.
 """
 
 import json
@@ -84,25 +85,31 @@ def test_a_killed_study_resumes_without_repeating_a_finished_run(study, tmp_path
     pretraining = json.loads((uninterrupted / "seed2" / "pretraining" / "vader.json").read_text())
     assert pretraining["iterations"] == 4 and pretraining["unlabeled_images"] == 8 and pretraining["epochs"] == 2.0
 
-    # Killed (SIGKILL: no chance to clean up) once seed 1's first downstream result is written.
+    # Stopped (SIGTERM, as a scheduler pre-empts) once seed 1's first downstream result is written, then
+    # killed (SIGKILL: no chance to clean up) once seed 2's is: each time run again with the same command.
     out = tmp_path / "killed"
-    first = out / "seed1" / "mask_rcnn_8" / "random_init.json"
     command = [sys.executable, "tools/transfer_study.py", "run", str(study), str(out)]
-    process = subprocess.Popen(command, cwd=REPO, env=train_net_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 1200
-    while not first.exists():
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-3000:]
-        time.sleep(0.5)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-    written = first.read_bytes(), first.stat().st_mtime_ns
-    assert not (out / "seed2" / "mask_rcnn_8" / "vader.json").exists()
+    kept = {}
+    for seed, sent in ((1, signal.SIGTERM), (2, signal.SIGKILL)):
+        first = out / f"seed{seed}" / "mask_rcnn_8" / "random_init.json"
+        process = subprocess.Popen(command, cwd=REPO, env=train_net_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 1200
+        while not first.exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.5)
+        process.send_signal(sent)
+        stdout, stderr = process.communicate()
+        if sent == signal.SIGTERM:
+            assert process.returncode == 75, stdout[-2000:] + stderr[-2000:]
+            assert stderr.strip().splitlines()[-1].endswith("was stopped by a signal; run the same command again to continue")
+        kept[first] = first.read_bytes(), first.stat().st_mtime_ns
+        assert not (out / "seed2" / "mask_rcnn_8" / "vader.json").exists()
 
     rerun = run_python("tools/transfer_study.py", "run", str(study), str(out), timeout=1800)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     started = [line for line in rerun.stdout.splitlines() if line.startswith("[transfer_study] run ")]
-    assert not any("seed 1, pretraining" in line or "random_init" in line and "seed 1" in line for line in started), started
-    assert (first.read_bytes(), first.stat().st_mtime_ns) == written
+    assert not any("pretraining" in line or "random_init" in line for line in started), started
+    assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in kept} == kept
     assert results(out) == expected
 
     # Nothing left to do: a third run trains nothing.
