@@ -8,7 +8,6 @@ command-line overrides) and writes the label budgets' image lists into ``out/bud
 """
 
 import hashlib
-import json
 import os
 import pickle
 from collections import defaultdict
