@@ -8,6 +8,7 @@ command-line overrides) and writes the label budgets' image lists into ``out/bud
 """
 
 import hashlib
+import logging
 import os
 import pickle
 from collections import defaultdict
@@ -309,7 +310,15 @@ def _load_into(cfg, path, what):
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
     model = VADeRTrainer.build_model(cfg)
-    load_model_weights(cfg, model, path, what=what)
+    # fvcore lists every tensor the file lacks, on stderr through logging's last resort in this
+    # process; what matters of it is load_model_weights' one line.
+    checkpoint_logger = logging.getLogger("fvcore.common.checkpoint")
+    level = checkpoint_logger.level
+    checkpoint_logger.setLevel(logging.ERROR)
+    try:
+        load_model_weights(cfg, model, path, what=what)
+    finally:
+        checkpoint_logger.setLevel(level)
 
 
 def _write_budgets(study, facts, train):
