@@ -341,6 +341,8 @@ def test_bad_input_is_one_line_before_any_training(tmp_path, labelled):
         "no labels": (study_text("vader_demo_photos_train", test), "has no instance annotations, which a GeneralizedRCNN"),
         "semantic masks for a detector": (study_text("vader_cutpaste_sem_seg_train", test), "has no instance annotations"),
         "unlabeled test": (study_text(train, "vader_demo_photos_val"), "has no instance annotations"),
+        "classes": (study_text(train, test).replace("{MODEL.ROI_HEADS.NUM_CLASSES: 1}", "{MODEL.ROI_HEADS.NUM_CLASSES: 7}"),
+                    "has 1 class but the model predicts MODEL.ROI_HEADS.NUM_CLASSES=7; add MODEL.ROI_HEADS.NUM_CLASSES: 1"),
         "epochs key": (study_text(train, test).replace("overrides: {MODEL.DEVICE: cpu}\ndownstream", "overrides: {MODEL.DEVICE: cpu, SOLVER.EPOCHS: 5}\ndownstream"),
                        "SOLVER.EPOCHS 5 is set, but a study gives lengths itself"),
         "resnet of MoCo": (study_text(train, test, extra="").replace(

@@ -118,6 +118,8 @@ def check_study(study, out):
                 f"tasks.{name}.test: dataset {task.test!r} has no evaluator (metadata evaluator_type={evaluator!r}); "
                 "a test set is a COCO-format (coco:) or semantic-segmentation dataset"
             )
+    for name, task in study.tasks.items():
+        _check_classes(facts.task_configs[name], task, f"tasks.{name}")
     _check_schedules(study, facts)
     _check_no_shared_images(test, {**{n: ("the labelled train set", r) for n, r in train.items()},
                                    **{n: ("the unlabeled set", r) for n, r in unlabeled.items()}})
@@ -205,6 +207,32 @@ def _check_labels(cfg, name, records, where):
         raise UserError(
             f"{where}: dataset {name!r} has no {needed[1]}, which a {cfg.MODEL.META_ARCHITECTURE} learns from and is scored on"
         )
+
+
+# Where each kind of model says how many classes it predicts, and which metadata lists the dataset's.
+CLASSES_OF_MODEL = {
+    "GeneralizedRCNN": ("ROI_HEADS", "thing_classes"),
+    "RetinaNet": ("RETINANET", "thing_classes"),
+    "SemanticSegmentor": ("SEM_SEG_HEAD", "stuff_classes"),
+}
+
+
+def _check_classes(cfg, task, where):
+    """The model predicts as many classes as the train set has, and the test set has the same ones:
+    Detectron2 trains either way and fails in its evaluation, after the whole run."""
+    head, key = CLASSES_OF_MODEL.get(cfg.MODEL.META_ARCHITECTURE, (None, None))
+    if head is None:
+        return
+    train_classes = MetadataCatalog.get(task.train).get(key, None)
+    test_classes = MetadataCatalog.get(task.test).get(key, None)
+    if train_classes is not None and len(train_classes) != cfg.MODEL[head].NUM_CLASSES:
+        raise UserError(
+            f"{where}: {task.train!r} has {len(train_classes)} class{'' if len(train_classes) == 1 else 'es'} but the model predicts "
+            f"MODEL.{head}.NUM_CLASSES={cfg.MODEL[head].NUM_CLASSES}; add MODEL.{head}.NUM_CLASSES: "
+            f"{len(train_classes)} to the task's overrides"
+        )
+    if train_classes is not None and test_classes is not None and list(train_classes) != list(test_classes):
+        raise UserError(f"{where}: the test set's classes {list(test_classes)} are not the train set's {list(train_classes)}")
 
 
 def _check_schedules(study, facts):
