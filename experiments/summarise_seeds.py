@@ -16,11 +16,10 @@ expected to show. With one seed it is left out.
 
 import argparse
 import fnmatch
-import json
 import statistics
 from collections import defaultdict
 
-from vader_d2.checkpoint.atomic_io import atomic_write
+from vader_d2.checkpoint.atomic_io import atomic_write_json
 from vader_d2.cli import read_json_file, run_cli
 from vader_d2.errors import UserError
 from vader_d2.study.results import finetune_result
@@ -102,7 +101,7 @@ def main(argv=None):
         print(seed_table(load(args.files), args.only))
     else:
         result = finetune_result(args.name, args.seed, args.run_dir)
-        atomic_write(args.output, lambda f: f.write(json.dumps(result, indent=1).encode()), what="the results file")
+        atomic_write_json(args.output, result, what="the results file")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ model); by default every source the model has. Prints a markdown table; --output
 
 import argparse
 import dataclasses
-import json
 import os
 import time
 
@@ -33,7 +32,7 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 
-from vader_d2.checkpoint.atomic_io import atomic_write
+from vader_d2.checkpoint.atomic_io import atomic_write_json
 from vader_d2.cli import build_config, check_input_file, check_output_file, run_cli
 from vader_d2.data.datasets import load_image_folder, register_named_datasets
 from vader_d2.errors import UserError
@@ -158,7 +157,7 @@ def main(args):
     result = evaluate(setup(args), args)
     print(format_results_table([*earlier, result]))
     if args.output:
-        atomic_write(args.output, lambda f: f.write(json.dumps(result, indent=1).encode()), what="the results")
+        atomic_write_json(args.output, result, what="the results")
         print(f"wrote {args.output}")
 
 

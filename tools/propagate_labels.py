@@ -29,7 +29,6 @@ the best this protocol can do at stride 4.
 
 import argparse
 import dataclasses
-import json
 import os
 import time
 
@@ -37,7 +36,7 @@ import torch
 
 from detectron2.data.detection_utils import read_image
 
-from vader_d2.checkpoint.atomic_io import atomic_write
+from vader_d2.checkpoint.atomic_io import atomic_write_json
 from vader_d2.cli import build_config, check_input_file, check_output_dir, check_output_file, run_cli
 from vader_d2.config import OUTPUT_STRIDE
 from vader_d2.errors import UserError
@@ -148,7 +147,7 @@ def main(args):
     result = evaluate(setup(args), args)
     print(format_propagation_table([*earlier, result]))
     if args.output:
-        atomic_write(args.output, lambda f: f.write(json.dumps(result, indent=1).encode()), what="the results")
+        atomic_write_json(args.output, result, what="the results")
         print(f"wrote {args.output}")
 
 

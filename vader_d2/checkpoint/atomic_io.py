@@ -4,6 +4,7 @@ fsync, rename) and ``checkpoint_problem`` (a missing, empty, truncated or torn f
 """
 
 import contextlib
+import json
 import os
 import secrets
 import zipfile
@@ -12,7 +13,7 @@ import torch
 
 from ..errors import UserError
 
-__all__ = ["atomic_write", "checkpoint_problem", "short_error", "TEMPORARY_SUFFIX"]
+__all__ = ["atomic_write", "atomic_write_json", "checkpoint_problem", "short_error", "TEMPORARY_SUFFIX"]
 
 
 class _ErrorRecordingFile:
@@ -68,6 +69,11 @@ def atomic_write(path, write, what="file"):
             f"cannot write {what} {path}: {cause.strerror or cause} (errno {cause.errno}); nothing was written under "
             "that name; free space on its file system or choose another folder"
         ) from None
+
+
+def atomic_write_json(path, content, what="file"):
+    """``atomic_write`` of ``content`` as indented JSON: a results file is whole or not there."""
+    atomic_write(path, lambda f: f.write((json.dumps(content, indent=1) + "\n").encode()), what=what)
 
 
 def _fsync_folder(folder):

@@ -54,7 +54,7 @@ __all__ = [
     "SUBSET_DATASET_PREFIX",
     "NAMED_DATASET_PREFIXES",
     "load_image_folder",
-    "read_subset_file",
+    "resolve_subset_file",
     "subset_file_names",
     "register_unlabeled_folder",
     "register_named_datasets",
@@ -227,16 +227,8 @@ def _register_subset(name):
     path = _path_in_name(name, SUBSET_DATASET_PREFIX, "file", "subset:/path/to/subset.json")
 
     def load():
-        parent, wanted, relative = read_subset_file(path)
-        register_named_datasets([parent])
-        if parent not in DatasetCatalog.list():
-            raise UserError(f"dataset {name!r}: {path} selects from {parent!r}, which is not registered")
-        records = DatasetCatalog.get(parent)
-        image_root = MetadataCatalog.get(parent).get("image_root", None) if relative else None
-        if relative and image_root is None:
-            raise UserError(f"dataset {name!r}: {path} lists files relative to the image folder of {parent!r}, which has none")
-        wanted = [os.path.realpath(os.path.join(image_root, f) if image_root else f) for f in wanted]
-        by_file = {os.path.realpath(record["file_name"]): record for record in records}
+        parent, wanted = resolve_subset_file(path, f"dataset {name!r}: ")
+        by_file = {os.path.realpath(record["file_name"]): record for record in DatasetCatalog.get(parent)}
         missing = [file_name for file_name in wanted if file_name not in by_file]
         if missing:
             raise UserError(f"dataset {name!r}: {len(missing)} images {path} lists are not in {parent!r} (first: {missing[0]})")
@@ -248,7 +240,20 @@ def _register_subset(name):
     _register_once(name, load, _RELATIVE_NAME_HINT, image_root=path)
 
 
-def read_subset_file(path):
+def resolve_subset_file(path, where=""):
+    """The dataset a ``subset:`` file selects from (registered on the way) and the real paths of the files
+    it lists, in its order; ``where`` begins each one-line error."""
+    parent, names, relative = _read_subset_file(path)
+    register_named_datasets([parent])
+    if parent not in DatasetCatalog.list():
+        raise UserError(f"{where}{path} selects from {parent!r}, which is not registered")
+    image_root = MetadataCatalog.get(parent).get("image_root", None) if relative else None
+    if relative and image_root is None:
+        raise UserError(f"{where}{path} lists files relative to the image folder of {parent!r}, which has none")
+    return parent, [os.path.realpath(os.path.join(image_root, n) if image_root else n) for n in names]
+
+
+def _read_subset_file(path):
     """The dataset name, the listed file names and whether they are relative to its image folder, of a
     ``subset:`` file; a one-line error when it is missing or not such a file."""
     try:

@@ -39,6 +39,7 @@ __all__ = [
     "join_process_group",
     "children_end_with_this_process",
     "end_with_launcher",
+    "signal_when_parent_dies",
 ]
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -322,6 +323,17 @@ def children_end_with_this_process():
     os.environ[LAUNCHER_PID_VARIABLE] = str(os.getpid())
 
 
+def signal_when_parent_dies(sig):
+    """Have the kernel send ``sig`` to this process when its parent ends (Linux's PR_SET_PDEATHSIG).
+    Returns None once asked, else why it could not be (another system, or prctl's error)."""
+    if not sys.platform.startswith("linux"):
+        return f"{sys.platform} has no PR_SET_PDEATHSIG"
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+        return f"prctl: {os.strerror(ctypes.get_errno())}"
+    return None
+
+
 def end_with_launcher():
     """
     In a process spawned by ``children_end_with_this_process``'s caller (elsewhere nothing happens): have the
@@ -336,10 +348,10 @@ def end_with_launcher():
     if launcher is None or int(launcher) == os.getpid() or not sys.platform.startswith("linux"):
         return
     # The signal follows the thread that spawned this process: Detectron2's launch spawns from the main thread.
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    refused = signal_when_parent_dies(signal.SIGKILL)
+    if refused:
         print(
-            f"vader_d2: warning: cannot ask to end with the launcher (prctl: {os.strerror(ctypes.get_errno())}); "
+            f"vader_d2: warning: cannot ask to end with the launcher ({refused}); "
             "if you kill the launcher, kill its processes too",
             file=sys.stderr, flush=True,
         )

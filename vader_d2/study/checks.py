@@ -18,12 +18,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ..checkpoint.atomic_io import short_error
 from ..cli import build_config
 from ..config import check_solver_config, check_vader_config
-from ..data.datasets import SUBSET_DATASET_PREFIX, read_subset_file, register_named_datasets, subset_file_names
+from ..data.datasets import SUBSET_DATASET_PREFIX, register_named_datasets, resolve_subset_file, subset_file_names
 from ..errors import UserError
 from ..engine.solver import iterations_for_epochs, rescale_schedule
 from ..engine.trainer import VADeRTrainer, check_datasets_registered, is_pretraining, load_model_weights
 from ..modeling.momentum import pretraining_method
-from .runner import budget_images, write_json
+from ..checkpoint.atomic_io import atomic_write_json
+from .runner import budget_images
 
 __all__ = ["StudyFacts", "check_study"]
 
@@ -61,9 +62,6 @@ class StudyFacts:
 
     def budget_file(self, task, budget):
         return os.path.abspath(os.path.join(self.out, "budgets", f"{task}_{budget}.json"))
-
-    def task_max_iter(self, task):
-        return self.task_configs[task].SOLVER.MAX_ITER
 
     def downstream_iterations(self, task, budget):
         schedule = self.study.tasks[task].schedule
@@ -367,17 +365,10 @@ def _write_budgets(study, facts, train):
             content = {"dataset": task.train, "budget": budget, "order": study.budget_order, "budget_seed": study.budget_seed,
                        **({"relative_to": "image_root"} if relative else {}), "images": images}
             if os.path.exists(path) and declared:
-                if _budget_files(path) == [os.path.realpath(r["file_name"]) for r in records]:
+                if resolve_subset_file(path)[1] == [os.path.realpath(r["file_name"]) for r in records]:
                     continue
                 raise UserError(
                     f"{path} holds other images than {task.train!r} gives the {budget}-image budget now: the labelled "
                     "set changed since the study's first result; restore it, or give the study another results folder"
                 )
-            write_json(path, content, "a label budget")
-
-
-def _budget_files(path):
-    """The files a budget file lists, resolved as its subset: dataset resolves them."""
-    parent, names, relative = read_subset_file(path)
-    image_root = MetadataCatalog.get(parent).get("image_root", None) if relative else None
-    return [os.path.realpath(os.path.join(image_root, n) if image_root else n) for n in names]
+            atomic_write_json(path, content, "a label budget")

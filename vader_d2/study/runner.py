@@ -10,7 +10,6 @@ exports, logs) live in the work folder, which may be lost: a seed whose results 
 again. What OUT holds (results, budgets, calibration, the declaration) is small and worth committing.
 """
 
-import ctypes
 import json
 import os
 import pickle
@@ -24,7 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from ..checkpoint.atomic_io import atomic_write
+from ..checkpoint.atomic_io import atomic_write, atomic_write_json
+from ..engine.launchers import signal_when_parent_dies
 from ..engine.output_dir import OutputDirLock
 from ..errors import PREEMPTED_EXIT, USER_ERROR_EXIT, UserError, read_json_file
 from .results import finetune_result, result_path
@@ -32,14 +32,12 @@ from .results import finetune_result, result_path
 __all__ = ["StudyRunner", "check_declaration_unchanged"]
 
 SPEED_LINE = re.compile(r"Overall training speed: \d+ iterations in \S+ \(([0-9.]+) s / it\)")
-_PR_SET_PDEATHSIG = 1
 
 
 def _end_with_parent():
     """In a training process the runner starts: SIGTERM when the runner dies (even by SIGKILL), which
     train_net.py turns into a checkpoint and exit status 75 (Linux; elsewhere nothing happens)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    signal_when_parent_dies(signal.SIGTERM)
 
 
 @dataclass
@@ -74,10 +72,6 @@ def _same_command(run, record):
         return False
 
 
-def _overrides_dict(opts):
-    return dict(zip(opts[0::2], opts[1::2]))
-
-
 def check_declaration_unchanged(study, out):
     """Results in OUT were made under one declaration: a study file that has changed since is refused."""
     recorded = os.path.join(out, "study.sha256")
@@ -108,10 +102,6 @@ def record_declaration(study, out):
         return
     atomic_write(os.path.join(out, "study.yaml"), lambda f: f.write(study.text.encode()), what="the declared study")
     atomic_write(os.path.join(out, "study.sha256"), lambda f: f.write(f"{study.digest}  {study.path}\n".encode()), what="the study's sha256")
-
-
-def write_json(path, content, what):
-    atomic_write(path, lambda f: f.write((json.dumps(content, indent=1) + "\n").encode()), what=what)
 
 
 class StudyRunner:
@@ -212,7 +202,7 @@ class StudyRunner:
             length = self.study.length_of(init)
             seconds = length.fraction * self.pretraining_iterations(length.equal_time_as) * per_step[length.equal_time_as]
             calibration["iterations"][init] = max(1, round(seconds / per_step[init]))
-        write_json(os.path.join(self.out, "calibration.json"), calibration, "the calibration")
+        atomic_write_json(os.path.join(self.out, "calibration.json"), calibration, "the calibration")
 
     # ---- the jobs --------------------------------------------------------------------------------------
 
@@ -319,7 +309,7 @@ class StudyRunner:
     @staticmethod
     def start_run(run, record):
         os.makedirs(run, exist_ok=True)
-        write_json(os.path.join(run, RUN_RECORD), record, "the run's command")
+        atomic_write_json(os.path.join(run, RUN_RECORD), record, "the run's command")
 
     def train(self, what, config, opts, output_dir, resume):
         logs = os.path.join(self.work, "logs")
@@ -379,7 +369,7 @@ class StudyRunner:
         calibration = self.calibration()
         calibration["calibration_iterations"] = iterations
         calibration["seconds_per_step"][init] = per_step
-        write_json(os.path.join(self.out, "calibration.json"), calibration, "the calibration")
+        atomic_write_json(os.path.join(self.out, "calibration.json"), calibration, "the calibration")
         if not self.needs_calibration():
             self._fix_equal_time_iterations()
 
@@ -408,7 +398,7 @@ class StudyRunner:
             "epochs": round(iterations * batch / images, 3), "seconds_per_step": _training_speed(os.path.join(run, "log.txt")),
         }
         record_declaration(self.study, self.out)
-        write_json(self.pretraining_record_path(init, seed), record, "the pretraining record")
+        atomic_write_json(self.pretraining_record_path(init, seed), record, "the pretraining record")
 
     def derived_weights(self, init, seed):
         """A resnet_of initialisation's file: its source's export without the FPN tensors (made once)."""
@@ -427,7 +417,7 @@ class StudyRunner:
         weights = self.derived_weights(init, seed) if declared_init.resnet_of else self.weights_of(init, self.pretraining_seed(seed))
         run = os.path.join(self.work, f"seed{seed}", f"{task}_{budget}", init)
         opts = self.facts.downstream_opts(task, budget, weights, seed)
-        max_iter = int(_overrides_dict(opts).get("SOLVER.MAX_ITER", self.facts.task_max_iter(task)))
+        max_iter = self.facts.downstream_iterations(task, budget)
 
         def result_of_run():
             # Detectron2 logs the final evaluation at iteration MAX_ITER (its loop's counter after the loop).
@@ -448,7 +438,7 @@ class StudyRunner:
             self.train(f"seed {seed} {task} {budget} labels {init}", declared_task.config, opts, run, resume=False)
             result = result_of_run()
         record_declaration(self.study, self.out)
-        write_json(result_path(self.out, seed, task, budget, init), result, "the result")
+        atomic_write_json(result_path(self.out, seed, task, budget, init), result, "the result")
 
 
 def wait_for_previous_run(run, seconds=300):
