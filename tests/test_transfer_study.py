@@ -144,6 +144,81 @@ def test_gains_are_paired_by_seed_and_marked_with_three_seeds_above_two_std(tmp_
     assert table[-1].endswith(": pixpro > random init on frozen sem_seg/mIoU with 10 labels")
 
 
+
+SCHEDULE_STUDY = """\
+seeds: [1, 2, 3]
+label_budgets: [30, 100]
+tasks:
+  frozen_300: {config: c.yaml, train: a, test: val, frozen: true, schedule: {iterations: 300}}
+  frozen_600: {config: c.yaml, train: a, test: val, frozen: true, schedule: {iterations: 600}}
+  frozen_1200: {config: c.yaml, train: a, test: val, frozen: true, schedule: {iterations: 1200}}
+  other_test_600: {config: c.yaml, train: a, test: test, frozen: true, schedule: {iterations: 600}}
+  default_length: {config: c.yaml, train: a, test: val, frozen: true}
+initialisations:
+  random_init: {random: true}
+  vader: {weights: v.pkl}
+"""
+
+
+def write_results(out, values, init="random_init"):
+    for (task, budget), per_seed in values.items():
+        for seed, value in per_seed.items():
+            path = out / f"seed{seed}" / f"{task}_{budget}" / f"{init}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"name": init, "seed": seed, "finetune": {"sem_seg/mIoU": value}}))
+
+
+def test_the_schedule_rule_picks_the_shortest_length_the_next_barely_improves():
+    from vader_d2.study.results import choose_schedule
+
+    labels = ["300", "600", "1200", "2400"]
+    seeds = (1, 2, 3)
+    # 300 -> 600 rises +3.0 against std 1.0 at 300; 600 -> 1200 rises +0.5 against std 1.0: 600.
+    curve = [{1: 10.0, 2: 11.0, 3: 12.0}, {1: 13.0, 2: 14.0, 3: 15.0}, {1: 13.5, 2: 14.5, 3: 15.5}, {1: 0.0, 2: 0.0, 3: 0.0}]
+    assert choose_schedule(curve, seeds, labels) == (1, "next rises +0.5 < std 1.0")
+    # A rise exactly equal to the std is still a rise: the next step decides.
+    assert choose_schedule([curve[0], {1: 11.0, 2: 12.0, 3: 13.0}, {1: 11.0, 2: 12.0, 3: 13.0}], seeds, labels)[0] == 1
+    # Rising at every step: the longest.
+    rising = [{s: 10.0 * k + s for s in seeds} for k in range(1, 5)]
+    assert choose_schedule(rising, seeds, labels) == (3, "every step rose by the std or more")
+    # A later length missing does not matter once an earlier step has decided ...
+    assert choose_schedule(curve[:3] + [{}], seeds, labels)[0] == 1
+    # ... a missing seed in a step that must be read does.
+    assert choose_schedule([curve[0], {1: 13.0, 2: 14.0}], seeds, labels) == (None, "not yet: needs seed 3 at 600")
+    assert choose_schedule(curve, (1,), labels) == (None, "the std over seeds needs 2 seeds or more")
+
+
+def test_schedule_reads_each_family_of_tasks_that_differ_only_in_length(tmp_path):
+    study = parse_study(SCHEDULE_STUDY, "study.yaml")
+    write_results(tmp_path, {
+        ("frozen_300", 30): {1: 10.0, 2: 11.0, 3: 12.0},
+        ("frozen_600", 30): {1: 13.0, 2: 14.0, 3: 15.0},
+        ("frozen_1200", 30): {1: 13.5, 2: 14.5, 3: 15.5},
+        ("frozen_300", 100): {1: 10.0, 2: 11.0},
+        ("other_test_600", 30): {1: 99.0, 2: 99.0, 3: 99.0},  # scored on another split: not in the family
+        ("default_length", 30): {1: 99.0, 2: 99.0, 3: 99.0},  # the config's length: not in the family
+    })
+    write_results(tmp_path, {("frozen_300", 30): {1: 50.0, 2: 60.0, 3: 70.0}}, init="vader")
+
+    table = transfer_study.schedule_table(study, collect(study, str(tmp_path))).splitlines()
+
+    assert table[0] == "frozen_300, frozen_600, frozen_1200: random_init, sem_seg/mIoU, seeds 1, 2, 3"
+    assert table[2] == "| labels | 300 iterations | 600 iterations | 1200 iterations | chosen |"
+    assert table[4] == ("| 30 | 11.0 ± 1.0 (n=3) | 14.0 ± 1.0 (n=3), +3.0 | 14.5 ± 1.0 (n=3), +0.5 | "
+                        "**600 iterations** (next rises +0.5 < std 1.0) |")
+    assert table[5] == "| 100 | 10.5 ± 0.7 (n=2) | - | - | not yet: needs seed 3 at 300 iterations; seed 1, 2, 3 at 600 iterations |"
+    assert "other_test_600" not in "\n".join(table) and "default_length" not in "\n".join(table)
+
+
+def test_schedule_without_a_family_or_with_an_unknown_init_is_one_line(tmp_path):
+    study = parse_study(SCHEDULE_STUDY, "study.yaml")
+    with pytest.raises(UserError, match=r"^--init moco: not declared in study.yaml \(declared: random_init vader\)$"):
+        transfer_study.schedule_table(study, {}, "moco")
+    out = os.path.join(REPO, "experiments", "results", "transfer_study")
+    result = run_python("tools/transfer_study.py", "schedule", out)
+    assert_one_line_refusal(result, "declares no tasks that differ only in their schedule")
+
+
 # ---- the declaration ---------------------------------------------------------------------------------
 
 MINIMAL = {

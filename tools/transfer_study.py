@@ -8,6 +8,7 @@ at a time, resumable, with its table and plot.
     python tools/transfer_study.py run STUDY.yaml OUT [--seeds 1] [--tasks frozen] [--budgets 30] [--inits vader]
     python tools/transfer_study.py table OUT                # mean ± std per cell, paired gains, > 2 std marks
     python tools/transfer_study.py plot OUT --output OUT/gains.png
+    python tools/transfer_study.py schedule OUT [--init NAME]  # tasks declared at several lengths: which suffices
 
 OUT holds what is worth keeping (results, label budgets, calibration, the declaration); checkpoints and
 logs go to --work-dir (default OUT/work, which OUT/.gitignore leaves out). A killed run continues with
@@ -22,7 +23,8 @@ import sys
 from vader_d2.cli import check_output_dir, run_cli
 from vader_d2.errors import UserError, read_text_file
 from vader_d2.engine.output_dir import OutputDirLock
-from vader_d2.study import collect, gain_table, load_study, parse_study, plot_gains
+from vader_d2.study import collect, gain_table, load_study, parse_study, plot_gains, schedule_table
+from vader_d2.study.results import has_schedule_families
 
 TRAIN_NET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_net.py")
 
@@ -44,6 +46,9 @@ def parse_args(argv=None):
     plot = commands.add_parser("plot", help="write a PNG of each gain against the label budget")
     plot.add_argument("out", metavar="OUT")
     plot.add_argument("--output", required=True, help="the .png to write")
+    schedule = commands.add_parser("schedule", help="for tasks declared at several lengths: the shortest after which the random init stops improving")
+    schedule.add_argument("out", metavar="OUT")
+    schedule.add_argument("--init", help="whose curve decides (default: the random: true initialisation)")
     return parser.parse_args(argv)
 
 
@@ -100,6 +105,9 @@ def run(args):
                 with open(os.path.join(out, "table.md"), "w") as f:
                     f.write(table + "\n")
                 print(table)
+                if study.reference and has_schedule_families(study):
+                    with open(os.path.join(out, "schedule.md"), "w") as f:
+                        f.write(schedule_table(study, found) + "\n")
         return 0
     finally:
         for lock in locks:
@@ -119,6 +127,8 @@ def main(args):
         raise UserError(f"{args.out} holds no results of {study.path} yet")
     if args.command == "table":
         print(gain_table(study, found))
+    elif args.command == "schedule":
+        print(schedule_table(study, found, args.init))
     else:
         print(plot_gains(study, found, args.output))
     return 0

@@ -6,6 +6,6 @@ seed at a time and resumably (runner.py), and makes its table and plot (results.
 """
 
 from .declaration import Study, load_study, parse_study
-from .results import collect, gain_table, plot_gains, read_result
+from .results import collect, gain_table, plot_gains, read_result, schedule_table
 
-__all__ = ["Study", "load_study", "parse_study", "collect", "gain_table", "plot_gains", "read_result"]
+__all__ = ["Study", "load_study", "parse_study", "collect", "gain_table", "plot_gains", "read_result", "schedule_table"]

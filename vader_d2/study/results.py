@@ -10,7 +10,8 @@ A study's results folder and what is made from it.
 ``table`` gives each cell's mean ± sample std over seeds and each initialisation's gain over the random
 one, paired by seed (the same seed drives both downstream runs): mean ± std of the per-seed differences,
 marked when the mean exceeds twice that std with at least 3 seeds. ``plot`` draws those gains against
-the label budget.
+the label budget. ``schedule`` reads tasks declared at several lengths and names the shortest after which
+the random initialisation stops improving (docs/transfer.md, "How long must the downstream runs be?").
 """
 
 import math
@@ -27,6 +28,9 @@ __all__ = [
     "collect",
     "gain_table",
     "plot_gains",
+    "choose_schedule",
+    "has_schedule_families",
+    "schedule_table",
 ]
 
 MIN_SEEDS_FOR_A_CLAIM = 3
@@ -228,3 +232,103 @@ def plot_gains(study, found, output):
     finally:
         plt.close(figure)
     return output
+
+
+def has_schedule_families(study):
+    return bool(_schedule_families(study))
+
+
+def _schedule_families(study):
+    """Tasks that differ only in their declared schedule, each family in order of length: ``[(tasks,
+    unit)]`` with unit "iterations" or "epochs" (a family mixes no units)."""
+    families = {}
+    for task in study.tasks.values():
+        unit = "iterations" if task.schedule.iterations else "epochs" if task.schedule.epochs else None
+        if unit is None:
+            continue
+        same_run = (task.config, task.train, task.test, task.frozen, task.overrides, task.metrics, unit, task.schedule.min_iterations)
+        families.setdefault(same_run, []).append(task)
+    ordered = []
+    for (*_, unit, _floor), tasks in families.items():
+        lengths = {getattr(task.schedule, unit) for task in tasks}
+        if len(lengths) == len(tasks) > 1:  # two tasks of one length would be the same run twice
+            ordered.append((sorted(tasks, key=lambda task: getattr(task.schedule, unit)), unit))
+    return ordered
+
+
+def _length_label(task, unit):
+    length = getattr(task.schedule, unit)
+    return f"{length:g} {unit}"
+
+
+def choose_schedule(runs_by_length, seeds, labels):
+    """The shortest length after which the next one rises the mean by less than the sample std over
+    seeds at the first (the last length if none does): ``(index, why)``, or ``(None, what is missing)``.
+    ``runs_by_length`` lists ``{seed: value}`` per length (named by ``labels``), shortest first; every
+    declared seed is needed at both lengths of a step before the step decides anything."""
+    if len(seeds) < 2:
+        return None, "the std over seeds needs 2 seeds or more"
+    for index in range(len(runs_by_length) - 1):
+        missing = [f"seed {', '.join(str(s) for s in seeds if s not in runs_by_length[k])} at {labels[k]}"
+                   for k in (index, index + 1) if not set(seeds) <= set(runs_by_length[k])]
+        if missing:
+            return None, f"not yet: needs {'; '.join(missing)}"
+        here, there = runs_by_length[index], runs_by_length[index + 1]
+        values = [here[s] for s in seeds]
+        if any(math.isnan(v) for v in values + [there[s] for s in seeds]):
+            return None, "NaN among the results"
+        rise = statistics.fmean(there[s] for s in seeds) - statistics.fmean(values)
+        std = statistics.stdev(values)
+        if rise < std:
+            return index, f"next rises {rise:+.1f} < std {std:.1f}"
+    return len(runs_by_length) - 1, "every step rose by the std or more"
+
+
+def schedule_table(study, found, init=None):
+    """Markdown, for each family of tasks that differ only in their schedule: the initialisation's (the
+    random one by default) mean ± std over seeds at each length, the rise from the length before, and
+    the schedule the convergence rule chooses per label budget (``choose_schedule``)."""
+    init = init or study.reference
+    if init is None:
+        raise UserError(f"{study.path} declares no random: true initialisation; name one with --init")
+    if init not in study.initialisations:
+        raise UserError(f"--init {init}: not declared in {study.path} (declared: {' '.join(study.initialisations)})")
+    families = _schedule_families(study)
+    if not families:
+        raise UserError(f"{study.path} declares no tasks that differ only in their schedule (iterations or epochs); "
+                        "declare the same task at several lengths to choose one")
+    sections = []
+    for tasks, unit in families:
+        every_run = {(init, budget): found.get((task.name, budget), {}).get(init, {}) for task in tasks for budget in study.label_budgets}
+        metrics = headline(study, tasks[0].name, every_run)
+        if not metrics:
+            continue
+        metric = metrics[0]
+        lines = [f"{', '.join(task.name for task in tasks)}: {init}, {metric}, seeds {', '.join(map(str, study.seeds))}", ""]
+        lines.append("| labels | " + " | ".join(_length_label(task, unit) for task in tasks) + " | chosen |")
+        lines.append("|---:|" + "---:|" * len(tasks) + "---|")
+        for budget in study.label_budgets:
+            runs_by_length = [
+                {seed: numbers[metric] for seed, numbers in found.get((task.name, budget), {}).get(init, {}).items() if metric in numbers}
+                for task in tasks
+            ]
+            cells = []
+            for index, runs in enumerate(runs_by_length):
+                if not runs:
+                    cells.append("-")
+                    continue
+                cell = _spread(list(runs.values()))
+                previous = runs_by_length[index - 1] if index else {}
+                shared = sorted(set(runs) & set(previous))
+                if shared:
+                    cell += f", {statistics.fmean(runs[s] for s in shared) - statistics.fmean(previous[s] for s in shared):+.1f}"
+                cells.append(cell)
+            chosen, why = choose_schedule(runs_by_length, study.seeds, [_length_label(task, unit) for task in tasks])
+            verdict = f"**{_length_label(tasks[chosen], unit)}** ({why})" if chosen is not None else why
+            lines.append(f"| {budget} | " + " | ".join(cells) + f" | {verdict} |")
+        sections.append("\n".join(lines))
+    lines = ["\n\n".join(sections), "",
+             "Each cell: mean ± sample std over seeds, then the rise of the mean from the length before (over the seeds "
+             "both have). Chosen: the shortest length after which the next one rises the mean by less than the std "
+             "over seeds at it; the longest if none."]
+    return "\n".join(lines)
