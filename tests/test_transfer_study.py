@@ -537,6 +537,15 @@ def test_the_eta_scales_each_run_left_by_its_length():
     # 2400 iterations at 0.2 s each, and a pretraining of unknown length at the mean pretraining time.
     assert StudyRunner._eta(left, finished) == "ETA 0:08:50 for the 2 runs left"
     assert StudyRunner._eta(left, []) == "ETA after the first run"
+    # Runs of a config already timed go at its own rate; others at their kind's.
+    frozen, tuned = "frozen.yaml frozen=True", "tuned.yaml frozen=None"
+    finished = [(Job("downstream", "a", None, iterations=300, speed_group=frozen), 60.0),
+                (Job("downstream", "b", None, iterations=300, speed_group=tuned), 180.0)]
+    left = [Job("downstream", "c", None, iterations=600, speed_group=frozen),
+            Job("downstream", "d", None, iterations=600, speed_group=tuned),
+            Job("downstream", "e", None, iterations=600, speed_group="other.yaml frozen=None")]
+    # 600 x 0.2 s + 600 x 0.6 s + 600 x 0.4 s (the kind's rate: 240 s over 600 iterations).
+    assert StudyRunner._eta(left, finished) == "ETA 0:12:00 for the 3 runs left"
 
 
 def test_a_study_started_twice_on_one_results_folder_is_refused(tmp_path, labelled):

@@ -47,6 +47,7 @@ class Job:
     run: callable
     done: bool = False
     iterations: Optional[int] = None  # its length, when known before it runs (for the ETA)
+    speed_group: Optional[str] = None  # runs that take about the same time an iteration (for the ETA)
 
 
 # In each run folder: the command that trains it. A folder is reused only by the same command (the same
@@ -230,11 +231,13 @@ class StudyRunner:
                     run, self.pretraining_record(init, self.pretraining_seed(seed), iterations)
                 )
                 jobs.append(Job("pretraining", f"seed {seed}, pretraining {init}",
-                                lambda init=init, seed=seed: self.pretrain(init, seed), done=done, iterations=iterations))
+                                lambda init=init, seed=seed: self.pretrain(init, seed), done=done, iterations=iterations,
+                                speed_group=self.study.initialisations[init].pretrain))
             for task, budget, init in missing:
                 jobs.append(Job("downstream", f"seed {seed}, {task}, {budget} labels, {init}",
                                 lambda t=task, b=budget, i=init, s=seed: self.downstream(t, b, i, s),
-                                iterations=self.facts.downstream_iterations(task, budget)))
+                                iterations=self.facts.downstream_iterations(task, budget),
+                                speed_group=f"{self.study.tasks[task].config} frozen={self.study.tasks[task].frozen}"))
         # Calibrated first, once and for every equal_time_as pretraining together, when one is to run.
         if any(job.kind == "pretraining" and not job.done for job in jobs):
             calibrations = [
@@ -273,19 +276,21 @@ class StudyRunner:
 
     @staticmethod
     def _eta(remaining, finished):
-        """Each run left at the seconds per iteration its kind has taken so far (at the mean time of a run
-        of its kind where its length is not known yet)."""
+        """Each run left at the seconds per iteration that runs of its config have taken so far, else runs
+        of its kind (a frozen backbone's steps are a fraction of a fine-tuned one's); at the mean time of
+        such a run where its length is not known yet."""
         if not finished:
             return "ETA after the first run"
-        by_kind = {}
+        by_group, by_kind = {}, {}
         for job, seconds in finished:
+            by_group.setdefault((job.kind, job.speed_group), []).append((job.iterations, seconds))
             by_kind.setdefault(job.kind, []).append((job.iterations, seconds))
         every = [pair for pairs in by_kind.values() for pair in pairs]
         total = 0.0
         for job in remaining:
             if job.done:
                 continue
-            done = by_kind.get(job.kind, every)
+            done = by_group.get((job.kind, job.speed_group)) or by_kind.get(job.kind, every)
             measured = [(n, s) for n, s in done if n]
             if job.iterations and measured:
                 total += job.iterations * sum(s for _, s in measured) / sum(n for n, _ in measured)
