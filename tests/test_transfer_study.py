@@ -151,9 +151,13 @@ label_budgets: [30, 100]
 tasks:
   frozen_300: {config: c.yaml, train: a, test: val, frozen: true, schedule: {iterations: 300}}
   frozen_600: {config: c.yaml, train: a, test: val, frozen: true, schedule: {iterations: 600}}
-  frozen_1200: {config: c.yaml, train: a, test: val, frozen: true, schedule: {iterations: 1200}}
+  frozen_1200: {config: c.yaml, train: a, test: val, frozen: true, schedule: {iterations: 1200}, metrics: [sem_seg/mIoU]}
   other_test_600: {config: c.yaml, train: a, test: test, frozen: true, schedule: {iterations: 600}}
   default_length: {config: c.yaml, train: a, test: val, frozen: true}
+  in_epochs_20: {config: c.yaml, train: a, test: val, frozen: true, schedule: {epochs: 20, min_iterations: 300}}
+  in_epochs_40: {config: c.yaml, train: a, test: val, frozen: true, schedule: {epochs: 40, min_iterations: 300}}
+  tuned_300: {config: c.yaml, train: a, test: val, schedule: {iterations: 300}, overrides: {SOLVER.BASE_LR: 0.1, SOLVER.GAMMA: 0.5}}
+  tuned_600: {config: c.yaml, train: a, test: val, schedule: {iterations: 600}, overrides: {SOLVER.GAMMA: 0.5, SOLVER.BASE_LR: 0.1}}
 initialisations:
   random_init: {random: true}
   vader: {weights: v.pkl}
@@ -186,6 +190,16 @@ def test_the_schedule_rule_picks_the_shortest_length_the_next_barely_improves():
     # ... a missing seed in a step that must be read does.
     assert choose_schedule([curve[0], {1: 13.0, 2: 14.0}], seeds, labels) == (None, "not yet: needs seed 3 at 600")
     assert choose_schedule(curve, (1,), labels) == (None, "the std over seeds needs 2 seeds or more")
+    # Detectron2's AP of a model that detected nothing: named, nothing chosen.
+    assert choose_schedule([{1: 1.0, 2: float("nan"), 3: 2.0}, curve[1]], seeds, labels) == (
+        None, "none: NaN for seed 2 at 300 (nothing detected?)")
+
+
+def test_two_tasks_that_are_one_run_are_refused():
+    text = SCHEDULE_STUDY.replace("  tuned_600:", "  tuned_again: {config: c.yaml, train: a, test: val, schedule: {iterations: 300}, "
+                                  "overrides: {SOLVER.GAMMA: 0.5, SOLVER.BASE_LR: 0.1}, metrics: [sem_seg/mIoU]}\n  tuned_600:")
+    with pytest.raises(UserError, match=r"^study.yaml: tasks.tuned_again is the same run as tasks.tuned_300 "):
+        parse_study(text, "study.yaml")
 
 
 def test_schedule_reads_each_family_of_tasks_that_differ_only_in_length(tmp_path):
@@ -207,7 +221,16 @@ def test_schedule_reads_each_family_of_tasks_that_differ_only_in_length(tmp_path
     assert table[4] == ("| 30 | 11.0 ± 1.0 (n=3) | 14.0 ± 1.0 (n=3), +3.0 | 14.5 ± 1.0 (n=3), +0.5 | "
                         "**600 iterations** (next rises +0.5 < std 1.0) |")
     assert table[5] == "| 100 | 10.5 ± 0.7 (n=2) | - | - | not yet: needs seed 3 at 300 iterations; seed 1, 2, 3 at 600 iterations |"
-    assert "other_test_600" not in "\n".join(table) and "default_length" not in "\n".join(table)
+    # Overrides in another order train alike; the other test split, the config's length and epochs do not.
+    assert table[7] == "tuned_300, tuned_600: no result of random_init yet"
+    for left_out in ("other_test_600", "default_length", "in_epochs"):
+        assert left_out not in "\n".join(table)
+
+    # A family whose longest length has no result yet is still shown, with what it needs.
+    for path in tmp_path.glob("seed*/frozen_1200_*"):
+        shutil.rmtree(path)
+    table = transfer_study.schedule_table(study, collect(study, str(tmp_path))).splitlines()
+    assert table[4] == "| 30 | 11.0 ± 1.0 (n=3) | 14.0 ± 1.0 (n=3), +3.0 | - | not yet: needs seed 1, 2, 3 at 1200 iterations |"
 
 
 def test_schedule_without_a_family_or_with_an_unknown_init_is_one_line(tmp_path):

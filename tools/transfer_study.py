@@ -106,8 +106,13 @@ def run(args):
                     f.write(table + "\n")
                 print(table)
                 if study.reference and has_schedule_families(study):
-                    with open(os.path.join(out, "schedule.md"), "w") as f:
-                        f.write(schedule_table(study, found) + "\n")
+                    try:
+                        schedule = schedule_table(study, found)
+                    except UserError:  # the reference has no result of those tasks yet: nothing to write
+                        schedule = None
+                    if schedule:
+                        with open(os.path.join(out, "schedule.md"), "w") as f:
+                            f.write(schedule + "\n")
         return 0
     finally:
         for lock in locks:

@@ -89,6 +89,12 @@ class Task:
     overrides: Tuple[str, ...] = ()
     metrics: Tuple[str, ...] = ()
 
+    @property
+    def trains_like(self):
+        """What decides a downstream run besides its length and its label budget (not the numbers shown)."""
+        pairs = tuple(sorted(zip(self.overrides[::2], self.overrides[1::2])))
+        return (self.config, self.train, self.test, self.frozen, pairs)
+
 
 @dataclass(frozen=True)
 class Initialisation:
@@ -280,6 +286,12 @@ def _check_references(study, reader):
                     reader.fail(f"initialisations.{reference}", "is the equal_time_as reference, so it needs its own length: in iterations or epochs")
     for name in inits:
         _check_no_cycle(inits, name, [], reader)
+    runs = {}
+    for task in study.tasks.values():
+        run = (task.trains_like, task.schedule)
+        if run in runs:
+            reader.fail(f"tasks.{task.name}", f"is the same run as tasks.{runs[run]} (only the numbers shown may differ); declare it once")
+        runs[run] = task.name
     if study.unlabeled == () and any(init.pretrain for init in inits.values()):
         reader.fail("unlabeled", "names no dataset, but the study pretrains; list the unlabeled images' dataset names")
 

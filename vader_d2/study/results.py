@@ -239,26 +239,15 @@ def has_schedule_families(study):
 
 
 def _schedule_families(study):
-    """Tasks that differ only in their declared schedule, each family in order of length: ``[(tasks,
-    unit)]`` with unit "iterations" or "epochs" (a family mixes no units)."""
+    """Tasks that differ only in their declared ``iterations`` (the same config, data, ``frozen`` and
+    overrides; the numbers shown may differ), each family shortest first. A schedule in epochs is left
+    out: its floor (``min_iterations``) can make two declared lengths one run."""
     families = {}
     for task in study.tasks.values():
-        unit = "iterations" if task.schedule.iterations else "epochs" if task.schedule.epochs else None
-        if unit is None:
-            continue
-        same_run = (task.config, task.train, task.test, task.frozen, task.overrides, task.metrics, unit, task.schedule.min_iterations)
-        families.setdefault(same_run, []).append(task)
-    ordered = []
-    for (*_, unit, _floor), tasks in families.items():
-        lengths = {getattr(task.schedule, unit) for task in tasks}
-        if len(lengths) == len(tasks) > 1:  # two tasks of one length would be the same run twice
-            ordered.append((sorted(tasks, key=lambda task: getattr(task.schedule, unit)), unit))
-    return ordered
-
-
-def _length_label(task, unit):
-    length = getattr(task.schedule, unit)
-    return f"{length:g} {unit}"
+        if task.schedule.iterations:
+            families.setdefault(task.trains_like, []).append(task)
+    # No two tasks are one run (declaration.py refuses them), so the lengths of a family differ.
+    return [sorted(tasks, key=lambda task: task.schedule.iterations) for tasks in families.values() if len(tasks) > 1]
 
 
 def choose_schedule(runs_by_length, seeds, labels):
@@ -274,9 +263,10 @@ def choose_schedule(runs_by_length, seeds, labels):
         if missing:
             return None, f"not yet: needs {'; '.join(missing)}"
         here, there = runs_by_length[index], runs_by_length[index + 1]
+        undefined = [f"seed {s} at {labels[k]}" for k, runs in ((index, here), (index + 1, there)) for s in seeds if math.isnan(runs[s])]
+        if undefined:
+            return None, f"none: NaN for {', '.join(undefined)} (nothing detected?)"
         values = [here[s] for s in seeds]
-        if any(math.isnan(v) for v in values + [there[s] for s in seeds]):
-            return None, "NaN among the results"
         rise = statistics.fmean(there[s] for s in seeds) - statistics.fmean(values)
         std = statistics.stdev(values)
         if rise < std:
@@ -287,7 +277,8 @@ def choose_schedule(runs_by_length, seeds, labels):
 def schedule_table(study, found, init=None):
     """Markdown, for each family of tasks that differ only in their schedule: the initialisation's (the
     random one by default) mean ± std over seeds at each length, the rise from the length before, and
-    the schedule the convergence rule chooses per label budget (``choose_schedule``)."""
+    the schedule the convergence rule chooses per label budget (``choose_schedule``), on the shortest
+    task's first headline number."""
     init = init or study.reference
     if init is None:
         raise UserError(f"{study.path} declares no random: true initialisation; name one with --init")
@@ -295,17 +286,20 @@ def schedule_table(study, found, init=None):
         raise UserError(f"--init {init}: not declared in {study.path} (declared: {' '.join(study.initialisations)})")
     families = _schedule_families(study)
     if not families:
-        raise UserError(f"{study.path} declares no tasks that differ only in their schedule (iterations or epochs); "
-                        "declare the same task at several lengths to choose one")
+        raise UserError(f"{study.path} declares no tasks that differ only in their schedule {{iterations: N}} "
+                        "(the same config, data, frozen and overrides); declare one task at several lengths to choose one")
     sections = []
-    for tasks, unit in families:
-        every_run = {(init, budget): found.get((task.name, budget), {}).get(init, {}) for task in tasks for budget in study.label_budgets}
+    for tasks in families:
+        every_run = {(task.name, budget): found.get((task.name, budget), {}).get(init, {}) for task in tasks for budget in study.label_budgets}
         metrics = headline(study, tasks[0].name, every_run)
+        names = ", ".join(task.name for task in tasks)
         if not metrics:
+            sections.append(f"{names}: no result of {init} yet")
             continue
         metric = metrics[0]
-        lines = [f"{', '.join(task.name for task in tasks)}: {init}, {metric}, seeds {', '.join(map(str, study.seeds))}", ""]
-        lines.append("| labels | " + " | ".join(_length_label(task, unit) for task in tasks) + " | chosen |")
+        labels = [f"{task.schedule.iterations} iterations" for task in tasks]
+        lines = [f"{names}: {init}, {metric}, seeds {', '.join(map(str, study.seeds))}", ""]
+        lines.append("| labels | " + " | ".join(labels) + " | chosen |")
         lines.append("|---:|" + "---:|" * len(tasks) + "---|")
         for budget in study.label_budgets:
             runs_by_length = [
@@ -323,10 +317,12 @@ def schedule_table(study, found, init=None):
                 if shared:
                     cell += f", {statistics.fmean(runs[s] for s in shared) - statistics.fmean(previous[s] for s in shared):+.1f}"
                 cells.append(cell)
-            chosen, why = choose_schedule(runs_by_length, study.seeds, [_length_label(task, unit) for task in tasks])
-            verdict = f"**{_length_label(tasks[chosen], unit)}** ({why})" if chosen is not None else why
+            chosen, why = choose_schedule(runs_by_length, study.seeds, labels)
+            verdict = f"**{labels[chosen]}** ({why})" if chosen is not None else why
             lines.append(f"| {budget} | " + " | ".join(cells) + f" | {verdict} |")
         sections.append("\n".join(lines))
+    if not any(found.get((task.name, budget), {}).get(init) for tasks in families for task in tasks for budget in study.label_budgets):
+        raise UserError(f"no result of {init} yet for the tasks declared at several lengths")
     lines = ["\n\n".join(sections), "",
              "Each cell: mean ± sample std over seeds, then the rise of the mean from the length before (over the seeds "
              "both have). Chosen: the shortest length after which the next one rises the mean by less than the std "

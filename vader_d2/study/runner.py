@@ -232,12 +232,12 @@ class StudyRunner:
                 )
                 jobs.append(Job("pretraining", f"seed {seed}, pretraining {init}",
                                 lambda init=init, seed=seed: self.pretrain(init, seed), done=done, iterations=iterations,
-                                speed_group=self.study.initialisations[init].pretrain))
+                                speed_group=str((self.study.initialisations[init].pretrain, self.study.initialisations[init].overrides))))
             for task, budget, init in missing:
                 jobs.append(Job("downstream", f"seed {seed}, {task}, {budget} labels, {init}",
                                 lambda t=task, b=budget, i=init, s=seed: self.downstream(t, b, i, s),
                                 iterations=self.facts.downstream_iterations(task, budget),
-                                speed_group=f"{self.study.tasks[task].config} frozen={self.study.tasks[task].frozen}"))
+                                speed_group=str(self.study.tasks[task].trains_like)))
         # Calibrated first, once and for every equal_time_as pretraining together, when one is to run.
         if any(job.kind == "pretraining" and not job.done for job in jobs):
             calibrations = [
@@ -276,9 +276,9 @@ class StudyRunner:
 
     @staticmethod
     def _eta(remaining, finished):
-        """Each run left at the seconds per iteration that runs of its config have taken so far, else runs
-        of its kind (a frozen backbone's steps are a fraction of a fine-tuned one's); at the mean time of
-        such a run where its length is not known yet."""
+        """Each run left at the seconds per iteration that runs which train alike (config, data, overrides)
+        have taken so far, else runs of its kind (a frozen backbone's steps are a fraction of a fine-tuned
+        one's); at the mean time of such a run where its length is not known yet."""
         if not finished:
             return "ETA after the first run"
         by_group, by_kind = {}, {}
