@@ -24,7 +24,6 @@ from vader_d2.cli import check_output_dir, run_cli
 from vader_d2.errors import UserError, read_text_file
 from vader_d2.engine.output_dir import OutputDirLock
 from vader_d2.study import collect, gain_table, load_study, parse_study, plot_gains, schedule_table
-from vader_d2.study.results import has_schedule_families
 
 TRAIN_NET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_net.py")
 
@@ -105,14 +104,13 @@ def run(args):
                 with open(os.path.join(out, "table.md"), "w") as f:
                     f.write(table + "\n")
                 print(table)
-                if study.reference and has_schedule_families(study):
-                    try:
-                        schedule = schedule_table(study, found)
-                    except UserError:  # the reference has no result of those tasks yet: nothing to write
-                        schedule = None
-                    if schedule:
-                        with open(os.path.join(out, "schedule.md"), "w") as f:
-                            f.write(schedule + "\n")
+                try:
+                    schedule = schedule_table(study, found)
+                except UserError:  # no random init, no task at several lengths, or no result of them yet
+                    pass
+                else:
+                    with open(os.path.join(out, "schedule.md"), "w") as f:
+                        f.write(schedule + "\n")
         return 0
     finally:
         for lock in locks:

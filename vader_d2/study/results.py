@@ -29,7 +29,6 @@ __all__ = [
     "gain_table",
     "plot_gains",
     "choose_schedule",
-    "has_schedule_families",
     "schedule_table",
 ]
 
@@ -234,10 +233,6 @@ def plot_gains(study, found, output):
     return output
 
 
-def has_schedule_families(study):
-    return bool(_schedule_families(study))
-
-
 def _schedule_families(study):
     """Tasks that differ only in their declared ``iterations`` (the same config, data, ``frozen`` and
     overrides; the numbers shown may differ), each family shortest first. A schedule in epochs is left
@@ -288,10 +283,13 @@ def schedule_table(study, found, init=None):
     if not families:
         raise UserError(f"{study.path} declares no tasks that differ only in their schedule {{iterations: N}} "
                         "(the same config, data, frozen and overrides); declare one task at several lengths to choose one")
+    runs_of = {(task.name, budget): found.get((task.name, budget), {}).get(init, {})
+               for tasks in families for task in tasks for budget in study.label_budgets}
+    if not any(runs_of.values()):
+        raise UserError(f"no result of {init} yet for the tasks declared at several lengths")
     sections = []
     for tasks in families:
-        every_run = {(task.name, budget): found.get((task.name, budget), {}).get(init, {}) for task in tasks for budget in study.label_budgets}
-        metrics = headline(study, tasks[0].name, every_run)
+        metrics = headline(study, tasks[0].name, {(task.name, budget): runs_of[task.name, budget] for task in tasks for budget in study.label_budgets})
         names = ", ".join(task.name for task in tasks)
         if not metrics:
             sections.append(f"{names}: no result of {init} yet")
@@ -303,7 +301,7 @@ def schedule_table(study, found, init=None):
         lines.append("|---:|" + "---:|" * len(tasks) + "---|")
         for budget in study.label_budgets:
             runs_by_length = [
-                {seed: numbers[metric] for seed, numbers in found.get((task.name, budget), {}).get(init, {}).items() if metric in numbers}
+                {seed: numbers[metric] for seed, numbers in runs_of[task.name, budget].items() if metric in numbers}
                 for task in tasks
             ]
             cells = []
@@ -321,8 +319,6 @@ def schedule_table(study, found, init=None):
             verdict = f"**{labels[chosen]}** ({why})" if chosen is not None else why
             lines.append(f"| {budget} | " + " | ".join(cells) + f" | {verdict} |")
         sections.append("\n".join(lines))
-    if not any(found.get((task.name, budget), {}).get(init) for tasks in families for task in tasks for budget in study.label_budgets):
-        raise UserError(f"no result of {init} yet for the tasks declared at several lengths")
     lines = ["\n\n".join(sections), "",
              "Each cell: mean ± sample std over seeds, then the rise of the mean from the length before (over the seeds "
              "both have). Chosen: the shortest length after which the next one rises the mean by less than the std "
