@@ -184,7 +184,7 @@ def test_the_schedule_rule_picks_the_shortest_length_the_next_barely_improves():
     assert choose_schedule([curve[0], {1: 11.0, 2: 12.0, 3: 13.0}, {1: 11.0, 2: 12.0, 3: 13.0}], seeds, labels)[0] == 1
     # Rising at every step: the longest.
     rising = [{s: 10.0 * k + s for s in seeds} for k in range(1, 5)]
-    assert choose_schedule(rising, seeds, labels) == (3, "every step rose by the std or more")
+    assert choose_schedule(rising, seeds, labels) == (3, "every step rose by the std or more: still rising at the longest declared")
     # A later length missing does not matter once an earlier step has decided ...
     assert choose_schedule(curve[:3] + [{}], seeds, labels)[0] == 1
     # ... a missing seed in a step that must be read does.

@@ -266,7 +266,7 @@ def choose_schedule(runs_by_length, seeds, labels):
         std = statistics.stdev(values)
         if rise < std:
             return index, f"next rises {rise:+.1f} < std {std:.1f}"
-    return len(runs_by_length) - 1, "every step rose by the std or more"
+    return len(runs_by_length) - 1, "every step rose by the std or more: still rising at the longest declared"
 
 
 def schedule_table(study, found, init=None):
