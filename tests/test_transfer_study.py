@@ -12,6 +12,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image, ImageDraw
 
 from detectron2.data import DatasetCatalog
@@ -22,7 +23,9 @@ from vader_d2.data.datasets import register_named_datasets
 from vader_d2.errors import UserError
 from vader_d2.engine.solver import iterations_for_epochs, rescale_schedule
 from vader_d2.study import collect, gain_table, load_study, parse_study
-from vader_d2.study.runner import budget_images
+from vader_d2.study.checks import check_study
+from vader_d2.study.declaration import Schedule
+from vader_d2.study.runner import Job, StudyRunner, budget_images
 from vader_d2.engine.trainer import schedule_in_epochs
 
 from .helpers import REPO, assert_one_line_refusal, load_tool, run_python
@@ -158,6 +161,7 @@ tasks:
   in_epochs_40: {config: c.yaml, train: a, test: val, frozen: true, schedule: {epochs: 40, min_iterations: 300}}
   tuned_300: {config: c.yaml, train: a, test: val, schedule: {iterations: 300}, overrides: {SOLVER.BASE_LR: 0.1, SOLVER.GAMMA: 0.5}}
   tuned_600: {config: c.yaml, train: a, test: val, schedule: {iterations: 600}, overrides: {SOLVER.GAMMA: 0.5, SOLVER.BASE_LR: 0.1}}
+  per_budget: {config: c.yaml, train: a, test: val, frozen: true, schedule: {per_budget: {30: {iterations: 600}, 100: {iterations: 2400}}}}
 initialisations:
   random_init: {random: true}
   vader: {weights: v.pkl}
@@ -221,9 +225,10 @@ def test_schedule_reads_each_family_of_tasks_that_differ_only_in_length(tmp_path
     assert table[4] == ("| 30 | 11.0 ± 1.0 (n=3) | 14.0 ± 1.0 (n=3), +3.0 | 14.5 ± 1.0 (n=3), +0.5 | "
                         "**600 iterations** (next rises +0.5 < std 1.0) |")
     assert table[5] == "| 100 | 10.5 ± 0.7 (n=2) | - | - | not yet: needs seed 3 at 300 iterations; seed 1, 2, 3 at 600 iterations |"
-    # Overrides in another order train alike; the other test split, the config's length and epochs do not.
+    # Overrides in another order train alike; the other test split, the config's length, epochs and a
+    # schedule per budget do not.
     assert table[7] == "tuned_300, tuned_600: no result of random_init yet"
-    for left_out in ("other_test_600", "default_length", "in_epochs"):
+    for left_out in ("other_test_600", "default_length", "in_epochs", "per_budget"):
         assert left_out not in "\n".join(table)
 
     # A family whose longest length has no result yet is still shown, with what it needs.
@@ -302,6 +307,54 @@ def test_a_mistake_in_the_study_file_is_one_line_naming_the_key(path, value, exp
     assert expected in str(error.value) and str(error.value).startswith("study.yaml: "), str(error.value)
 
 
+def with_schedule(schedule):
+    """MINIMAL at label budgets 30 and 100, its task given ``schedule``, as YAML (whose keys may be numbers)."""
+    declared = json.loads(with_change("label_budgets", [30, 100]))
+    declared["tasks"]["frozen"]["schedule"] = schedule
+    return yaml.safe_dump(declared)
+
+
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [
+        ({"per_budget": {30: {"iterations": 1200}}}, "tasks.frozen.schedule.per_budget has no schedule for label budget 100 (declared: 30, 100)"),
+        ({"per_budget": {}}, "tasks.frozen.schedule.per_budget has no schedule for label budgets 30, 100 (declared: 30, 100)"),
+        ({"per_budget": {30: {"iterations": 1200}, 100: {"iterations": 2400}, 300: {"iterations": 4800}}},
+         "tasks.frozen.schedule.per_budget has a schedule for label budget 300, not declared (declared: 30, 100)"),
+        ({"per_budget": {30: {"per_budget": {30: {"iterations": 1200}}}, 100: {"iterations": 2400}}},
+         "tasks.frozen.schedule.per_budget.30 has an unknown key 'per_budget' (known: iterations, epochs, min_iterations)"),
+        ({"iterations": 300, "per_budget": {30: {"iterations": 1200}, 100: {"iterations": 2400}}},
+         "tasks.frozen.schedule has iterations beside per_budget: give each budget's whole schedule under per_budget"),
+        ({"per_budget": {"30": {"iterations": 1200}, 100: {"iterations": 2400}}},
+         "tasks.frozen.schedule.per_budget has the key '30': its keys are label budgets, whole numbers as in label_budgets"),
+        ({"per_budget": {"thirty": {"iterations": 1200}, 100: {"iterations": 2400}}},
+         "tasks.frozen.schedule.per_budget has the key 'thirty': its keys are label budgets, whole numbers as in label_budgets"),
+        ({"per_budget": [1200, 2400]},
+         "tasks.frozen.schedule.per_budget must map each label budget to its schedule, e.g. {30: {iterations: 1200}}, not [1200, 2400]"),
+        ({"per_budget": {30: {"iterations": 1200}, 100: {"iterations": 0}}},
+         "tasks.frozen.schedule.per_budget.100.iterations must be a whole number of at least 1, not 0"),
+    ],
+)
+def test_a_mistake_in_a_schedule_per_budget_is_one_line(schedule, expected):
+    with pytest.raises(UserError) as error:
+        parse_study(with_schedule(schedule), "study.yaml")
+    assert str(error.value) == f"study.yaml: {expected}"
+
+
+def test_a_schedule_per_budget_is_read_budget_by_budget():
+    per_budget = {"per_budget": {100: {"epochs": 40, "min_iterations": 300}, 30: {"iterations": 1200}}}
+    schedule = parse_study(with_schedule(per_budget), "study.yaml").tasks["frozen"].schedule
+    assert schedule.for_budget(30) == Schedule(iterations=1200)
+    assert schedule.for_budget(100) == Schedule(epochs=40.0, min_iterations=300)
+    # The same runs at every budget as a plain schedule are refused as one run; the same at one budget are not.
+    declared = yaml.safe_load(with_schedule({"per_budget": {30: {"iterations": 1200}, 100: {"iterations": 1200}}}))
+    declared["tasks"]["plain"] = {**declared["tasks"]["frozen"], "schedule": {"iterations": 1200}}
+    with pytest.raises(UserError, match=r"^study.yaml: tasks.plain is the same run as tasks.frozen "):
+        parse_study(yaml.safe_dump(declared), "study.yaml")
+    declared["tasks"]["frozen"]["schedule"]["per_budget"][100] = {"iterations": 2400}
+    assert parse_study(yaml.safe_dump(declared), "study.yaml").tasks["plain"].schedule == Schedule(iterations=1200)
+
+
 def test_values_yaml_reads_as_other_types_are_one_line():
     """YAML reads 2020-01-01 as a date and .inf as infinity: neither is a value a study can use."""
     base = "\n".join(f"{k}: {json.dumps(v)}" for k, v in MINIMAL.items())
@@ -360,6 +413,25 @@ def test_a_schedule_is_stretched_in_whole_numbers():
     # Squeezed short, steps would round to 0 or onto each other; Detectron2's multi-step schedule takes
     # increasing steps only.
     assert rescale_schedule(solver, 3)["STEPS"] == (2,) and rescale_schedule(solver, 1)["STEPS"] == ()
+
+
+def test_a_schedule_per_budget_gives_each_budgets_runs_their_own_length(tmp_path, labelled):
+    train, test = labelled
+    overrides = "    overrides: {MODEL.ROI_HEADS.NUM_CLASSES: 1}\n"
+    per_budget = "    schedule: {per_budget: {4: {iterations: 40}, 8: {epochs: 10, min_iterations: 5}}}\n"
+    text = study_text(train, test).replace(overrides, overrides + per_budget)
+    assert per_budget in text
+    study = parse_study(text, str(tmp_path / "study.yaml"))
+    facts = check_study(study, str(tmp_path / "out"))
+    # 10 passes over 8 images at 4 a batch: 20 iterations; the config's 50 warm-up and (200, 270) of 300 scaled.
+    assert facts.task_configs["mask_rcnn"].SOLVER.IMS_PER_BATCH == 4
+    for budget, schedule in ((4, ["40", "6", "(26, 36)"]), (8, ["20", "3", "(13, 18)"])):
+        opts = facts.downstream_opts("mask_rcnn", budget, "vader.pkl", seed=1)
+        assert opts[opts.index("SOLVER.MAX_ITER"):] == ["SOLVER.MAX_ITER", schedule[0], "SOLVER.WARMUP_ITERS", schedule[1], "SOLVER.STEPS", schedule[2]]
+    runner = StudyRunner(study, str(tmp_path / "out"), str(tmp_path / "work"), None, facts)
+    jobs = runner.plan([1], ["mask_rcnn"], [4, 8], ["random_init"])
+    assert [(job.what, job.iterations) for job in jobs] == [
+        ("seed 1, mask_rcnn, 4 labels, random_init", 40), ("seed 1, mask_rcnn, 8 labels, random_init", 20)]
 
 
 def test_solver_epochs_sets_the_length_of_a_train_net_run():
@@ -553,7 +625,6 @@ def test_plot_draws_each_gain_against_the_budget(tmp_path):
 
 
 def test_the_eta_scales_each_run_left_by_its_length():
-    from vader_d2.study.runner import Job, StudyRunner
 
     finished = [(Job("downstream", "a", None, iterations=300), 60.0), (Job("pretraining", "b", None, iterations=100), 50.0)]
     left = [Job("downstream", "c", None, iterations=2400), Job("pretraining", "d", None), Job("downstream", "e", None, done=True)]
@@ -628,7 +699,6 @@ def test_vader_after_moco_starts_its_resnet_from_the_moco_export(tmp_path):
 
 
 def test_equal_time_lengths_come_from_the_calibrated_step_times(tmp_path):
-    from vader_d2.study.runner import StudyRunner
 
     declared = json.loads(json.dumps(MINIMAL))
     declared["initialisations"].update({

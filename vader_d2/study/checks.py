@@ -64,7 +64,7 @@ class StudyFacts:
         return os.path.abspath(os.path.join(self.out, "budgets", f"{task}_{budget}.json"))
 
     def downstream_iterations(self, task, budget):
-        schedule = self.study.tasks[task].schedule
+        schedule = self.study.tasks[task].schedule.for_budget(budget)
         solver = self.task_configs[task].SOLVER
         if schedule.iterations:
             return schedule.iterations

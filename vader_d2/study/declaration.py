@@ -14,7 +14,8 @@ A transfer study's declaration: one YAML file that fixes the whole grid before a
         train: "coco:/data/labels/train.json:/data/labels/images"
         test: "coco:/data/labels/test.json:/data/labels/images"
         frozen: false                                    # optional: MODEL.FROZEN_BACKBONE
-        schedule: {epochs: 40, min_iterations: 300}      # or {iterations: 300}; default: the config's
+        schedule: {epochs: 40, min_iterations: 300}      # or {iterations: 300}; default: the config's; or
+                                                         # each budget's: {per_budget: {30: {iterations: 1200}, 100: {epochs: 40}}}
         overrides: {SOLVER.BASE_LR: 0.01}                # optional KEY: VALUE
         metrics: [segm/AP, bbox/AP]                      # optional: the numbers the table shows
     initialisations:                                     # name: what the downstream model starts from
@@ -55,6 +56,7 @@ __all__ = ["Study", "Task", "Initialisation", "Length", "Schedule", "load_study"
 
 NAME = re.compile(r"[a-z][a-z0-9_]*")
 BUDGET_ORDERS = ("shuffled", "as_listed")
+PLAIN_SCHEDULE_KEYS = ("iterations", "epochs", "min_iterations")
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,16 @@ class Length:
 @dataclass(frozen=True)
 class Schedule:
     """A downstream run's length: fixed iterations, or passes over the budget's images with a floor;
-    neither: the config's own MAX_ITER."""
+    neither: the config's own MAX_ITER. Or ``per_budget``: one of these for each label budget."""
 
     iterations: Optional[int] = None
     epochs: Optional[float] = None
     min_iterations: int = 1
+    per_budget: Tuple[Tuple[int, "Schedule"], ...] = ()  # (budget, its schedule) pairs, by budget
+
+    def for_budget(self, budget):
+        """The schedule of the runs on ``budget`` labels."""
+        return dict(self.per_budget)[budget] if self.per_budget else self
 
 
 @dataclass(frozen=True)
@@ -205,7 +212,7 @@ def parse_study(text, path):
             train=reader.string(task["train"], f"{where}.train"),
             test=reader.string(task["test"], f"{where}.test"),
             frozen=frozen,
-            schedule=reader.schedule(task.get("schedule"), f"{where}.schedule"),
+            schedule=reader.schedule(task.get("schedule"), f"{where}.schedule", budgets),
             overrides=reader.overrides(task.get("overrides"), f"{where}.overrides"),
             metrics=tuple(reader.strings(task.get("metrics", []), f"{where}.metrics")),
         )
@@ -288,7 +295,8 @@ def _check_references(study, reader):
         _check_no_cycle(inits, name, [], reader)
     runs = {}
     for task in study.tasks.values():
-        run = (task.trains_like, task.schedule)
+        # Budget by budget: a per_budget schedule may declare at every budget what a plain one does.
+        run = (task.trains_like, tuple(task.schedule.for_budget(budget) for budget in study.label_budgets))
         if run in runs:
             reader.fail(f"tasks.{task.name}", f"is the same run as tasks.{runs[run]} (only the numbers shown may differ); declare it once")
         runs[run] = task.name
@@ -301,6 +309,10 @@ def _check_no_cycle(inits, name, path, reader):
         reader.fail("initialisations", f"start from each other in a circle: {' -> '.join(path + [name])}")
     for dependency in inits[name].depends_on:
         _check_no_cycle(inits, dependency, path + [name], reader)
+
+
+def _label_budgets(numbers):
+    return f"label budget{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}"
 
 
 class _Reader:
@@ -389,10 +401,36 @@ class _Reader:
             self.fail(f"{where}.fraction", "applies to equal_time_as: only")
         return Length(**{key: self.whole_number(value[key], f"{where}.{key}", minimum=1)})
 
-    def schedule(self, value, where):
+    def schedule(self, value, where, budgets):
         if value is None:
             return Schedule()
-        self.mapping(value, where, optional=("iterations", "epochs", "min_iterations"))
+        self.mapping(value, where, optional=(*PLAIN_SCHEDULE_KEYS, "per_budget"))
+        if "per_budget" not in value:
+            return self.plain_schedule(value, where)
+        if len(value) > 1:
+            others = ", ".join(key for key in value if key != "per_budget")
+            self.fail(where, f"has {others} beside per_budget: give each budget's whole schedule under per_budget")
+        return Schedule(per_budget=self.budget_schedules(value["per_budget"], f"{where}.per_budget", budgets))
+
+    def budget_schedules(self, value, where, budgets):
+        """``{budget: schedule}`` for exactly the declared budgets, as ``(budget, Schedule)`` pairs by budget."""
+        if not isinstance(value, dict):
+            self.fail(where, f"must map each label budget to its schedule, e.g. {{30: {{iterations: 1200}}}}, not {value!r}")
+        for budget in value:
+            # Whole numbers as in label_budgets (YAML reads 30: as one); '30' and 30 would be two keys.
+            if type(budget) is not int:
+                self.fail(where, f"has the key {budget!r}: its keys are label budgets, whole numbers as in label_budgets")
+        declared = f"(declared: {', '.join(map(str, sorted(budgets)))})"
+        undeclared = sorted(set(value) - set(budgets))
+        if undeclared:
+            self.fail(where, f"has a schedule for {_label_budgets(undeclared)}, not declared {declared}")
+        missing = sorted(set(budgets) - set(value))
+        if missing:
+            self.fail(where, f"has no schedule for {_label_budgets(missing)} {declared}")
+        return tuple((budget, self.plain_schedule(value[budget], f"{where}.{budget}")) for budget in sorted(value))
+
+    def plain_schedule(self, value, where):
+        self.mapping(value, where, optional=PLAIN_SCHEDULE_KEYS)
         if ("iterations" in value) == ("epochs" in value):
             self.fail(where, "needs exactly one of iterations: N or epochs: N (with min_iterations: N)")
         if "iterations" in value:

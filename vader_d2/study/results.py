@@ -236,7 +236,8 @@ def plot_gains(study, found, output):
 def _schedule_families(study):
     """Tasks that differ only in their declared ``iterations`` (the same config, data, ``frozen`` and
     overrides; the numbers shown may differ), each family shortest first. A schedule in epochs is left
-    out: its floor (``min_iterations``) can make two declared lengths one run."""
+    out: its floor (``min_iterations``) can make two declared lengths one run; so is one per budget, which
+    has no one length to order the family by."""
     families = {}
     for task in study.tasks.values():
         if task.schedule.iterations:
