@@ -625,7 +625,6 @@ def test_plot_draws_each_gain_against_the_budget(tmp_path):
 
 
 def test_the_eta_scales_each_run_left_by_its_length():
-
     finished = [(Job("downstream", "a", None, iterations=300), 60.0), (Job("pretraining", "b", None, iterations=100), 50.0)]
     left = [Job("downstream", "c", None, iterations=2400), Job("pretraining", "d", None), Job("downstream", "e", None, done=True)]
     # 2400 iterations at 0.2 s each, and a pretraining of unknown length at the mean pretraining time.
