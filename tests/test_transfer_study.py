@@ -630,6 +630,7 @@ def test_the_eta_scales_each_run_left_by_its_length():
     # 2400 iterations at 0.2 s each, and a pretraining of unknown length at the mean pretraining time.
     assert StudyRunner._eta(left, finished) == "ETA 0:08:50 for the 2 runs left"
     assert StudyRunner._eta(left, []) == "ETA after the first run"
+    assert StudyRunner._eta(left[:1], finished) == "ETA 0:08:00 for the 1 run left"
     # Runs of a config already timed go at its own rate; others at their kind's.
     frozen, tuned = "frozen.yaml frozen=True", "tuned.yaml frozen=None"
     finished = [(Job("downstream", "a", None, iterations=300, speed_group=frozen), 60.0),

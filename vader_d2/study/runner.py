@@ -297,7 +297,8 @@ class StudyRunner:
             else:
                 total += sum(s for _, s in done) / len(done)
         hours, rest = divmod(int(total), 3600)
-        return f"ETA {hours}:{rest // 60:02d}:{rest % 60:02d} for the {sum(not j.done for j in remaining)} runs left"
+        left = sum(not job.done for job in remaining)
+        return f"ETA {hours}:{rest // 60:02d}:{rest % 60:02d} for the {left} run{'s' if left > 1 else ''} left"
 
     @staticmethod
     def _stopped(what):
