@@ -111,7 +111,7 @@ def test_in_repo_results_rederive_their_committed_tables(study, results):
         assert gain_table(recorded, collect(recorded, out)) + "\n" == f.read()
 
 
-def test_gains_are_paired_by_seed_and_marked_with_three_seeds_above_two_std(tmp_path):
+def test_gains_are_paired_by_seed_and_marked_with_three_seeds_beyond_two_std(tmp_path):
     study = parse_study(textwrap.dedent("""\
         seeds: [1, 2, 3]
         label_budgets: [10]
@@ -121,12 +121,14 @@ def test_gains_are_paired_by_seed_and_marked_with_three_seeds_above_two_std(tmp_
           pixpro: {weights: p.pkl}
           vader: {weights: v.pkl}
           vader_two_seeds: {weights: w.pkl}
+          moco: {weights: m.pkl}
         """), "study.yaml")
     mIoU = {
         "random_init": {1: 16.0, 2: 14.0, 3: 17.0},
         "pixpro": {1: 18.0, 2: 16.5, 3: 19.0},  # +2.0, +2.5, +2.0: 2.17 ± 0.29, shown
         "vader": {1: 20.0, 2: 13.0, 3: 17.0},  # +4, -1, 0: 1.0 ± 2.65, not shown
         "vader_two_seeds": {1: 17.0, 2: 13.0},  # two seeds: never a claim
+        "moco": {1: 14.0, 2: 12.5, 3: 15.0},  # -2.0, -1.5, -2.0: -1.83 ± 0.29, shown as a loss
     }
     for init, per_seed in mIoU.items():
         for seed, value in per_seed.items():
@@ -137,14 +139,15 @@ def test_gains_are_paired_by_seed_and_marked_with_three_seeds_above_two_std(tmp_
     table = gain_table(study, collect(study, str(tmp_path))).splitlines()
 
     assert table[0] == (
-        "| task | labels | number | random_init | pixpro | vader | vader_two_seeds | "
-        "pixpro − random | vader − random | vader_two_seeds − random |"
+        "| task | labels | number | random_init | pixpro | vader | vader_two_seeds | moco | "
+        "pixpro − random | vader − random | vader_two_seeds − random | moco − random |"
     )
     assert table[2] == (
-        "| frozen | 10 | sem_seg/mIoU | 15.7 ± 1.5 (n=3) | 17.8 ± 1.3 (n=3) | 16.7 ± 3.5 (n=3) | 15.0 ± 2.8 (n=2) | "
-        "+2.2 ± 0.3 (n=3) **> 2 std** | +1.0 ± 2.6 (n=3) | +0.0 ± 1.4 (n=2) |"
+        "| frozen | 10 | sem_seg/mIoU | 15.7 ± 1.5 (n=3) | 17.8 ± 1.3 (n=3) | 16.7 ± 3.5 (n=3) | 15.0 ± 2.8 (n=2) | 13.8 ± 1.3 (n=3) | "
+        "+2.2 ± 0.3 (n=3) **> 2 std** | +1.0 ± 2.6 (n=3) | +0.0 ± 1.4 (n=2) | -1.8 ± 0.3 (n=3) **< −2 std** |"
     )
-    assert table[-1].endswith(": pixpro > random init on frozen sem_seg/mIoU with 10 labels")
+    assert table[-2].startswith("Gains larger") and table[-2].endswith(": pixpro > random init on frozen sem_seg/mIoU with 10 labels")
+    assert table[-1].startswith("Losses larger") and table[-1].endswith(": moco < random init on frozen sem_seg/mIoU with 10 labels")
 
 
 

@@ -9,7 +9,7 @@ A study's results folder and what is made from it.
 
 ``table`` gives each cell's mean ± sample std over seeds and each initialisation's gain over the random
 one, paired by seed (the same seed drives both downstream runs): mean ± std of the per-seed differences,
-marked when the mean exceeds twice that std with at least 3 seeds. ``plot`` draws those gains against
+marked where the mean exceeds twice that std in size (a gain or a loss) with at least 3 seeds. ``plot`` draws those gains against
 the label budget. ``schedule`` reads tasks declared at several lengths and names the shortest after which
 the random initialisation stops improving (docs/transfer.md, "How long must the downstream runs be?").
 """
@@ -108,10 +108,13 @@ def paired_gain(init_runs, reference_runs, metric):
     ]
 
 
-def is_shown(differences):
+def shown_direction(differences):
+    """+1 for a gain, -1 for a loss, where the mean of the per-seed differences exceeds twice their std
+    in size with at least MIN_SEEDS_FOR_A_CLAIM seeds; 0 where the seeds do not settle it."""
     if len(differences) < MIN_SEEDS_FOR_A_CLAIM or any(math.isnan(d) for d in differences):
-        return False
-    return statistics.fmean(differences) > 2 * statistics.stdev(differences)
+        return 0
+    mean = statistics.fmean(differences)
+    return int(math.copysign(1, mean)) if abs(mean) > 2 * statistics.stdev(differences) else 0
 
 
 def _mean_and_std(values):
@@ -134,12 +137,13 @@ def _gain_cell(differences):
     if len(differences) == 1:
         return f"{differences[0]:+.1f} (n=1)"
     mean, std = _mean_and_std(differences)
-    return f"{mean:+.1f} ± {std:.1f} (n={len(differences)})" + (" **> 2 std**" if is_shown(differences) else "")
+    marker = {1: " **> 2 std**", -1: " **< −2 std**", 0: ""}[shown_direction(differences)]
+    return f"{mean:+.1f} ± {std:.1f} (n={len(differences)})" + marker
 
 
 def gain_table(study, found):
     """Markdown: a row per task, budget and headline number; a column per initialisation, then each
-    one's paired gain over the random initialisation; and the gains shown by the > 2 std rule."""
+    one's paired gain over the random initialisation; and the gains and losses shown by the 2 std rule."""
     present = {init for runs in found.values() for init in runs}
     inits = [init for init in study.initialisations if init in present]
     reference = study.reference
@@ -147,7 +151,7 @@ def gain_table(study, found):
     header = ["task", "labels", "number", *inits, *(f"{i} − random" for i in compared)]
     lines = ["| " + " | ".join(header) + " |"]
     lines.append("|---|---:|---|" + "---:|" * (len(inits) + len(compared)))
-    shown = []
+    shown = {1: [], -1: []}
     for (task, budget), runs in found.items():
         for metric in headline(study, task, runs):
             cells = []
@@ -157,18 +161,20 @@ def gain_table(study, found):
             for init in compared:
                 differences = paired_gain(runs.get(init, {}), runs.get(reference, {}), metric)
                 cells.append(_gain_cell(differences))
-                if differences and is_shown(differences):
-                    shown.append(f"{init} > random init on {task} {metric} with {budget} labels")
+                direction = shown_direction(differences)
+                if direction:
+                    shown[direction].append(f"{init} {'>' if direction > 0 else '<'} random init on {task} {metric} with {budget} labels")
             lines.append(f"| {task} | {budget} | {metric} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Gains larger than twice the std of the per-seed difference (3 seeds or more): " + ("; ".join(shown) if shown else "none"))
+    for direction, kind in ((1, "Gains"), (-1, "Losses")):
+        lines.append(f"{kind} larger than twice the std of the per-seed difference (3 seeds or more): " + ("; ".join(shown[direction]) or "none"))
     return "\n".join(lines)
 
 
 def plot_gains(study, found, output):
     """A PNG: one panel per task and headline number, each initialisation's paired gain over the random
     one against the label budget (mean, error bar one std of the per-seed differences; a filled marker
-    where the gain is shown by the > 2 std rule)."""
+    where the 2 std rule shows a gain or a loss)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,7 +207,7 @@ def plot_gains(study, found, output):
                 budgets.append(budget)
                 means.append(mean)
                 stds.append(std)
-                shown.append(is_shown(differences))
+                shown.append(shown_direction(differences) != 0)
             if not budgets:
                 continue
             color = f"C{index % 10}"
@@ -220,7 +226,7 @@ def plot_gains(study, found, output):
         axis.set_title(f"{task}: gain over {reference}")
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize="small")
-    figure.suptitle(f"{study.description or os.path.basename(study.path)} (filled: gain > 2 std of the per-seed difference, 3+ seeds)", fontsize="small")
+    figure.suptitle(f"{study.description or os.path.basename(study.path)} (filled: gain or loss > 2 std of the per-seed difference, 3+ seeds)", fontsize="small")
     figure.tight_layout()
     try:
         figure.savefig(output, dpi=100)
