@@ -10,8 +10,9 @@ A study's results folder and what is made from it.
 ``table`` gives each cell's mean ± sample std over seeds and each initialisation's gain over the random
 one, paired by seed (the same seed drives both downstream runs): mean ± std of the per-seed differences,
 marked where the mean exceeds twice that std in size (a gain or a loss) with at least 3 seeds. ``plot``
-draws those gains against the label budget. ``schedule`` reads tasks declared at several lengths and names the shortest after which
-the random initialisation stops improving (docs/transfer.md, "How long must the downstream runs be?").
+draws those gains against the label budget. ``schedule`` reads tasks declared at several lengths and
+names the shortest after which the random initialisation stops improving (docs/transfer.md, "How long
+must the downstream runs be?").
 """
 
 import math
