@@ -5,6 +5,7 @@ tests/test_transfer_study_run.py (slow).
 """
 
 import json
+import math
 import os
 import pickle
 import shutil
@@ -25,6 +26,7 @@ from vader_d2.engine.solver import iterations_for_epochs, rescale_schedule
 from vader_d2.study import collect, gain_table, load_study, parse_study
 from vader_d2.study.checks import check_study
 from vader_d2.study.declaration import Schedule
+from vader_d2.study.results import choose_schedule, dodged
 from vader_d2.study.runner import Job, StudyRunner, budget_images
 from vader_d2.engine.trainer import schedule_in_epochs
 
@@ -180,8 +182,6 @@ def write_results(out, values, init="random_init"):
 
 
 def test_the_schedule_rule_picks_the_shortest_length_the_next_barely_improves():
-    from vader_d2.study.results import choose_schedule
-
     labels = ["300", "600", "1200", "2400"]
     seeds = (1, 2, 3)
     # 300 -> 600 rises +3.0 against std 1.0 at 300; 600 -> 1200 rises +0.5 against std 1.0: 600.
@@ -625,6 +625,14 @@ def test_plot_draws_each_gain_against_the_budget(tmp_path):
         colours = np.asarray(image.convert("RGB")).reshape(-1, 3)
     # Five initialisations' lines in five of matplotlib's colours, beside black, white and greys.
     assert len({tuple(c) for c in colours if max(c) - min(c) > 60}) > 5
+
+
+def test_each_initialisation_draws_beside_the_others_at_one_budget():
+    xs = [dodged(30, index, 7) for index in range(7)]
+    assert xs == sorted(xs) and len(set(xs)) == 7
+    # Centred on the budget on the log axis, within 0.08 decades.
+    assert math.isclose(xs[0] * xs[-1], 30 ** 2) and math.isclose(math.log10(xs[-1] / xs[0]), 0.08)
+    assert dodged(30, 0, 1) == 30
 
 
 def test_the_eta_scales_each_run_left_by_its_length():

@@ -212,9 +212,10 @@ def plot_gains(study, found, output):
             if not budgets:
                 continue
             color = f"C{index % 10}"
-            axis.errorbar(budgets, means, yerr=stds, color=color, capsize=3, label=init)
-            for budget, mean, filled in zip(budgets, means, shown):
-                axis.plot(budget, mean, "o", color=color, markerfacecolor=color if filled else "white")
+            xs = [dodged(budget, index, len(compared)) for budget in budgets]
+            axis.errorbar(xs, means, yerr=stds, color=color, capsize=3, label=init)
+            for x, mean, filled in zip(xs, means, shown):
+                axis.plot(x, mean, "o", color=color, markerfacecolor=color if filled else "white")
         axis.axhline(0.0, color="black", linewidth=0.8)
         if not axis.lines[:-1]:
             axis.text(0.5, 0.6, "no finite gain yet", ha="center", transform=axis.transAxes)
@@ -222,6 +223,7 @@ def plot_gains(study, found, output):
         axis.set_xscale("log")
         axis.set_xticks(study.label_budgets)
         axis.set_xticklabels([str(b) for b in study.label_budgets])
+        axis.minorticks_off()  # a log axis would label 2x10^1 and 4x10^1 beside the budgets
         axis.set_xlabel("labelled images")
         axis.set_ylabel(f"{metric} − {reference}")
         axis.set_title(f"{task}: gain over {reference}")
@@ -238,6 +240,15 @@ def plot_gains(study, found, output):
     finally:
         plt.close(figure)
     return output
+
+
+def dodged(budget, index, count, spread=0.08):
+    """Where the ``index``-th of ``count`` initialisations draws its point at ``budget`` on the log axis:
+    side by side within ``spread`` decades, centred on the budget, so error bars at one budget do not hide
+    each other."""
+    if count < 2:
+        return budget
+    return budget * 10 ** (spread * (index / (count - 1) - 0.5))
 
 
 def _schedule_families(study):
