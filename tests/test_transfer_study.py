@@ -166,7 +166,7 @@ tasks:
   in_epochs_40: {config: c.yaml, train: a, test: val, frozen: true, schedule: {epochs: 40, min_iterations: 300}}
   tuned_300: {config: c.yaml, train: a, test: val, schedule: {iterations: 300}, overrides: {SOLVER.BASE_LR: 0.1, SOLVER.GAMMA: 0.5}}
   tuned_600: {config: c.yaml, train: a, test: val, schedule: {iterations: 600}, overrides: {SOLVER.GAMMA: 0.5, SOLVER.BASE_LR: 0.1}}
-  per_budget: {config: c.yaml, train: a, test: val, frozen: true, schedule: {per_budget: {30: {iterations: 600}, 100: {iterations: 2400}}}}
+  each_budget_own: {config: c.yaml, train: a, test: val, frozen: true, schedule: {per_budget: {30: {iterations: 600}, 100: {iterations: 2400}}}}
 initialisations:
   random_init: {random: true}
   vader: {weights: v.pkl}
@@ -231,8 +231,19 @@ def test_schedule_reads_each_family_of_tasks_that_differ_only_in_length(tmp_path
     # Overrides in another order train alike; the other test split, the config's length, epochs and a
     # schedule per budget do not.
     assert table[7] == "tuned_300, tuned_600: no result of random_init yet"
-    for left_out in ("other_test_600", "default_length", "in_epochs", "per_budget"):
+    for left_out in ("other_test_600", "default_length", "in_epochs", "each_budget_own"):
         assert left_out not in "\n".join(table)
+    assert "declare the task" not in "\n".join(table)  # 100 labels has not chosen yet
+
+    # Once every budget has chosen, the line to put in the study that compares every initialisation.
+    write_results(tmp_path, {("frozen_300", 100): {3: 12.0}, ("frozen_600", 100): {1: 10.2, 2: 11.2, 3: 12.2}})
+    table = transfer_study.schedule_table(study, collect(study, str(tmp_path))).splitlines()
+    assert table[5].startswith("| 100 | 11.0 ± 1.0 (n=3) | 11.2 ± 1.0 (n=3), +0.2 | - | **300 iterations**")
+    assert table[7] == "To compare every initialisation at it, declare the task with `schedule: {per_budget: {30: {iterations: 600}, 100: {iterations: 300}}}`."
+    # 100 labels rising +3.2 by 600 and +0.2 by 1200: 600, as at 30 labels.
+    write_results(tmp_path, {("frozen_300", 100): {1: 7.0, 2: 8.0, 3: 9.0}, ("frozen_1200", 100): {1: 10.4, 2: 11.4, 3: 12.4}})
+    table = transfer_study.schedule_table(study, collect(study, str(tmp_path))).splitlines()
+    assert table[7] == "To compare every initialisation at it, declare the task with `schedule: {iterations: 600}`."
 
     # A family whose longest length has no result yet is still shown, with what it needs.
     for path in tmp_path.glob("seed*/frozen_1200_*"):

@@ -288,6 +288,14 @@ def choose_schedule(runs_by_length, seeds, labels):
     return len(runs_by_length) - 1, "every step rose by the std or more: still rising at the longest declared"
 
 
+def _declared_schedule(iterations_by_budget):
+    """The study file's ``schedule:`` value running each budget for its iterations."""
+    if len(set(iterations_by_budget.values())) == 1:
+        return f"{{iterations: {next(iter(iterations_by_budget.values()))}}}"
+    each = ", ".join(f"{budget}: {{iterations: {n}}}" for budget, n in sorted(iterations_by_budget.items()))
+    return f"{{per_budget: {{{each}}}}}"
+
+
 def schedule_table(study, found, init=None):
     """Markdown, for each family of tasks that differ only in their schedule: the initialisation's (the
     random one by default) mean ± std over seeds at each length, the rise from the length before, and
@@ -318,6 +326,7 @@ def schedule_table(study, found, init=None):
         lines = [f"{names}: {init}, {metric}, seeds {', '.join(map(str, study.seeds))}", ""]
         lines.append("| labels | " + " | ".join(labels) + " | chosen |")
         lines.append("|---:|" + "---:|" * len(tasks) + "---|")
+        chosen_iterations = {}
         for budget in study.label_budgets:
             runs_by_length = [
                 {seed: numbers[metric] for seed, numbers in runs_of[task.name, budget].items() if metric in numbers}
@@ -337,6 +346,10 @@ def schedule_table(study, found, init=None):
             chosen, why = choose_schedule(runs_by_length, study.seeds, labels)
             verdict = f"**{labels[chosen]}** ({why})" if chosen is not None else why
             lines.append(f"| {budget} | " + " | ".join(cells) + f" | {verdict} |")
+            if chosen is not None:
+                chosen_iterations[budget] = tasks[chosen].schedule.iterations
+        if len(chosen_iterations) == len(study.label_budgets):
+            lines += ["", f"To compare every initialisation at it, declare the task with `schedule: {_declared_schedule(chosen_iterations)}`."]
         sections.append("\n".join(lines))
     lines = ["\n\n".join(sections), "",
              "Each cell: mean ± sample std over seeds, then the rise of the mean from the length before (over the seeds "
