@@ -369,6 +369,27 @@ def test_a_schedule_per_budget_is_read_budget_by_budget():
     assert parse_study(yaml.safe_dump(declared), "study.yaml").tasks["plain"].schedule == Schedule(iterations=1200)
 
 
+def test_a_key_written_twice_is_one_line_naming_its_line():
+    """YAML keeps the last of two equal keys silently: a second task or initialisation of one name, or a
+    budget's schedule given twice, would drop one from the declared grid without a word."""
+    study = "seeds: [1]\nlabel_budgets: [30, 100]\ntasks:\n  t: {config: c.yaml, train: a, test: b}\n"
+    twice = [
+        (study + "  t: {config: d.yaml, train: a, test: b}\ninitialisations: {r: {random: true}}\n", "the key 't' is given twice", 5),
+        (study + "initialisations:\n  r: {random: true}\n  r: {weights: w.pkl}\n", "the key 'r' is given twice", 7),
+        (study.replace("test: b}", "test: b, schedule: {per_budget: {30: {iterations: 1}, 30: {iterations: 2}, 100: {iterations: 3}}}}")
+         + "initialisations: {r: {random: true}}\n", "the key 30 is given twice", 4),
+    ]
+    for text, expected, line in twice:
+        with pytest.raises(UserError) as error:
+            parse_study(text, "study.yaml")
+        message = str(error.value)
+        assert expected in message and f"line {line}," in message and "\n" not in message, message
+    # An anchor merged with << and a key beside it that overrides one of its keys is YAML working as meant.
+    merged = study + "  u: {<<: *t, config: d.yaml}\ninitialisations: {r: {random: true}}\n"
+    tasks = parse_study(merged.replace("  t: {config", "  t: &t {config"), "study.yaml").tasks
+    assert (tasks["u"].config, tasks["u"].train) == ("d.yaml", "a")
+
+
 def test_values_yaml_reads_as_other_types_are_one_line():
     """YAML reads 2020-01-01 as a date and .inf as infinity: neither is a value a study can use."""
     base = "\n".join(f"{k}: {json.dumps(v)}" for k, v in MINIMAL.items())

@@ -175,13 +175,31 @@ def study_digest(declared):
     return hashlib.sha256(json.dumps(grid, sort_keys=True).encode()).hexdigest()
 
 
+class _DeclarationLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping: PyYAML keeps the last silently,
+    and a declaration that fixes the grid must not lose a task or an initialisation without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # << merges an anchor's keys; a key beside it overrides them by design
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key: the base loader refuses it in its own words
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_study(path):
     return parse_study(read_text_file(path, "study file"), path)
 
 
 def parse_study(text, path):
     try:
-        declared = yaml.safe_load(text)
+        declared = yaml.load(text, Loader=_DeclarationLoader)
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
     reader = _Reader(path)
