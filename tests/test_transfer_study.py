@@ -244,6 +244,12 @@ def test_schedule_reads_each_family_of_tasks_that_differ_only_in_length(tmp_path
     write_results(tmp_path, {("frozen_300", 100): {1: 7.0, 2: 8.0, 3: 9.0}, ("frozen_1200", 100): {1: 10.4, 2: 11.4, 3: 12.4}})
     table = transfer_study.schedule_table(study, collect(study, str(tmp_path))).splitlines()
     assert table[7] == "To compare every initialisation at it, declare the task with `schedule: {iterations: 600}`."
+    # The rule's fallback, the longest declared while still rising, is no length to compare at.
+    write_results(tmp_path, {("frozen_1200", 100): {1: 14.0, 2: 15.0, 3: 16.0}})
+    table = transfer_study.schedule_table(study, collect(study, str(tmp_path))).splitlines()
+    assert "still rising at the longest declared" in table[5]
+    assert table[7] == ("Still rising at the longest length declared with 100 labels: "
+                        "declare longer lengths before comparing initialisations at one.")
 
     # A family whose longest length has no result yet is still shown, with what it needs.
     for path in tmp_path.glob("seed*/frozen_1200_*"):
@@ -742,7 +748,6 @@ def test_vader_after_moco_starts_its_resnet_from_the_moco_export(tmp_path):
 
 
 def test_equal_time_lengths_come_from_the_calibrated_step_times(tmp_path):
-
     declared = json.loads(json.dumps(MINIMAL))
     declared["initialisations"].update({
         "vader": {"pretrain": "v.yaml", "length": {"iterations": 160}},

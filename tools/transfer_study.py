@@ -6,7 +6,7 @@ at a time, resumable, with its table and plot.
 
     python tools/transfer_study.py check STUDY.yaml OUT     # every check, and the runs it would make
     python tools/transfer_study.py run STUDY.yaml OUT [--seeds 1] [--tasks frozen] [--budgets 30] [--inits vader]
-    python tools/transfer_study.py table OUT                # mean ± std per cell, paired gains, > 2 std marks
+    python tools/transfer_study.py table OUT                # mean ± std per cell, paired gains, 2 std marks either way
     python tools/transfer_study.py plot OUT --output OUT/gains.png
     python tools/transfer_study.py schedule OUT [--init NAME]  # tasks declared at several lengths: which suffices
 

@@ -185,8 +185,10 @@ class _DeclarationLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue  # << merges an anchor's keys; a key beside it overrides them by design
             key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)):
-                continue  # an unhashable key: the base loader refuses it in its own words
+            try:
+                hash(key)
+            except TypeError:
+                continue  # an unhashable key (a list): the base loader refuses it in its own words
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice", key_node.start_mark)
             seen.add(key)
@@ -450,7 +452,8 @@ class _Reader:
     def plain_schedule(self, value, where):
         self.mapping(value, where, optional=PLAIN_SCHEDULE_KEYS)
         if ("iterations" in value) == ("epochs" in value):
-            self.fail(where, "needs exactly one of iterations: N or epochs: N (with min_iterations: N)")
+            self.fail(where, "needs exactly one of iterations: N or epochs: N (with min_iterations: N)"
+                             + ("" if ".per_budget." in where else ", or per_budget: {BUDGET: {iterations: N}, ...}"))
         if "iterations" in value:
             if "min_iterations" in value:
                 self.fail(f"{where}.min_iterations", "applies to epochs: only")

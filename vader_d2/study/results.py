@@ -195,6 +195,7 @@ def plot_gains(study, found, output):
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     compared = [init for init in study.initialisations if init != reference]
     for axis, (task, metric, runs_of_task) in zip(axes[0], panels):
+        drawn = [init for init in compared if any(init in runs for runs in runs_of_task.values())]
         for index, init in enumerate(compared):
             budgets, means, stds, shown = [], [], [], []
             for budget in sorted(runs_of_task):
@@ -212,7 +213,7 @@ def plot_gains(study, found, output):
             if not budgets:
                 continue
             color = f"C{index % 10}"
-            xs = [dodged(budget, index, len(compared)) for budget in budgets]
+            xs = [dodged(budget, drawn.index(init), len(drawn)) for budget in budgets]
             axis.errorbar(xs, means, yerr=stds, color=color, capsize=3, label=init)
             for x, mean, filled in zip(xs, means, shown):
                 axis.plot(x, mean, "o", color=color, markerfacecolor=color if filled else "white")
@@ -326,7 +327,7 @@ def schedule_table(study, found, init=None):
         lines = [f"{names}: {init}, {metric}, seeds {', '.join(map(str, study.seeds))}", ""]
         lines.append("| labels | " + " | ".join(labels) + " | chosen |")
         lines.append("|---:|" + "---:|" * len(tasks) + "---|")
-        chosen_iterations = {}
+        chosen_iterations, still_rising = {}, []
         for budget in study.label_budgets:
             runs_by_length = [
                 {seed: numbers[metric] for seed, numbers in runs_of[task.name, budget].items() if metric in numbers}
@@ -348,7 +349,12 @@ def schedule_table(study, found, init=None):
             lines.append(f"| {budget} | " + " | ".join(cells) + f" | {verdict} |")
             if chosen is not None:
                 chosen_iterations[budget] = tasks[chosen].schedule.iterations
-        if len(chosen_iterations) == len(study.label_budgets):
+                if chosen == len(tasks) - 1:  # the rule's fallback: nothing declared was long enough
+                    still_rising.append(budget)
+        if still_rising:
+            lines += ["", f"Still rising at the longest length declared with {', '.join(map(str, still_rising))} labels: "
+                          "declare longer lengths before comparing initialisations at one."]
+        elif len(chosen_iterations) == len(study.label_budgets):
             lines += ["", f"To compare every initialisation at it, declare the task with `schedule: {_declared_schedule(chosen_iterations)}`."]
         sections.append("\n".join(lines))
     lines = ["\n\n".join(sections), "",

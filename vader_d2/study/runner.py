@@ -298,7 +298,7 @@ class StudyRunner:
                 total += sum(s for _, s in done) / len(done)
         hours, rest = divmod(int(total), 3600)
         left = sum(not job.done for job in remaining)
-        return f"ETA {hours}:{rest // 60:02d}:{rest % 60:02d} for the {left} run{'s' if left > 1 else ''} left"
+        return f"ETA {hours}:{rest // 60:02d}:{rest % 60:02d} for the {left} run{'' if left == 1 else 's'} left"
 
     @staticmethod
     def _stopped(what):
