@@ -426,7 +426,7 @@ class _Reader:
             return Schedule()
         self.mapping(value, where, optional=(*PLAIN_SCHEDULE_KEYS, "per_budget"))
         if "per_budget" not in value:
-            return self.plain_schedule(value, where)
+            return self.plain_schedule(value, where, alternative=", or per_budget: {BUDGET: {iterations: N}, ...}")
         if len(value) > 1:
             others = ", ".join(key for key in value if key != "per_budget")
             self.fail(where, f"has {others} beside per_budget: give each budget's whole schedule under per_budget")
@@ -449,11 +449,10 @@ class _Reader:
             self.fail(where, f"has no schedule for {_label_budgets(missing)} {declared}")
         return tuple((budget, self.plain_schedule(value[budget], f"{where}.{budget}")) for budget in sorted(value))
 
-    def plain_schedule(self, value, where):
+    def plain_schedule(self, value, where, alternative=""):
         self.mapping(value, where, optional=PLAIN_SCHEDULE_KEYS)
         if ("iterations" in value) == ("epochs" in value):
-            self.fail(where, "needs exactly one of iterations: N or epochs: N (with min_iterations: N)"
-                             + ("" if ".per_budget." in where else ", or per_budget: {BUDGET: {iterations: N}, ...}"))
+            self.fail(where, "needs exactly one of iterations: N or epochs: N (with min_iterations: N)" + alternative)
         if "iterations" in value:
             if "min_iterations" in value:
                 self.fail(f"{where}.min_iterations", "applies to epochs: only")
