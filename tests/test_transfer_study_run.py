@@ -1,6 +1,7 @@
 """
 A tiny study end to end, as a user runs it (tools/transfer_study.py): random init and VADeR, one label
-budget, two seeds, a few iterations each, on a COCO json the test writes. Stopped by SIGTERM (exit status
+budget, two seeds, a few iterations each, on a COCO json the test writes. A finished downstream run keeps
+its final checkpoint only. Stopped by SIGTERM (exit status
 75, one line), later killed by SIGKILL, and run again each time, it repeats no finished run and ends with
 the results of an uninterrupted run; a changed study file is refused; table and plot come from the
 stored results.
@@ -28,7 +29,8 @@ TINY_PRETRAINING = (
 )
 TINY_DOWNSTREAM = (
     "MODEL.ROI_HEADS.NUM_CLASSES: 1, DATALOADER.NUM_WORKERS: 0, TEST.PRECISE_BN.ENABLED: False, "
-    "INPUT.MIN_SIZE_TRAIN: [96], INPUT.MAX_SIZE_TRAIN: 128, INPUT.MIN_SIZE_TEST: 96, INPUT.MAX_SIZE_TEST: 128"
+    "INPUT.MIN_SIZE_TRAIN: [96], INPUT.MAX_SIZE_TRAIN: 128, INPUT.MIN_SIZE_TEST: 96, INPUT.MAX_SIZE_TEST: 128, "
+    "SOLVER.CHECKPOINT_PERIOD: 2"
 )
 
 
@@ -84,6 +86,13 @@ def test_a_killed_study_resumes_without_repeating_a_finished_run(study, tmp_path
     assert (uninterrupted / ".gitignore").read_text() == "work/\n"
     pretraining = json.loads((uninterrupted / "seed2" / "pretraining" / "vader.json").read_text())
     assert pretraining["iterations"] == 4 and pretraining["unlabeled_images"] == 8 and pretraining["epochs"] == 2.0
+    # Each downstream run wrote model_0000001.pth and model_0000003.pth on the way (period 2): a finished
+    # run keeps only model_final.pth, since an unfinished one starts over.
+    for seed in (1, 2):
+        for init in ("random_init", "vader"):
+            run = uninterrupted / "work" / f"seed{seed}" / "mask_rcnn_8" / init
+            assert sorted(name for name in os.listdir(run) if name.endswith(".pth")) == ["model_final.pth"], os.listdir(run)
+            assert "model_0000001.pth" in (run / "log.txt").read_text()
 
     # Stopped (SIGTERM, as a scheduler pre-empts) once seed 1's first downstream result is written, then
     # killed (SIGKILL: no chance to clean up) once seed 2's is: each time run again with the same command.

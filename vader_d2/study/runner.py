@@ -25,7 +25,7 @@ from typing import Optional
 
 from ..checkpoint.atomic_io import atomic_write, atomic_write_json
 from ..engine.launchers import signal_when_parent_dies
-from ..engine.output_dir import OutputDirLock
+from ..engine.output_dir import OutputDirLock, list_checkpoints
 from ..errors import PREEMPTED_EXIT, USER_ERROR_EXIT, UserError, read_json_file
 from .results import finetune_result, result_path
 
@@ -445,6 +445,23 @@ class StudyRunner:
             result = result_of_run()
         record_declaration(self.study, self.out)
         atomic_write_json(result_path(self.out, seed, task, budget, init), result, "the result")
+        drop_periodic_checkpoints(run)
+
+
+def drop_periodic_checkpoints(run):
+    """A finished downstream run's model_<iteration>.pth files: an unfinished run starts over and never
+    resumes from them, and a long schedule (Mask R-CNN R-50: a few hundred MB every 5000 iterations) times
+    every seed, budget and initialisation would fill a disk. model_final.pth stays; a file that cannot be
+    deleted stays too, with a line saying so (the result is written: the study goes on)."""
+    for name in list_checkpoints(run):
+        if name == "model_final.pth":
+            continue
+        try:
+            os.remove(os.path.join(run, name))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            print(f"[transfer_study] cannot delete {os.path.join(run, name)} ({e.strerror or e}); it stays", flush=True)
 
 
 def wait_for_previous_run(run, seconds=300):
