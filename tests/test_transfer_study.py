@@ -27,7 +27,8 @@ from vader_d2.study import collect, gain_table, load_study, parse_study
 from vader_d2.study.checks import check_study
 from vader_d2.study.declaration import Schedule
 from vader_d2.study.results import choose_schedule, dodged
-from vader_d2.study.runner import Job, StudyRunner, budget_images
+from vader_d2.study.runner import Job, StudyRunner, budget_images, wait_for_previous_run, write_resnet_only
+from vader_d2.engine.output_dir import OutputDirLock
 from vader_d2.engine.trainer import schedule_in_epochs
 
 from .helpers import REPO, assert_one_line_refusal, load_tool, run_python
@@ -297,9 +298,12 @@ def with_change(path, value):
         ("seed", [1], "the study file has an unknown key 'seed'"),
         ("tasks/frozen/froze", True, "tasks.frozen has an unknown key 'froze'"),
         ("tasks/frozen/test", None, "tasks.frozen needs the key 'test'"),
-        ("label_budgets", [10, "30"], "label_budgets must be a whole number of at least 1, not '30'"),
+        ("label_budgets", [10, "30"], "label_budgets must be a whole number of at least 1, not '30' (text to YAML: write a number as 1000 or 1.0e+3)"),
+        ("tasks/frozen/schedule", {"epochs": "1e3"}, "must be a positive number of passes over the budget's images, not '1e3' (text to YAML"),
+        ("seeds", ["one"], "seeds must be a whole number of at least 0, not 'one'"),
         ("label_budgets", [0], "label_budgets must be a whole number of at least 1, not 0"),
         ("seeds", [1, 1], "seeds lists a number twice"),
+        ("seeds", [1, 2**32], "seeds must be below 2**31 = 2147483648, not 4294967296"),
         ("budget_order", "random", "budget_order must be one of shuffled, as_listed"),
         ("initialisations/both", {"random": True, "weights": "w.pkl"}, "needs exactly one of random"),
         ("initialisations/other_random", {"random": True}, "has 2 random initialisations"),
@@ -311,6 +315,14 @@ def with_change(path, value):
         ("initialisations/a", {"pretrain": "m.yaml", "length": {"iterations": 5}, "start_from": "b"}, "names 'b', which is not declared"),
         ("initialisations/Vader2", {"weights": "w.pkl"}, "has the name 'Vader2'"),
         ("tasks/frozen/overrides", {"solver.base_lr": 0.1}, "config keys are written in full"),
+        # Keys each run's command sets after the overrides: an override of one would be dropped silently.
+        ("tasks/frozen/overrides", {"MODEL.WEIGHTS": "r50.pkl"}, "tasks.frozen.overrides.MODEL.WEIGHTS is set by the study itself (each initialisation's weights)"),
+        ("downstream/overrides", {"DATASETS.TEST": "('b_val',)"}, "downstream.overrides.DATASETS.TEST is set by the study itself (the task's test:)"),
+        ("downstream/overrides", {"SEED": 7}, "downstream.overrides.SEED is set by the study itself (seeds:)"),
+        ("pretraining/overrides", {"DATASETS.TRAIN": "('u2',)"}, "pretraining.overrides.DATASETS.TRAIN is set by the study itself (unlabeled:)"),
+        ("initialisations/vader/overrides", {"OUTPUT_DIR": "x"}, "overrides.OUTPUT_DIR is set by the study itself (--work-dir)"),
+        ("initialisations/after", {"pretrain": "p.yaml", "length": {"iterations": 5}, "start_from": "vader", "overrides": {"MODEL.WEIGHTS": "w.pkl"}},
+         "initialisations.after.overrides.MODEL.WEIGHTS is set by the study itself (start_from:)"),
         ("tasks/frozen/schedule", {"epochs": 0}, "must be a positive number of passes"),
         ("tasks/frozen/schedule", {"iterations": 300, "min_iterations": 100}, "min_iterations applies to epochs: only"),
         ("tasks/frozen/frozen", "yes", "tasks.frozen.frozen must be true or false"),
@@ -325,6 +337,14 @@ def test_a_mistake_in_the_study_file_is_one_line_naming_the_key(path, value, exp
     with pytest.raises(UserError, match=None) as error:
         parse_study(with_change(path, value), "study.yaml")
     assert expected in str(error.value) and str(error.value).startswith("study.yaml: "), str(error.value)
+
+
+def test_overrides_take_top_level_keys_and_a_pretraining_its_own_weights():
+    declared = json.loads(with_change("initialisations/vader/overrides", {"MODEL.WEIGHTS": "imagenet.pkl", "CUDNN_BENCHMARK": True}))
+    declared["tasks"]["frozen"]["overrides"] = {"VIS_PERIOD": 0}
+    study = parse_study(json.dumps(declared), "study.yaml")
+    assert study.initialisations["vader"].overrides == ("MODEL.WEIGHTS", "imagenet.pkl", "CUDNN_BENCHMARK", "True")
+    assert study.tasks["frozen"].overrides == ("VIS_PERIOD", "0")
 
 
 def with_schedule(schedule):
@@ -568,6 +588,34 @@ def test_bad_input_is_one_line_before_any_training(tmp_path, labelled):
         assert "\n" not in str(error.value)
 
 
+def test_resnet_of_leaves_the_fpn_out_and_a_source_it_cannot_read_is_one_line(tmp_path):
+    source, target = tmp_path / "vader.pkl", tmp_path / "resnet.pkl"
+    tensors = {"stem.conv1.weight": np.ones((2, 3, 1, 1), np.float32), "fpn_lateral2.weight": np.ones((2, 2, 1, 1), np.float32),
+               "res2.0.conv1.weight": np.ones((2, 2, 1, 1), np.float32)}
+    source.write_bytes(pickle.dumps({"model": tensors, "__author__": "vader_d2"}))
+    write_resnet_only(str(source), str(target))
+    written = pickle.loads(target.read_bytes())
+    assert sorted(written["model"]) == ["res2.0.conv1.weight", "stem.conv1.weight"] and written["__author__"] == "vader_d2"
+    # A URL is fetched as MODEL.WEIGHTS would be; one that cannot be is one line, not a traceback.
+    with pytest.raises(UserError, match=r"^cannot fetch 'http://127.0.0.1:9/R-50.pkl' \(URLError: "):
+        write_resnet_only("http://127.0.0.1:9/R-50.pkl", str(target))
+    with pytest.raises(UserError, match=r"is not a Detectron2 model-zoo .pkl \(UnpicklingError"):
+        write_resnet_only(__file__, str(target))
+
+
+def test_a_run_folder_still_held_is_waited_for_aloud_then_refused(tmp_path, capsys):
+    held = OutputDirLock(str(tmp_path), what="run folder")
+    held.acquire()
+    try:
+        with pytest.raises(UserError, match=r"is still held by an earlier training after 1 s; stop it and run again$"):
+            wait_for_previous_run(str(tmp_path), seconds=1)
+    finally:
+        held.release()
+    assert capsys.readouterr().out == f"[transfer_study] waiting (at most 1 s) for an earlier training to let go of {tmp_path}\n"
+    wait_for_previous_run(str(tmp_path), seconds=1)  # let go: no wait, no line
+    assert capsys.readouterr().out == ""
+
+
 def test_a_test_image_seen_in_training_is_refused_by_id_or_by_bytes(tmp_path, labelled):
     train, test = labelled
     # The same json with another image folder: the same ids, other files.
@@ -616,6 +664,56 @@ def test_a_changed_study_file_is_refused_once_results_exist(tmp_path, labelled):
     result = run_python("tools/transfer_study.py", "run", str(tmp_path / "study.yaml"), str(out))
     assert_one_line_refusal(result, "has changed since")
     assert "a new grid is a new study file" in result.stderr
+
+
+def test_the_declaration_files_restore_each_other_and_a_damaged_one_is_one_line(tmp_path, labelled):
+    train, test = labelled
+    from vader_d2.study.runner import check_declaration_unchanged, record_declaration
+
+    study = parse_study(study_text(train, test), str(tmp_path / "study.yaml"))
+    out = tmp_path / "out"
+    record_declaration(study, str(out))
+    (out / "seed1").mkdir()  # results exist
+    written = {name: (out / name).read_text() for name in ("study.yaml", "study.sha256")}
+    for lost in written:
+        (out / lost).unlink()
+        check_declaration_unchanged(study, str(out))
+        assert {name: (out / name).read_text() for name in written} == written, lost
+    (out / "study.sha256").write_text("")
+    with pytest.raises(UserError, match=r"study.sha256 is empty: restore it from where OUT is kept"):
+        check_declaration_unchanged(study, str(out))
+    (out / "study.sha256").unlink()
+    (out / "study.sha256").mkdir()
+    with pytest.raises(UserError, match=r"^cannot read the declared study's sha256 .*study.sha256: Is a directory$"):
+        check_declaration_unchanged(study, str(out))
+    (out / "study.sha256").rmdir()
+    # Neither file agrees with the study given: the results are another grid's.
+    (out / "study.yaml").write_text(study_text(train, test, budgets="[4, 12]"))
+    with pytest.raises(UserError, match="holds results but no study.sha256"):
+        check_declaration_unchanged(study, str(out))
+
+
+def test_the_work_folder_is_not_the_results_folder_and_is_left_out_of_git(tmp_path, labelled):
+    train, test = labelled
+    (tmp_path / "study.yaml").write_text(study_text(train, test))
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"^--work-dir .* is the results folder OUT: give the checkpoints a folder of their own"):
+        run_tool_in_process("check", str(tmp_path / "study.yaml"), str(out), "--work-dir", str(out) + "/")
+    (out / ".gitignore").write_text("*.png")  # the user's own, no newline at its end
+    assert run_tool_in_process("check", str(tmp_path / "study.yaml"), str(out), "--work-dir", str(out / "checkpoints")) == 0
+    assert (out / ".gitignore").read_text() == "*.png\ncheckpoints/\n"
+    assert run_tool_in_process("check", str(tmp_path / "study.yaml"), str(out), "--work-dir", str(out / "checkpoints")) == 0
+    assert (out / ".gitignore").read_text() == "*.png\ncheckpoints/\n"  # listed once
+    # Both locks are let go, the one taken before a refusal too: the same command can run again.
+    (tmp_path / "work").mkdir()
+    held = OutputDirLock(str(tmp_path / "work"), what="work folder")
+    held.acquire()
+    try:
+        with pytest.raises(UserError, match="is in use by"):
+            run_tool_in_process("check", str(tmp_path / "study.yaml"), str(out), "--work-dir", str(tmp_path / "work"))
+    finally:
+        held.release()
+    assert run_tool_in_process("check", str(tmp_path / "study.yaml"), str(out), "--work-dir", str(tmp_path / "work")) == 0
 
 
 def test_selection_must_be_declared(tmp_path, labelled):
@@ -772,3 +870,16 @@ def test_equal_time_lengths_come_from_the_calibrated_step_times(tmp_path):
     (tmp_path / "calibration.json").write_text(json.dumps({"seconds_per_step": None}))
     with pytest.raises(UserError, match="is not one tools/transfer_study.py wrote; restore it"):
         runner.calibration()
+
+    # Once a pretraining was made at a calibrated length, a lost or damaged calibration is restored, not
+    # made again: a new one would pretrain the rest of the study at other lengths.
+    (tmp_path / "calibration.json").unlink()
+    assert runner.needs_calibration() == ["vader", "pixpro", "moco_half"]  # nothing pretrained yet: calibrated again
+    (tmp_path / "seed1" / "pretraining").mkdir(parents=True)
+    (tmp_path / "seed1" / "pretraining" / "pixpro.json").write_text(json.dumps({"iterations": 320}))
+    for damage in ("missing", "damaged"):
+        if damage == "damaged":
+            (tmp_path / "calibration.json").write_text('{"seconds_per_step": {"vad')
+        with pytest.raises(UserError, match=rf"^the calibration file .*calibration.json is {damage}, but "
+                                            rf"seed1/pretraining/pixpro.json in .* were pretrained at the lengths it fixed: restore it"):
+            runner.needs_calibration()

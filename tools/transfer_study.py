@@ -80,14 +80,16 @@ def run(args):
     chosen = selection(study, args)
     out = check_output_dir(args.out, "the results folder OUT")
     work = os.path.abspath(args.work_dir or os.path.join(out, "work"))
+    if os.path.realpath(work) == os.path.realpath(out):
+        raise UserError(f"--work-dir {args.work_dir} is the results folder OUT: give the checkpoints a folder of their own (default OUT/work)")
     locks = [OutputDirLock(out, what="results folder"), OutputDirLock(check_output_dir(work, "--work-dir"), what="work folder")]
-    for lock in locks:
-        lock.acquire()
+    held = []
     try:
+        for lock in locks:
+            lock.acquire()
+            held.append(lock)
         check_declaration_unchanged(study, out)
-        if not args.work_dir and not os.path.exists(os.path.join(out, ".gitignore")):
-            with open(os.path.join(out, ".gitignore"), "w") as f:
-                f.write("work/\n")
+        ignore_work_folder(out, work)
         facts = check_study(study, out)
         runner = StudyRunner(study, out, work, TRAIN_NET, facts)
         if args.command == "check":
@@ -113,8 +115,21 @@ def run(args):
                         f.write(schedule + "\n")
         return 0
     finally:
-        for lock in locks:
+        for lock in held:
             lock.release()
+
+
+def ignore_work_folder(out, work):
+    """A work folder inside OUT is listed in OUT/.gitignore: committing OUT must not commit checkpoints."""
+    inside = os.path.relpath(os.path.realpath(work), os.path.realpath(out))
+    if inside.startswith(os.pardir):
+        return
+    entry = inside.replace(os.sep, "/") + "/"
+    path = os.path.join(out, ".gitignore")
+    text = read_text_file(path, "results folder's .gitignore") if os.path.exists(path) else ""
+    if entry not in text.splitlines() and "/" + entry not in text.splitlines():
+        with open(path, "a") as f:
+            f.write(("\n" if text and not text.endswith("\n") else "") + entry + "\n")
 
 
 def main(args):

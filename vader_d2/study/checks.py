@@ -10,7 +10,6 @@ command-line overrides) and writes the label budgets' image lists into ``out/bud
 import hashlib
 import logging
 import os
-import pickle
 from collections import defaultdict
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -24,7 +23,7 @@ from ..engine.solver import iterations_for_epochs, rescale_schedule
 from ..engine.trainer import VADeRTrainer, check_datasets_registered, is_pretraining, load_model_weights
 from ..modeling.momentum import pretraining_method
 from ..checkpoint.atomic_io import atomic_write_json
-from .runner import budget_images
+from .runner import budget_images, is_fpn_tensor, read_model_zoo_pkl
 
 __all__ = ["StudyFacts", "check_study"]
 
@@ -173,7 +172,7 @@ def _config(path, opts, where):
 
 def _as_where(where, check, *args):
     try:
-        check(*args)
+        return check(*args)
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
 
@@ -306,14 +305,9 @@ def _check_resnet_of(study, facts):
                     f"{study.path}: {where} names {init.resnet_of!r}, whose {method.__name__} export holds no FPN to "
                     f"leave out; use {init.resnet_of!r} itself"
                 )
-        elif "://" not in source.weights:
-            try:
-                with open(source.weights, "rb") as f:
-                    model = pickle.load(f, encoding="latin1")["model"]
-                has_fpn = any(part.startswith("fpn_") for key in model for part in key.split("."))
-            except Exception as e:  # any unreadable file: the user's to fix
-                raise UserError(f"{study.path}: {where}: {source.weights!r} is not a Detectron2 model-zoo .pkl ({short_error(e)})") from None
-            if not has_fpn:
+        else:
+            _, model = _as_where(f"{study.path}: {where}", read_model_zoo_pkl, source.weights)
+            if not any(map(is_fpn_tensor, model)):
                 raise UserError(f"{study.path}: {where}: {source.weights!r} holds no FPN tensors (fpn_*) to leave out")
 
 

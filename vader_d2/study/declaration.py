@@ -167,6 +167,30 @@ class Study:
         return ordered
 
 
+# Config keys each run's command sets after the declared overrides, and what in the study sets them.
+SET_BY_STUDY_DOWNSTREAM = {
+    "MODEL.WEIGHTS": "each initialisation's weights",
+    "DATASETS.TRAIN": "the label budget's images of the task's train:",
+    "DATASETS.TEST": "the task's test:",
+    "SEED": "seeds:",
+    "OUTPUT_DIR": "--work-dir",
+}
+SET_BY_STUDY_PRETRAINING = {"DATASETS.TRAIN": "unlabeled:", "SEED": "seeds:", "OUTPUT_DIR": "--work-dir"}
+STARTED_FROM = {"MODEL.WEIGHTS": "start_from:"}
+
+
+def _shown(value):
+    """A declared value as a message quotes it; a number PyYAML read as text (1e3: YAML's floats need a
+    dot and a signed exponent) says how to write it."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return repr(value)
+        return f"{value!r} (text to YAML: write a number as 1000 or 1.0e+3)"
+    return repr(value)
+
+
 def study_digest(declared):
     """sha256 of the declared grid: comments, layout and the description may change, no other value may."""
     grid = {key: value for key, value in declared.items() if key != "description"}
@@ -208,6 +232,9 @@ def parse_study(text, path):
     top = reader.mapping(declared, "the study file", required=("seeds", "label_budgets", "tasks", "initialisations"),
                          optional=("description", "unlabeled", "budget_order", "budget_seed", "pretraining", "downstream"))
     seeds = reader.whole_numbers(top["seeds"], "seeds", minimum=0)
+    if max(seeds) >= 2**31:
+        # Detectron2 seeds NumPy with SEED plus the process's rank, which NumPy takes below 2**32 only.
+        reader.fail("seeds", f"must be below 2**31 = {2**31}, not {max(seeds)}")
     budgets = reader.whole_numbers(top["label_budgets"], "label_budgets", minimum=1)
     order = top.get("budget_order", "shuffled")
     if order not in BUDGET_ORDERS:
@@ -233,7 +260,7 @@ def parse_study(text, path):
             test=reader.string(task["test"], f"{where}.test"),
             frozen=frozen,
             schedule=reader.schedule(task.get("schedule"), f"{where}.schedule", budgets),
-            overrides=reader.overrides(task.get("overrides"), f"{where}.overrides"),
+            overrides=reader.overrides(task.get("overrides"), f"{where}.overrides", SET_BY_STUDY_DOWNSTREAM),
             metrics=tuple(reader.strings(task.get("metrics", []), f"{where}.metrics")),
         )
 
@@ -258,7 +285,8 @@ def parse_study(text, path):
             resnet_of=reader.string(init["resnet_of"], f"{where}.resnet_of") if "resnet_of" in init else None,
             start_from=reader.string(init["start_from"], f"{where}.start_from") if "start_from" in init else None,
             length=reader.length(init["length"], f"{where}.length") if "length" in init else None,
-            overrides=reader.overrides(init.get("overrides"), f"{where}.overrides"),
+            overrides=reader.overrides(init.get("overrides"), f"{where}.overrides",
+                                       {**SET_BY_STUDY_PRETRAINING, **(STARTED_FROM if "start_from" in init else {})}),
         )
     references = [name for name, init in inits.items() if init.random]
     if len(references) > 1:
@@ -280,8 +308,9 @@ def parse_study(text, path):
         initialisations=inits,
         calibration_iterations=reader.whole_number(pretraining.get("calibration_iterations", 30), "pretraining.calibration_iterations", minimum=10),
         pretrain_per_seed=per_seed,
-        pretraining_overrides=reader.overrides(pretraining.get("overrides"), "pretraining.overrides"),
-        downstream_overrides=reader.overrides(downstream.get("overrides"), "downstream.overrides"),
+        pretraining_overrides=reader.overrides(pretraining.get("overrides"), "pretraining.overrides",
+                                               {**SET_BY_STUDY_PRETRAINING, **(STARTED_FROM if any(i.start_from for i in inits.values()) else {})}),
+        downstream_overrides=reader.overrides(downstream.get("overrides"), "downstream.overrides", SET_BY_STUDY_DOWNSTREAM),
         default_length=reader.length(pretraining["length"], "pretraining.length") if "length" in pretraining else None,
         reference=references[0] if references else None,
     )
@@ -378,7 +407,7 @@ class _Reader:
 
     def whole_number(self, value, where, minimum):
         if type(value) is not int or value < minimum:
-            self.fail(where, f"must be a whole number of at least {minimum}, not {value!r}")
+            self.fail(where, f"must be a whole number of at least {minimum}, not {_shown(value)}")
         return value
 
     def whole_numbers(self, value, where, minimum):
@@ -389,15 +418,19 @@ class _Reader:
             self.fail(where, f"lists a number twice: {numbers}")
         return numbers
 
-    def overrides(self, value, where):
-        """``{KEY: VALUE}`` as the ``KEY VALUE`` list of a command line (lists become Python literals)."""
+    def overrides(self, value, where, set_by_study):
+        """``{KEY: VALUE}`` as the ``KEY VALUE`` list of a command line (lists become Python literals).
+        ``set_by_study``: ``{KEY: what sets it}`` for keys the study appends after the overrides, which
+        would silently lose to it."""
         if value is None:
             return ()
         self.mapping(value, where, optional=tuple(value) if isinstance(value, dict) else ())
         flat = []
         for key, item in value.items():
-            if not isinstance(key, str) or not re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+", key):
-                self.fail(where, f"has the key {key!r}: config keys are written in full, e.g. SOLVER.BASE_LR")
+            if not isinstance(key, str) or not re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)*", key):
+                self.fail(where, f"has the key {key!r}: config keys are written in full and in capitals, e.g. SOLVER.BASE_LR")
+            if key in set_by_study:
+                self.fail(f"{where}.{key}", f"is set by the study itself ({set_by_study[key]}), not by an override")
             scalar = (str, int, float, bool)
             if isinstance(item, (list, tuple)) and all(isinstance(x, scalar) for x in item):
                 item = repr(tuple(item))
@@ -415,7 +448,7 @@ class _Reader:
         if key == "equal_time_as":
             fraction = value.get("fraction", 1.0)
             if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < math.inf:
-                self.fail(f"{where}.fraction", f"must be a positive share of the reference's time, not {fraction!r}")
+                self.fail(f"{where}.fraction", f"must be a positive share of the reference's time, not {_shown(fraction)}")
             return Length(equal_time_as=self.string(value[key], f"{where}.equal_time_as"), fraction=float(fraction))
         if "fraction" in value:
             self.fail(f"{where}.fraction", "applies to equal_time_as: only")
@@ -459,5 +492,5 @@ class _Reader:
             return Schedule(iterations=self.whole_number(value["iterations"], f"{where}.iterations", minimum=1))
         epochs = value["epochs"]
         if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not 0 < epochs < math.inf:
-            self.fail(f"{where}.epochs", f"must be a positive number of passes over the budget's images, not {epochs!r}")
+            self.fail(f"{where}.epochs", f"must be a positive number of passes over the budget's images, not {_shown(epochs)}")
         return Schedule(epochs=float(epochs), min_iterations=self.whole_number(value.get("min_iterations", 1), f"{where}.min_iterations", minimum=1))

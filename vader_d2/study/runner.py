@@ -23,10 +23,13 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from ..checkpoint.atomic_io import atomic_write, atomic_write_json
+from detectron2.utils.file_io import PathManager
+
+from ..checkpoint.atomic_io import atomic_write, atomic_write_json, short_error
 from ..engine.launchers import signal_when_parent_dies
 from ..engine.output_dir import OutputDirLock, list_checkpoints
-from ..errors import PREEMPTED_EXIT, USER_ERROR_EXIT, UserError, read_json_file
+from ..errors import PREEMPTED_EXIT, USER_ERROR_EXIT, UserError, read_json_file, read_text_file
+from .declaration import parse_study
 from .results import finetune_result, result_path
 
 __all__ = ["StudyRunner", "check_declaration_unchanged"]
@@ -74,18 +77,25 @@ def _same_command(run, record):
 
 
 def check_declaration_unchanged(study, out):
-    """Results in OUT were made under one declaration: a study file that has changed since is refused."""
+    """Results in OUT were made under one declaration: a study file that has changed since is refused.
+    OUT/study.yaml and OUT/study.sha256 restore each other from the study file when one is lost and the
+    other agrees with it (``table`` reads study.yaml; ``run`` writes the pair only with a first result)."""
     recorded = os.path.join(out, "study.sha256")
+    declared = os.path.join(out, "study.yaml")
     if os.path.exists(recorded):
-        with open(recorded) as f:
-            words = f.read().split()
-        digest = words[0] if words else ""
-        if digest != study.digest:
+        words = read_text_file(recorded, "declared study's sha256").split()
+        if not words:
+            raise UserError(f"{recorded} is empty: restore it from where OUT is kept (git), as it fixes the grid of the results in {out}")
+        if words[0] != study.digest:
             raise UserError(
-                f"{study.path} has changed since {out} got its first result (declared grid sha256 {digest[:12]}, now "
+                f"{study.path} has changed since {out} got its first result (declared grid sha256 {words[0][:12]}, now "
                 f"{study.digest[:12]}): a new grid is a new study file and a new results folder; "
-                f"{os.path.join(out, 'study.yaml')} holds the declared one"
+                f"{declared} holds the declared one"
             )
+        if not os.path.exists(declared):
+            _write_declared_text(study, out)
+    elif os.path.isfile(declared) and parse_study(read_text_file(declared, "declared study"), declared).digest == study.digest:
+        _write_digest(study, out)
     elif any(name.startswith("seed") for name in _listdir(out)):
         raise UserError(f"{out} holds results but no study.sha256 recording the study they belong to; give the study another results folder")
 
@@ -101,7 +111,15 @@ def record_declaration(study, out):
     """OUT/study.yaml (the file as declared) and OUT/study.sha256, written with the first result."""
     if os.path.exists(os.path.join(out, "study.sha256")):
         return
+    _write_declared_text(study, out)
+    _write_digest(study, out)
+
+
+def _write_declared_text(study, out):
     atomic_write(os.path.join(out, "study.yaml"), lambda f: f.write(study.text.encode()), what="the declared study")
+
+
+def _write_digest(study, out):
     atomic_write(os.path.join(out, "study.sha256"), lambda f: f.write(f"{study.digest}  {study.path}\n".encode()), what="the study's sha256")
 
 
@@ -153,8 +171,13 @@ class StudyRunner:
         study's first result, a calibration made under another declaration is made again."""
         path = os.path.join(self.out, "calibration.json")
         if not os.path.exists(path):
+            self._refuse_a_lost_calibration(f"the calibration file {path} is missing")
             return {"seconds_per_step": {}, "iterations": {}, "study_sha256": self.study.digest}
-        calibration = read_json_file(path, "calibration file")
+        try:
+            calibration = read_json_file(path, "calibration file")
+        except UserError:
+            self._refuse_a_lost_calibration(f"the calibration file {path} is damaged")
+            raise
         per_step = calibration.get("seconds_per_step", {}) if isinstance(calibration, dict) else None
         iterations = calibration.get("iterations", {}) if isinstance(calibration, dict) else None
         if not (isinstance(per_step, dict) and all(isinstance(v, (int, float)) and v > 0 for v in per_step.values())
@@ -167,6 +190,18 @@ class StudyRunner:
         if not declared and calibration.get("study_sha256") != self.study.digest:
             return {"seconds_per_step": {}, "iterations": {}, "study_sha256": self.study.digest}
         return {**calibration, "seconds_per_step": per_step, "iterations": iterations}
+
+    def _refuse_a_lost_calibration(self, problem):
+        """Once a pretraining was made at a calibrated length, a new calibration would make the rest of the
+        study's pretrainings at other lengths: the file is restored, not made again."""
+        made = sorted({
+            os.path.relpath(self.pretraining_record_path(init, seed), self.out)
+            for init in self.equal_time_inits() for seed in self.study.seeds
+            if os.path.exists(self.pretraining_record_path(init, seed))
+        })
+        if made:
+            raise UserError(f"{problem}, but {', '.join(made)} in {self.out} were pretrained at the lengths it fixed: "
+                            "restore it from where OUT is kept (git); a new calibration would pretrain the rest at other lengths")
 
     def equal_time_inits(self):
         return [init for init in self.study.pretrained if self.study.length_of(init).equal_time_as]
@@ -470,11 +505,15 @@ def wait_for_previous_run(run, seconds=300):
     if not os.path.isdir(run):
         return
     deadline = time.monotonic() + seconds
+    said = False
     while True:
         lock = OutputDirLock(run, what="run folder")
         try:
             lock.acquire()
         except UserError:
+            if not said:
+                print(f"[transfer_study] waiting (at most {seconds} s) for an earlier training to let go of {run}", flush=True)
+                said = True
             if time.monotonic() > deadline:
                 raise UserError(f"{run} is still held by an earlier training after {seconds} s; stop it and run again") from None
             time.sleep(1)
@@ -483,19 +522,33 @@ def wait_for_previous_run(run, seconds=300):
         return
 
 
+def read_model_zoo_pkl(source):
+    """``(content, its "model" dict)`` of a Detectron2 model-zoo ``.pkl``: a file, or a URL Detectron2
+    downloads once into its cache (as MODEL.WEIGHTS would)."""
+    try:
+        local = PathManager.get_local_path(source)
+    except Exception as e:  # iopath's errors for an unreachable URL have no common base
+        raise UserError(f"cannot fetch {source!r} ({short_error(e)})") from None
+    try:
+        with open(local, "rb") as f:
+            weights = pickle.load(f, encoding="latin1")  # Detectron2's model zoo: pickles of Python 2
+        return weights, dict(weights["model"])
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise UserError(f"{source!r} is not a Detectron2 model-zoo .pkl ({type(e).__name__}: {e})") from None
+
+
 def write_resnet_only(source, target):
     """The model-zoo ``.pkl`` ``source`` without its FPN tensors (names with a part starting ``fpn_``), so
     that the downstream FPN starts from Detectron2's initialisation, as from an export of a ResNet alone."""
-    try:
-        with open(source, "rb") as f:
-            weights = pickle.load(f, encoding="latin1")  # Detectron2's model zoo: pickles of Python 2
-        model = dict(weights["model"])
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{source!r} is not a Detectron2 model-zoo .pkl ({type(e).__name__}: {e})") from None
-    resnet = {name: value for name, value in model.items() if not any(part.startswith("fpn_") for part in name.split("."))}
+    weights, model = read_model_zoo_pkl(source)
+    resnet = {name: value for name, value in model.items() if not is_fpn_tensor(name)}
     if len(resnet) == len(model):
         raise UserError(f"{source!r} has no FPN tensors (fpn_*) to leave out")
     atomic_write(target, lambda f: pickle.dump({**weights, "model": resnet}, f), what="the ResNet-only weights")
+
+
+def is_fpn_tensor(name):
+    return any(part.startswith("fpn_") for part in name.split("."))
 
 
 def _training_speed(log):
