@@ -15,6 +15,7 @@ names the shortest after which the random initialisation stops improving (docs/t
 must the downstream runs be?").
 """
 
+import json
 import math
 import os
 import statistics
@@ -44,12 +45,23 @@ def result_path(out, seed, task, budget, init):
     return os.path.join(out, f"seed{seed}", f"{task}_{budget}", f"{init}.json")
 
 
-def read_result(path):
-    """A downstream result (``finetune_result``): its ``finetune`` numbers, checked."""
+def read_result(path, **place):
+    """A downstream result (``finetune_result``): its ``finetune`` numbers, checked, and made by the run
+    that its ``place`` in OUT names (``name``, ``seed``, ``task``, ``budget``)."""
     result = read_json_file(path)
     numbers = result.get("finetune") if isinstance(result, dict) else None
     if not isinstance(numbers, dict) or not all(isinstance(v, (int, float)) for v in numbers.values()):
         raise UserError(f"the results file {path} holds no 'finetune' numbers; delete it so that its run is made again")
+    for key, value in numbers.items():
+        # true is an int to Python (it would count as 1.0); NaN stays: Detectron2's AP when nothing was detected.
+        if isinstance(value, bool) or isinstance(value, float) and math.isinf(value):
+            raise UserError(f"the results file {path} holds {json.dumps(value)} for {key!r}, which no evaluation gives; "
+                            "delete it so that its run is made again")
+    # Results of earlier scripts hold no task or budget: only the fields a result holds can be compared.
+    for field, expected in place.items():
+        if field in result and result[field] != expected:
+            raise UserError(f"the results file {path} is the result of {field} {result[field]!r}, not of {field} {expected!r} "
+                            "as its place in the folder says (copied from another run?); delete it so that its run is made again")
     return result
 
 
@@ -84,16 +96,23 @@ def collect(study, out):
                 for seed in study.seeds:
                     path = result_path(out, seed, task, budget, init)
                     if os.path.exists(path):
-                        numbers = read_result(path)["finetune"]
+                        numbers = read_result(path, name=init, seed=seed, task=task, budget=budget)["finetune"]
                         found.setdefault((task, budget), {}).setdefault(init, {})[seed] = numbers
     return found
 
 
 def headline(study, task, runs):
+    """The numbers shown of ``task`` with the results ``runs`` (``{key: {seed: numbers}}``): the declared
+    ones, or those HEADLINE_CHOICES finds. A declared one that no result holds is a misspelling: a row of
+    ``-`` would pass for missing runs."""
+    held = {metric for by_seed in runs.values() for numbers in by_seed.values() for metric in numbers}
     declared = study.tasks[task].metrics
     if declared:
+        absent = [metric for metric in declared if metric not in held]
+        if held and absent:
+            raise UserError(f"no result of task {task} holds {absent[0]} (they hold: {', '.join(sorted(held))}), "
+                            f"which tasks.{task}.metrics of {study.path} names")
         return declared
-    held = {metric for by_seed in runs.values() for numbers in by_seed.values() for metric in numbers}
     for choice in HEADLINE_CHOICES:
         if choice[0] in held:
             return tuple(metric for metric in choice if metric in held)
@@ -173,13 +192,25 @@ def gain_table(study, found):
 
 
 def plot_gains(study, found, output):
-    """A PNG: one panel per task and headline number, each initialisation's paired gain over the random
-    one against the label budget (mean, error bar one std of the per-seed differences; a filled marker
-    where the 2 std rule shows a gain or a loss)."""
+    """An image, in the format of ``output``'s suffix: one panel per task and headline number, each
+    initialisation's paired gain over the random one against the label budget (mean, error bar one std
+    of the per-seed differences; a filled marker where the 2 std rule shows a gain or a loss)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    # matplotlib appends .png to a name without a suffix, writing elsewhere than asked, and refuses one it
+    # does not know only once the figure is drawn.
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if not output:
+        raise UserError("plot --output is empty; give a file name, e.g. gains.png")
+    if os.path.isdir(output):
+        raise UserError(f"plot --output {output} is a folder; give a file name in it, e.g. {os.path.join(output, 'gains.png')}")
+    if os.path.splitext(output)[1][1:].lower() not in formats:
+        raise UserError(f"plot --output {output} does not end in a suffix matplotlib writes ({', '.join('.' + f for f in sorted(formats))}); "
+                        "give e.g. gains.png")
 
     reference = study.reference
     if reference is None:
@@ -236,7 +267,7 @@ def plot_gains(study, found, output):
         figure.savefig(output, dpi=100)
     except OSError as e:
         raise UserError(f"cannot write the plot {output}: {e.strerror or e}") from None
-    except ValueError as e:  # an extension matplotlib cannot write
+    except RuntimeError as e:  # a format that needs a program not installed: .pgf needs LaTeX
         raise UserError(f"cannot write the plot {output}: {e}; give a .png file") from None
     finally:
         plt.close(figure)
