@@ -576,6 +576,8 @@ def test_bad_input_is_one_line_before_any_training(tmp_path, labelled):
                     "has 1 class but the model predicts MODEL.ROI_HEADS.NUM_CLASSES=7; add MODEL.ROI_HEADS.NUM_CLASSES: 1"),
         "epochs key": (study_text(train, test).replace("overrides: {MODEL.DEVICE: cpu}\ndownstream", "overrides: {MODEL.DEVICE: cpu, SOLVER.EPOCHS: 5}\ndownstream"),
                        "SOLVER.EPOCHS 5 is set, but a study gives lengths itself"),
+        "misspelt metric": (study_text(train, test).replace("{MODEL.ROI_HEADS.NUM_CLASSES: 1}", "{MODEL.ROI_HEADS.NUM_CLASSES: 1}\n    metrics: [segm/AP, segm/ap]"),
+                            "tasks.mask_rcnn.metrics names 'segm/ap', which no result of the task can hold (its results can hold bbox/AP, "),
         "resnet of MoCo": (study_text(train, test, extra="").replace(
             "  vader: {pretrain: configs/vader_pretrain_demo.yaml}",
             "  moco_v2: {pretrain: configs/moco_global_demo.yaml}\n  moco_resnet: {resnet_of: moco_v2}"),
@@ -614,6 +616,23 @@ def test_a_run_folder_still_held_is_waited_for_aloud_then_refused(tmp_path, caps
     assert capsys.readouterr().out == f"[transfer_study] waiting (at most 1 s) for an earlier training to let go of {tmp_path}\n"
     wait_for_previous_run(str(tmp_path), seconds=1)  # let go: no wait, no line
     assert capsys.readouterr().out == ""
+
+
+def test_declared_metrics_are_numbers_a_result_holds(labelled):
+    from vader_d2.study.checks import result_numbers
+
+    train, test = labelled
+    register_named_datasets([test, "vader_lowlabel_sem_seg_test"])
+    mask_rcnn = build_config("configs/downstream/lowlabel_mask_rcnn_R_18_FPN.yaml", ["MODEL.ROI_HEADS.NUM_CLASSES", "1"])
+    assert result_numbers(mask_rcnn, test) == [
+        *(f"{kind}/{name}" for kind in ("bbox", "segm") for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")),
+        "loss_first_record", "loss_last_record",
+    ]
+    # Exactly the numbers a committed result of a semantic FPN holds (Mask R-CNN's: the end-to-end study test).
+    semantic = build_config("configs/downstream/lowlabel_semantic_R_18_FPN.yaml", [])
+    results = os.path.join(REPO, "experiments", "results", "lowlabel_converged_30", "seed1", "frozen_1200_30", "random_init.json")
+    with open(results) as f:
+        assert sorted(result_numbers(semantic, "vader_lowlabel_sem_seg_test")) == sorted(json.load(f)["finetune"])
 
 
 def test_a_test_image_seen_in_training_is_refused_by_id_or_by_bytes(tmp_path, labelled):

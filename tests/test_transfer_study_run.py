@@ -16,6 +16,11 @@ import time
 
 import pytest
 
+from vader_d2.cli import build_config
+from vader_d2.data.datasets import register_named_datasets
+from vader_d2.study import parse_study
+from vader_d2.study.checks import result_numbers
+
 from .helpers import REPO, assert_one_line_refusal, run_python, train_net_env
 from .test_bad_inputs import photo
 from .test_transfer_study import write_coco
@@ -82,6 +87,13 @@ def test_a_killed_study_resumes_without_repeating_a_finished_run(study, tmp_path
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "run 1 of 6: seed 1, pretraining vader" in result.stdout
     expected = results(uninterrupted)
+    # The numbers a result holds are among the ones check accepts in a task's metrics: (all of them but
+    # segm/*, which Detectron2's COCO evaluation leaves out when a 4-iteration model detects nothing).
+    test_set = parse_study(study.read_text(), str(study)).tasks["mask_rcnn"].test
+    register_named_datasets([test_set])
+    task = build_config("configs/downstream/lowlabel_mask_rcnn_R_18_FPN.yaml", ["MODEL.ROI_HEADS.NUM_CLASSES", "1"])
+    held = json.loads((uninterrupted / "seed1" / "mask_rcnn_8" / "vader.json").read_text())["finetune"]
+    assert set(held) <= set(result_numbers(task, test_set)) and "bbox/AP" in held and "loss_last_record" in held, sorted(held)
     assert (uninterrupted / "table.md").read_text().startswith("| task | labels | number | random_init | vader | vader − random |")
     assert (uninterrupted / ".gitignore").read_text() == "work/\n"
     pretraining = json.loads((uninterrupted / "seed2" / "pretraining" / "vader.json").read_text())

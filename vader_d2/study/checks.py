@@ -117,6 +117,7 @@ def check_study(study, out):
             )
     for name, task in study.tasks.items():
         _check_classes(facts.task_configs[name], task, f"tasks.{name}")
+        _check_metrics(study, facts.task_configs[name], task)
     _check_schedules(study, facts)
     _check_no_shared_images(test, {**{n: ("the labelled train set", r) for n, r in train.items()},
                                    **{n: ("the unlabeled set", r) for n, r in unlabeled.items()}})
@@ -152,6 +153,27 @@ def _check_configs(study, facts):
         _as_where(where, check_vader_config, cfg, 1)
         _no_epochs_key(cfg, where)
         facts.pretraining_configs[name] = cfg
+
+
+def result_numbers(cfg, test):
+    """The numbers a study's result of the model of ``cfg`` tested on ``test`` can hold (``finetune_result``:
+    the set-level keys of Detectron2's evaluator, not its per-class ones, and the first and last loss)."""
+    if MetadataCatalog.get(test).get("evaluator_type") == "sem_seg":
+        evaluated = [f"sem_seg/{name}" for name in ("mIoU", "fwIoU", "mACC", "pACC")]
+    else:
+        kinds = ["bbox", *(["segm"] if cfg.MODEL.MASK_ON else []), *(["keypoints"] if cfg.MODEL.KEYPOINT_ON else [])]
+        evaluated = [f"{kind}/{name}" for kind in kinds for name in ("AP", "AP50", "AP75", "APs", "APm", "APl") if (kind, name) != ("keypoints", "APs")]
+    return [*evaluated, "loss_first_record", "loss_last_record"]
+
+
+def _check_metrics(study, cfg, task):
+    """A misspelt headline number would be found only in the table, after every run, and cannot be
+    mended there: the declaration is fixed once results exist."""
+    held = result_numbers(cfg, task.test)
+    for metric in task.metrics:
+        if metric not in held:
+            raise UserError(f"{study.path}: tasks.{task.name}.metrics names {metric!r}, which no result of the task can hold "
+                            f"(its results can hold {', '.join(held)})")
 
 
 def _no_epochs_key(cfg, where):
