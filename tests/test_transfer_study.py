@@ -769,6 +769,9 @@ def test_a_damaged_results_file_is_one_line_naming_it(tmp_path, content, expecte
 def test_table_of_a_folder_without_a_study_is_one_line(tmp_path):
     result = run_python("tools/transfer_study.py", "table", str(tmp_path))
     assert_one_line_refusal(result, "holds no declared study")
+    (tmp_path / "seed1").mkdir()  # results whose declaration was lost: run would refuse the folder, not write it
+    with pytest.raises(UserError, match="holds results but neither study.yaml nor study.sha256, .*; restore both from where"):
+        run_tool_in_process("table", str(tmp_path))
 
 
 def test_plot_draws_each_gain_against_the_budget(tmp_path):

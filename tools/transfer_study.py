@@ -59,6 +59,9 @@ def declared_study(out):
     recorded = os.path.join(out, "study.sha256")
     if not os.path.exists(recorded):
         if not os.path.exists(path):
+            if any(name.startswith("seed") for name in os.listdir(out) if os.path.isdir(os.path.join(out, name))):
+                raise UserError(f"{out} holds results but neither study.yaml nor study.sha256, the declaration they were made "
+                                f"under; restore both from where {out} is kept (git)")
             raise UserError(f"{out} holds no declared study ({path}); `run` writes it with the first result")
         raise UserError(f"{out} holds no study.sha256 recording the grid its results were made under, so {path} "
                         f"cannot be checked; restore it from where {out} is kept (git), or run "
