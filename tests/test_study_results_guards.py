@@ -147,6 +147,23 @@ def test_a_declared_metric_is_checked_once_its_task_has_results(out, capsys):
         tool("table", str(out))
 
 
+def test_a_metric_of_an_evaluation_that_wrote_nothing_is_shown_missing_not_refused():
+    """Detectron2's COCO evaluation writes no segm/ numbers where a model detected nothing: segm/AP is no
+    misspelling there, segm/ap beside a segm/AP is."""
+    from vader_d2.study.results import headline
+
+    def study(metrics):
+        return parse_study(STUDY.replace("metrics: [sem_seg/mIoU]", f"metrics: {metrics}", 1), "guards.yaml")
+
+    nothing_detected = {("frozen_300", 10): {1: {"bbox/AP": float("nan"), "loss_last_record": 0.5}}}
+    assert headline(study("[segm/AP, bbox/AP]"), "frozen_300", nothing_detected) == ("segm/AP", "bbox/AP")
+    detected = {("frozen_300", 10): {1: {"bbox/AP": 1.0, "segm/AP": 0.5}}}
+    with pytest.raises(UserError, match=r"^no result of task frozen_300 holds segm/ap \(they hold: bbox/AP, segm/AP\)"):
+        headline(study("[segm/ap]"), "frozen_300", detected)
+    with pytest.raises(UserError, match=r"^no result of task frozen_300 holds loss_last"):
+        headline(study("[loss_last]"), "frozen_300", nothing_detected)
+
+
 # ---- what a result holds ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("value, shown", [(float("inf"), "Infinity"), (float("-inf"), "-Infinity"), (True, "true"), (False, "false")])

@@ -298,7 +298,7 @@ def with_change(path, value):
         ("seed", [1], "the study file has an unknown key 'seed'"),
         ("tasks/frozen/froze", True, "tasks.frozen has an unknown key 'froze'"),
         ("tasks/frozen/test", None, "tasks.frozen needs the key 'test'"),
-        ("label_budgets", [10, "30"], "label_budgets must be a whole number of at least 1, not '30' (text to YAML: write a number as 1000 or 1.0e+3)"),
+        ("label_budgets", [10, "30"], "label_budgets must be a whole number of at least 1, not '30' (text to YAML: write a whole number unquoted, e.g. 1000)"),
         ("tasks/frozen/schedule", {"epochs": "1e3"}, "must be a positive number of passes over the budget's images, not '1e3' (text to YAML"),
         ("seeds", ["one"], "seeds must be a whole number of at least 0, not 'one'"),
         ("label_budgets", [0], "label_budgets must be a whole number of at least 1, not 0"),
@@ -322,7 +322,12 @@ def with_change(path, value):
         ("pretraining/overrides", {"DATASETS.TRAIN": "('u2',)"}, "pretraining.overrides.DATASETS.TRAIN is set by the study itself (unlabeled:)"),
         ("initialisations/vader/overrides", {"OUTPUT_DIR": "x"}, "overrides.OUTPUT_DIR is set by the study itself (--work-dir)"),
         ("initialisations/after", {"pretrain": "p.yaml", "length": {"iterations": 5}, "start_from": "vader", "overrides": {"MODEL.WEIGHTS": "w.pkl"}},
-         "initialisations.after.overrides.MODEL.WEIGHTS is set by the study itself (start_from:)"),
+         "initialisations.after.overrides.MODEL.WEIGHTS is set by the study itself (initialisations.after.start_from)"),
+        ("tasks/frozen", {"config": "c.yaml", "train": "a", "test": "b", "schedule": {"iterations": 300}, "overrides": {"SOLVER.MAX_ITER": 600}},
+         "tasks.frozen.overrides.SOLVER.MAX_ITER is set by the study itself (tasks.frozen.schedule)"),
+        ("tasks/frozen", {"config": "c.yaml", "train": "a", "test": "b", "frozen": True, "overrides": {"MODEL.FROZEN_BACKBONE": False}},
+         "tasks.frozen.overrides.MODEL.FROZEN_BACKBONE is set by the study itself (tasks.frozen.frozen)"),
+        ("pretraining/overrides", {"SOLVER.MAX_ITER": 900}, "pretraining.overrides.SOLVER.MAX_ITER is set by the study itself (length:)"),
         ("tasks/frozen/schedule", {"epochs": 0}, "must be a positive number of passes"),
         ("tasks/frozen/schedule", {"iterations": 300, "min_iterations": 100}, "min_iterations applies to epochs: only"),
         ("tasks/frozen/frozen", "yes", "tasks.frozen.frozen must be true or false"),
@@ -337,6 +342,15 @@ def test_a_mistake_in_the_study_file_is_one_line_naming_the_key(path, value, exp
     with pytest.raises(UserError, match=None) as error:
         parse_study(with_change(path, value), "study.yaml")
     assert expected in str(error.value) and str(error.value).startswith("study.yaml: "), str(error.value)
+
+
+def test_downstream_overrides_name_the_task_that_sets_a_key():
+    declared = json.loads(with_change("downstream/overrides", {"MODEL.FROZEN_BACKBONE": True}))
+    declared["tasks"]["frozen"]["frozen"] = False
+    with pytest.raises(UserError, match=r"^study.yaml: downstream.overrides.MODEL.FROZEN_BACKBONE is set by the study itself \(tasks.frozen.frozen\)"):
+        parse_study(json.dumps(declared), "study.yaml")
+    del declared["tasks"]["frozen"]["frozen"]  # no task sets it: the override applies to every run
+    assert parse_study(json.dumps(declared), "study.yaml").downstream_overrides == ("MODEL.FROZEN_BACKBONE", "True")
 
 
 def test_overrides_take_top_level_keys_and_a_pretraining_its_own_weights():
@@ -578,6 +592,9 @@ def test_bad_input_is_one_line_before_any_training(tmp_path, labelled):
                        "SOLVER.EPOCHS 5 is set, but a study gives lengths itself"),
         "misspelt metric": (study_text(train, test).replace("{MODEL.ROI_HEADS.NUM_CLASSES: 1}", "{MODEL.ROI_HEADS.NUM_CLASSES: 1}\n    metrics: [segm/AP, segm/ap]"),
                             "tasks.mask_rcnn.metrics names 'segm/ap', which no result of the task can hold (its results can hold bbox/AP, "),
+        "pretraining weights": (study_text(train, test).replace("vader: {pretrain: configs/vader_pretrain_demo.yaml}",
+                                                                "vader: {pretrain: configs/vader_pretrain_demo.yaml, overrides: {MODEL.WEIGHTS: /no/such/r18.pkl}}"),
+                                "study.yaml: initialisations.vader: MODEL.WEIGHTS '/no/such/r18.pkl' does not exist"),
         "resnet of MoCo": (study_text(train, test, extra="").replace(
             "  vader: {pretrain: configs/vader_pretrain_demo.yaml}",
             "  moco_v2: {pretrain: configs/moco_global_demo.yaml}\n  moco_resnet: {resnet_of: moco_v2}"),
@@ -603,6 +620,53 @@ def test_resnet_of_leaves_the_fpn_out_and_a_source_it_cannot_read_is_one_line(tm
         write_resnet_only("http://127.0.0.1:9/R-50.pkl", str(target))
     with pytest.raises(UserError, match=r"is not a Detectron2 model-zoo .pkl \(UnpicklingError"):
         write_resnet_only(__file__, str(target))
+
+
+def test_resnet_of_a_url_is_derived_once_and_reused(tmp_path, monkeypatch):
+    from vader_d2.study import runner as study_runner
+
+    cached = tmp_path / "cache" / "R-50.pkl"
+    cached.parent.mkdir()
+    cached.write_bytes(pickle.dumps({"model": {"stem.conv1.weight": np.ones(1, np.float32), "fpn_output2.weight": np.ones(1, np.float32)}}))
+    url = "https://example.com/R-50.pkl"
+
+    class Cache:  # Detectron2's PathManager, as after its one download of the URL
+        @staticmethod
+        def get_local_path(path):
+            return str(cached) if path == url else path
+
+    monkeypatch.setattr(study_runner, "PathManager", Cache)
+    declared = json.loads(json.dumps(MINIMAL))
+    declared["initialisations"] = {"random_init": {"random": True}, "r50": {"weights": url}, "r50_resnet": {"resnet_of": "r50"}}
+    runner = StudyRunner(parse_study(json.dumps(declared), "s.yaml"), str(tmp_path / "out"), str(tmp_path / "work"), None, facts=None)
+    first = runner.derived_weights("r50_resnet", 1)
+    made = os.stat(first).st_mtime_ns
+    assert sorted(pickle.loads(open(first, "rb").read())["model"]) == ["stem.conv1.weight"]
+    assert runner.derived_weights("r50_resnet", 1) == first and os.stat(first).st_mtime_ns == made  # the second run: no traceback, not made again
+
+
+def test_a_pretraining_from_a_file_of_its_own_is_made_again_when_the_file_changes(tmp_path):
+    from types import SimpleNamespace
+
+    weights = tmp_path / "imagenet_r18.pkl"
+    weights.write_bytes(b"first")
+
+    class Facts:  # what check_study found, as much of it as a pretraining's command needs
+        pretraining_configs = {"vader": SimpleNamespace(MODEL=SimpleNamespace(WEIGHTS=str(weights)))}
+
+        @staticmethod
+        def pretraining_base_opts(init):
+            return ["MODEL.WEIGHTS", str(weights)]
+
+        @staticmethod
+        def pretraining_schedule(init, iterations):
+            return ["SOLVER.MAX_ITER", str(iterations)]
+
+    runner = StudyRunner(parse_study(json.dumps(MINIMAL), "s.yaml"), str(tmp_path / "out"), str(tmp_path / "work"), None, facts=Facts)
+    before = runner.pretraining_record("vader", 1, 10)
+    assert runner.pretraining_record("vader", 1, 10) == before
+    weights.write_bytes(b"another model")
+    assert runner.pretraining_record("vader", 1, 10) != before  # its run folder is not reused
 
 
 def test_a_run_folder_still_held_is_waited_for_aloud_then_refused(tmp_path, capsys):
@@ -698,9 +762,15 @@ def test_the_declaration_files_restore_each_other_and_a_damaged_one_is_one_line(
         (out / lost).unlink()
         check_declaration_unchanged(study, str(out))
         assert {name: (out / name).read_text() for name in written} == written, lost
-    (out / "study.sha256").write_text("")
-    with pytest.raises(UserError, match=r"study.sha256 is empty: restore it from where OUT is kept"):
-        check_declaration_unchanged(study, str(out))
+    for damaged in ("", "not a sha256  study.yaml\n"):
+        (out / "study.sha256").write_text(damaged)
+        with pytest.raises(UserError, match=r"study.sha256 holds no sha256 \(it should read '<sha256>  STUDY.yaml'\); restore it"):
+            check_declaration_unchanged(study, str(out))
+    (out / "study.sha256").write_text(written["study.sha256"])
+    # An OUT/study.yaml edited to another grid is written again from the study file the sha256 agrees with.
+    (out / "study.yaml").write_text(study_text(train, test, budgets="[4, 12]"))
+    check_declaration_unchanged(study, str(out))
+    assert (out / "study.yaml").read_text() == written["study.yaml"]
     (out / "study.sha256").unlink()
     (out / "study.sha256").mkdir()
     with pytest.raises(UserError, match=r"^cannot read the declared study's sha256 .*study.sha256: Is a directory$"):
@@ -769,6 +839,11 @@ def test_a_damaged_results_file_is_one_line_naming_it(tmp_path, content, expecte
 def test_table_of_a_folder_without_a_study_is_one_line(tmp_path):
     result = run_python("tools/transfer_study.py", "table", str(tmp_path))
     assert_one_line_refusal(result, "holds no declared study")
+    for not_a_folder in (tmp_path / "none", tmp_path / "a_file"):
+        if not_a_folder.name == "a_file":
+            not_a_folder.write_text("")
+        with pytest.raises(UserError, match=r"is not a results folder of tools/transfer_study.py \(no such folder\)$"):
+            run_tool_in_process("table", str(not_a_folder))
     (tmp_path / "seed1").mkdir()  # results whose declaration was lost: run would refuse the folder, not write it
     with pytest.raises(UserError, match="holds results but neither study.yaml nor study.sha256, .*; restore both from where"):
         run_tool_in_process("table", str(tmp_path))

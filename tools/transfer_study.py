@@ -18,7 +18,6 @@ were begun with (a changed grid is a new study file and a new OUT).
 
 import argparse
 import os
-import re
 import sys
 
 from vader_d2.cli import check_output_dir, run_cli
@@ -43,7 +42,7 @@ def parse_args(argv=None):
         command.add_argument("--inits", nargs="+", help="only these declared initialisations")
     table = commands.add_parser("table", help="print the results table")
     table.add_argument("out", metavar="OUT")
-    plot = commands.add_parser("plot", help="write a PNG of each gain against the label budget")
+    plot = commands.add_parser("plot", help="draw each gain against the label budget (.png, .pdf, .svg)")
     plot.add_argument("out", metavar="OUT")
     plot.add_argument("--output", required=True, help="the image to write: .png, or another suffix matplotlib writes (.pdf, .svg)")
     schedule = commands.add_parser("schedule", help="for tasks declared at several lengths: the shortest after which the random init stops improving")
@@ -55,29 +54,31 @@ def parse_args(argv=None):
 def declared_study(out):
     """OUT/study.yaml, the declaration OUT's results were made under: its grid must be the one
     OUT/study.sha256 records, or a swapped or edited file would be reported as if the results were its."""
+    from vader_d2.study.runner import holds_results, recorded_declaration
+
+    if not os.path.isdir(out):
+        raise UserError(f"{out} is not a results folder of tools/transfer_study.py (no such folder)")
     path = os.path.join(out, "study.yaml")
-    recorded = os.path.join(out, "study.sha256")
-    if not os.path.exists(recorded):
+    recorded = recorded_declaration(out)
+    if not recorded:
         if not os.path.exists(path):
-            if any(name.startswith("seed") for name in os.listdir(out) if os.path.isdir(os.path.join(out, name))):
+            if holds_results(out):
                 raise UserError(f"{out} holds results but neither study.yaml nor study.sha256, the declaration they were made "
                                 f"under; restore both from where {out} is kept (git)")
             raise UserError(f"{out} holds no declared study ({path}); `run` writes it with the first result")
         raise UserError(f"{out} holds no study.sha256 recording the grid its results were made under, so {path} "
                         f"cannot be checked; restore it from where {out} is kept (git), or run "
                         f"`tools/transfer_study.py check STUDY {out}` with the study file you declared")
-    words = read_text_file(recorded, "declared study's sha256").split(maxsplit=1)
-    if not words or not re.fullmatch("[0-9a-f]{64}", words[0]):
-        raise UserError(f"{recorded} holds no sha256 (it should read '<sha256>  STUDY.yaml'); restore it from where "
-                        f"{out} is kept (git), as it fixes the grid of the results in {out}")
-    declared = f"the study file you declared ({words[1].strip()})" if len(words) > 1 else "the study file you declared"
+    digest, study_file = recorded
+    declared = f"the study file you declared ({study_file})" if study_file else "the study file you declared"
     if not os.path.exists(path):
         raise UserError(f"{out} holds no study.yaml beside its study.sha256: copy {declared} to {path}, or run "
                         f"`tools/transfer_study.py check STUDY {out}`")
     study = parse_study(read_text_file(path, "declared study"), path)
-    if study.digest != words[0]:
+    if study.digest != digest:
         raise UserError(f"{path} is not the study the results in {out} were made under (its grid's sha256 is {study.digest[:12]}, "
-                        f"{recorded} records {words[0][:12]}); copy {declared} to {path}")
+                        f"{os.path.join(out, 'study.sha256')} records {digest[:12]}); copy {declared} to {path}, or run "
+                        f"`tools/transfer_study.py check STUDY {out}`")
     return study
 
 
@@ -145,7 +146,7 @@ def run(args):
 def ignore_work_folder(out, work):
     """A work folder inside OUT is listed in OUT/.gitignore: committing OUT must not commit checkpoints."""
     inside = os.path.relpath(os.path.realpath(work), os.path.realpath(out))
-    if inside.startswith(os.pardir):
+    if inside == os.pardir or inside.startswith(os.pardir + os.sep):
         return
     entry = inside.replace(os.sep, "/") + "/"
     path = os.path.join(out, ".gitignore")

@@ -345,6 +345,11 @@ def _check_weights(study, facts):
         for other, pretraining in study.initialisations.items():
             if pretraining.start_from == name:
                 _as_where(f"{where} into initialisations.{other}", _load_into, facts.pretraining_configs[other], init.weights, where)
+    # A pretraining that starts from a file of its own (its config's or overrides' MODEL.WEIGHTS).
+    for name, init in study.initialisations.items():
+        cfg = facts.pretraining_configs.get(name)
+        if cfg is not None and cfg.MODEL.WEIGHTS and not init.start_from:
+            _as_where(f"{study.path}: initialisations.{name}", _load_into, cfg, cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
 
 
 def _load_into(cfg, path, what):

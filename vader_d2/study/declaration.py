@@ -175,19 +175,26 @@ SET_BY_STUDY_DOWNSTREAM = {
     "SEED": "seeds:",
     "OUTPUT_DIR": "--work-dir",
 }
-SET_BY_STUDY_PRETRAINING = {"DATASETS.TRAIN": "unlabeled:", "SEED": "seeds:", "OUTPUT_DIR": "--work-dir"}
-STARTED_FROM = {"MODEL.WEIGHTS": "start_from:"}
+SET_BY_STUDY_PRETRAINING = {"DATASETS.TRAIN": "unlabeled:", "SEED": "seeds:", "OUTPUT_DIR": "--work-dir", "SOLVER.MAX_ITER": "length:"}
 
 
-def _shown(value):
-    """A declared value as a message quotes it; a number PyYAML read as text (1e3: YAML's floats need a
-    dot and a signed exponent) says how to write it."""
+def _set_by_task(name, task):
+    """The keys a task's own declaration sets in its runs' commands."""
+    return {
+        **({"MODEL.FROZEN_BACKBONE": f"tasks.{name}.frozen"} if "frozen" in task else {}),
+        **({"SOLVER.MAX_ITER": f"tasks.{name}.schedule"} if "schedule" in task else {}),
+    }
+
+
+def _shown(value, whole=False):
+    """A declared value as a message quotes it; a number PyYAML read as text ("30", or 1e3: YAML's floats
+    need a dot and a signed exponent) says how to write it."""
     if isinstance(value, str):
         try:
             float(value)
         except ValueError:
             return repr(value)
-        return f"{value!r} (text to YAML: write a number as 1000 or 1.0e+3)"
+        return f"{value!r} (text to YAML: write {'a whole number unquoted, e.g. 1000' if whole else 'a number as 1000 or 1.0e+3'})"
     return repr(value)
 
 
@@ -233,7 +240,8 @@ def parse_study(text, path):
                          optional=("description", "unlabeled", "budget_order", "budget_seed", "pretraining", "downstream"))
     seeds = reader.whole_numbers(top["seeds"], "seeds", minimum=0)
     if max(seeds) >= 2**31:
-        # Detectron2 seeds NumPy with SEED plus the process's rank, which NumPy takes below 2**32 only.
+        # Detectron2 seeds NumPy with SEED plus the process's rank, which NumPy takes below 2**32 only:
+        # 2**31 leaves room for any number of processes.
         reader.fail("seeds", f"must be below 2**31 = {2**31}, not {max(seeds)}")
     budgets = reader.whole_numbers(top["label_budgets"], "label_budgets", minimum=1)
     order = top.get("budget_order", "shuffled")
@@ -260,7 +268,7 @@ def parse_study(text, path):
             test=reader.string(task["test"], f"{where}.test"),
             frozen=frozen,
             schedule=reader.schedule(task.get("schedule"), f"{where}.schedule", budgets),
-            overrides=reader.overrides(task.get("overrides"), f"{where}.overrides", SET_BY_STUDY_DOWNSTREAM),
+            overrides=reader.overrides(task.get("overrides"), f"{where}.overrides", {**SET_BY_STUDY_DOWNSTREAM, **_set_by_task(name, task)}),
             metrics=tuple(reader.strings(task.get("metrics", []), f"{where}.metrics")),
         )
 
@@ -286,7 +294,7 @@ def parse_study(text, path):
             start_from=reader.string(init["start_from"], f"{where}.start_from") if "start_from" in init else None,
             length=reader.length(init["length"], f"{where}.length") if "length" in init else None,
             overrides=reader.overrides(init.get("overrides"), f"{where}.overrides",
-                                       {**SET_BY_STUDY_PRETRAINING, **(STARTED_FROM if "start_from" in init else {})}),
+                                       {**SET_BY_STUDY_PRETRAINING, **({"MODEL.WEIGHTS": f"{where}.start_from"} if "start_from" in init else {})}),
         )
     references = [name for name, init in inits.items() if init.random]
     if len(references) > 1:
@@ -308,9 +316,15 @@ def parse_study(text, path):
         initialisations=inits,
         calibration_iterations=reader.whole_number(pretraining.get("calibration_iterations", 30), "pretraining.calibration_iterations", minimum=10),
         pretrain_per_seed=per_seed,
-        pretraining_overrides=reader.overrides(pretraining.get("overrides"), "pretraining.overrides",
-                                               {**SET_BY_STUDY_PRETRAINING, **(STARTED_FROM if any(i.start_from for i in inits.values()) else {})}),
-        downstream_overrides=reader.overrides(downstream.get("overrides"), "downstream.overrides", SET_BY_STUDY_DOWNSTREAM),
+        pretraining_overrides=reader.overrides(pretraining.get("overrides"), "pretraining.overrides", {
+            **SET_BY_STUDY_PRETRAINING,
+            # reversed: the first declaration that sets a key is the one named.
+            **{"MODEL.WEIGHTS": f"initialisations.{name}.start_from" for name, init in reversed(inits.items()) if init.start_from},
+        }),
+        downstream_overrides=reader.overrides(downstream.get("overrides"), "downstream.overrides", {
+            **SET_BY_STUDY_DOWNSTREAM,
+            **{key: reason for name, task in reversed(top["tasks"].items()) for key, reason in _set_by_task(name, task).items()},
+        }),
         default_length=reader.length(pretraining["length"], "pretraining.length") if "length" in pretraining else None,
         reference=references[0] if references else None,
     )
@@ -407,7 +421,7 @@ class _Reader:
 
     def whole_number(self, value, where, minimum):
         if type(value) is not int or value < minimum:
-            self.fail(where, f"must be a whole number of at least {minimum}, not {_shown(value)}")
+            self.fail(where, f"must be a whole number of at least {minimum}, not {_shown(value, whole=True)}")
         return value
 
     def whole_numbers(self, value, where, minimum):

@@ -103,12 +103,15 @@ def collect(study, out):
 
 def headline(study, task, runs):
     """The numbers shown of ``task`` with the results ``runs`` (``{key: {seed: numbers}}``): the declared
-    ones, or those HEADLINE_CHOICES finds. A declared one that no result holds is a misspelling: a row of
-    ``-`` would pass for missing runs."""
+    ones, or those HEADLINE_CHOICES finds. A declared one that no result holds while they hold others of
+    its evaluation (sem_seg/, segm/, ...) is a misspelling: a row of ``-`` would pass for missing runs.
+    None of its evaluation is no misspelling: Detectron2's COCO evaluation writes no segm/ numbers for a
+    model that detected nothing."""
     held = {metric for by_seed in runs.values() for numbers in by_seed.values() for metric in numbers}
     declared = study.tasks[task].metrics
     if declared:
-        absent = [metric for metric in declared if metric not in held]
+        kinds = {metric.split("/", 1)[0] for metric in held if "/" in metric}
+        absent = [metric for metric in declared if metric not in held and (metric.split("/", 1)[0] in kinds or "/" not in metric)]
         if held and absent:
             raise UserError(f"no result of task {task} holds {absent[0]} (they hold: {', '.join(sorted(held))}), "
                             f"which tasks.{task}.metrics of {study.path} names")

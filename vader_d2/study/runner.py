@@ -76,35 +76,56 @@ def _same_command(run, record):
         return False
 
 
+def recorded_declaration(out):
+    """``(grid sha256, the study file's path as recorded)`` of OUT/study.sha256; None where there is none."""
+    path = os.path.join(out, "study.sha256")
+    if not os.path.exists(path):
+        return None
+    words = read_text_file(path, "declared study's sha256").split(maxsplit=1)
+    if not words or not re.fullmatch("[0-9a-f]{64}", words[0]):
+        raise UserError(f"{path} holds no sha256 (it should read '<sha256>  STUDY.yaml'); restore it from where "
+                        f"{out} is kept (git), as it fixes the grid of the results in {out}")
+    return words[0], words[1].strip() if len(words) > 1 else ""
+
+
+def holds_results(out):
+    """Whether OUT has a seed folder: results, or a seed's pretraining records."""
+    try:
+        return any(name.startswith("seed") and os.path.isdir(os.path.join(out, name)) for name in os.listdir(out))
+    except OSError:
+        return False
+
+
 def check_declaration_unchanged(study, out):
     """Results in OUT were made under one declaration: a study file that has changed since is refused.
-    OUT/study.yaml and OUT/study.sha256 restore each other from the study file when one is lost and the
-    other agrees with it (``table`` reads study.yaml; ``run`` writes the pair only with a first result)."""
-    recorded = os.path.join(out, "study.sha256")
+    OUT/study.yaml and OUT/study.sha256 are mended from the study file where one is lost (or study.yaml
+    edited) and the other agrees with it: ``table`` reads them, and ``run`` writes them only with a
+    first result."""
+    recorded = recorded_declaration(out)
     declared = os.path.join(out, "study.yaml")
-    if os.path.exists(recorded):
-        words = read_text_file(recorded, "declared study's sha256").split()
-        if not words:
-            raise UserError(f"{recorded} is empty: restore it from where OUT is kept (git), as it fixes the grid of the results in {out}")
-        if words[0] != study.digest:
+    if recorded:
+        if recorded[0] != study.digest:
             raise UserError(
-                f"{study.path} has changed since {out} got its first result (declared grid sha256 {words[0][:12]}, now "
+                f"{study.path} has changed since {out} got its first result (declared grid sha256 {recorded[0][:12]}, now "
                 f"{study.digest[:12]}): a new grid is a new study file and a new results folder; "
                 f"{declared} holds the declared one"
             )
-        if not os.path.exists(declared):
+        if not _declares(declared, study.digest):
             _write_declared_text(study, out)
-    elif os.path.isfile(declared) and parse_study(read_text_file(declared, "declared study"), declared).digest == study.digest:
+    elif _declares(declared, study.digest):
         _write_digest(study, out)
-    elif any(name.startswith("seed") for name in _listdir(out)):
+    elif holds_results(out):
         raise UserError(f"{out} holds results but no study.sha256 recording the study they belong to; give the study another results folder")
 
 
-def _listdir(folder):
+def _declares(path, digest):
+    """Whether the file ``path`` is a study file of the grid ``digest``."""
+    if not os.path.isfile(path):
+        return False
     try:
-        return os.listdir(folder)
-    except FileNotFoundError:
-        return []
+        return parse_study(read_text_file(path, "declared study"), path).digest == digest
+    except UserError:
+        return False
 
 
 def record_declaration(study, out):
@@ -228,7 +249,7 @@ class StudyRunner:
             self._fix_equal_time_iterations()
             iterations = self.calibration()["iterations"]
         if init not in iterations:
-            raise UserError(f"{init} pretrains for the time of {length.equal_time_as}, but {self.out}/calibration.json has no iterations for it; delete that file to calibrate again")
+            raise UserError(f"{init} pretrains for the time of {length.equal_time_as}, but {self.out}/calibration.json has no iterations for it; restore that file from where OUT is kept (git), or delete it to calibrate again if no pretraining of the study was made yet")
         return iterations[init]
 
     def _fix_equal_time_iterations(self):
@@ -386,7 +407,9 @@ class StudyRunner:
     def pretraining_record(self, init, seed, iterations):
         declared = self.study.initialisations[init]
         opts = self.pretraining_opts(init, seed, iterations)
-        return _run_record(declared.pretrain, opts, self.weights_of(declared.start_from, seed) if declared.start_from else "")
+        # The file it starts from: another initialisation's, or its config's own MODEL.WEIGHTS.
+        weights = self.weights_of(declared.start_from, seed) if declared.start_from else self.facts.pretraining_configs[init].MODEL.WEIGHTS
+        return _run_record(declared.pretrain, opts, weights)
 
     def pretraining_opts(self, init, seed, iterations):
         declared = self.study.initialisations[init]
@@ -446,7 +469,8 @@ class StudyRunner:
         declared = self.study.initialisations[init]
         target = os.path.join(self.pretraining_dir(init, self.pretraining_seed(seed)), "d2.pkl")
         source = self.weights_of(declared.resnet_of, self.pretraining_seed(seed))
-        if not os.path.exists(target) or os.path.getmtime(target) < os.path.getmtime(source):
+        # A URL's file does not change; a local one may have been pretrained again since.
+        if not os.path.exists(target) or "://" not in source and os.path.getmtime(target) < os.path.getmtime(source):
             write_resnet_only(source, target)
         return target
 
