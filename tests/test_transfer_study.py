@@ -699,6 +699,22 @@ def test_declared_metrics_are_numbers_a_result_holds(labelled):
         assert sorted(result_numbers(semantic, "vader_lowlabel_sem_seg_test")) == sorted(json.load(f)["finetune"])
 
 
+def test_an_unlabeled_set_changed_since_the_first_pretraining_is_refused(tmp_path, labelled):
+    train, test = labelled
+    images = len(DatasetCatalog.get("vader_demo_photos_train"))
+    from vader_d2.study.runner import record_declaration
+
+    record_declaration(parse_study(study_text(train, test), str(tmp_path / "study.yaml")), str(tmp_path / "out"))
+    record = tmp_path / "out" / "seed1" / "pretraining" / "vader.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"init": "vader", "iterations": 6, "unlabeled_images": images}))
+    assert check(tmp_path, study_text(train, test)) == 0
+    record.write_text(json.dumps({"init": "vader", "iterations": 6, "unlabeled_images": images - 1}))
+    with pytest.raises(UserError, match=rf"^the unlabeled set \(vader_demo_photos_train\) holds {images} images, but .*vader.json "
+                                        rf"was pretrained on {images - 1}: it changed since the study began; restore it"):
+        check(tmp_path, study_text(train, test))
+
+
 def test_a_test_image_seen_in_training_is_refused_by_id_or_by_bytes(tmp_path, labelled):
     train, test = labelled
     # The same json with another image folder: the same ids, other files.

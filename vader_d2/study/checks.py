@@ -7,6 +7,7 @@ pretraining images, weights that do not load into a task's model. Each is one li
 command-line overrides) and writes the label budgets' image lists into ``out/budgets/``.
 """
 
+import glob
 import hashlib
 import logging
 import os
@@ -18,7 +19,7 @@ from ..checkpoint.atomic_io import short_error
 from ..cli import build_config
 from ..config import check_solver_config, check_vader_config
 from ..data.datasets import SUBSET_DATASET_PREFIX, register_named_datasets, resolve_subset_file, subset_file_names
-from ..errors import UserError
+from ..errors import UserError, read_json_file
 from ..engine.solver import iterations_for_epochs, rescale_schedule
 from ..engine.trainer import VADeRTrainer, check_datasets_registered, is_pretraining, load_model_weights
 from ..modeling.momentum import pretraining_method
@@ -96,6 +97,7 @@ def check_study(study, out):
     _check_configs(study, facts)
     unlabeled = {name: _load(name, "unlabeled") for name in study.unlabeled}
     facts.unlabeled_images = sum(len(records) for records in unlabeled.values())
+    _check_unlabeled_unchanged(study, out, facts.unlabeled_images)
     train = {task.train: _load(task.train, f"tasks.{name}.train") for name, task in study.tasks.items()}
     test = {task.test: _load(task.test, f"tasks.{name}.test") for name, task in study.tasks.items()}
     largest = max(study.label_budgets)
@@ -125,6 +127,20 @@ def check_study(study, out):
     _check_resnet_of(study, facts)
     _write_budgets(study, facts, train)
     return facts
+
+
+def _check_unlabeled_unchanged(study, out, images):
+    """Pretraining lengths in epochs, and what each pretraining saw, depend on the unlabeled set: one that
+    changed since the study's first pretraining would make the rest of its grid on other data."""
+    for path in sorted(glob.glob(os.path.join(glob.escape(out), "pretraining", "*.json"))
+                       + glob.glob(os.path.join(glob.escape(out), "seed*", "pretraining", "*.json"))):
+        record = read_json_file(path, "pretraining record")
+        then = record.get("unlabeled_images") if isinstance(record, dict) else None
+        if isinstance(then, int) and then != images:
+            raise UserError(
+                f"the unlabeled set ({', '.join(study.unlabeled)}) holds {images} images, but {path} was pretrained on "
+                f"{then}: it changed since the study began; restore it, or give the study another results folder"
+            )
 
 
 def _check_configs(study, facts):
