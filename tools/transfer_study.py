@@ -151,7 +151,7 @@ def ignore_work_folder(out, work):
     entry = inside.replace(os.sep, "/") + "/"
     path = os.path.join(out, ".gitignore")
     text = read_text_file(path, "results folder's .gitignore") if os.path.exists(path) else ""
-    if entry not in text.splitlines() and "/" + entry not in text.splitlines():
+    if not {entry, "/" + entry} & set(text.splitlines()):
         with open(path, "a") as f:
             f.write(("\n" if text and not text.endswith("\n") else "") + entry + "\n")
 

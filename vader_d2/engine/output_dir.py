@@ -10,7 +10,8 @@ One run per OUTPUT_DIR, and no run that destroys another's checkpoints.
   interrupted checkpoint writes.
 - ``select_resume_checkpoint``: the checkpoint ``--resume`` continues from: the one ``last_checkpoint``
   names, else the newest complete ``model_*.pth``; unreadable ones are skipped with a warning.
-- ``prune_checkpoints``: ``SOLVER.CHECKPOINT_KEEP``'s retention, after each checkpoint.
+- ``prune_checkpoints``: ``SOLVER.CHECKPOINT_KEEP``'s retention, after each checkpoint, with
+  ``delete_checkpoints`` (which the transfer study also uses on a finished downstream run).
 """
 
 import contextlib
@@ -39,6 +40,7 @@ __all__ = [
     "list_checkpoints",
     "select_resume_checkpoint",
     "prune_checkpoints",
+    "delete_checkpoints",
     "PREVIOUS_RUNS",
 ]
 
@@ -201,20 +203,26 @@ def prune_checkpoints(folder, keep, period):
             numbered.append((int(number), name))
     periodic = [name for iteration, name in numbered if (iteration + 1) % period == 0]
     kept = set(periodic[-keep:]) | {tagged}
+    deleted = delete_checkpoints(folder, [name for _, name in numbered if name not in kept],
+                                 lambda problem: logger.warning(f"SOLVER.CHECKPOINT_KEEP: {problem}"))
+    if deleted:
+        logger.info(f"SOLVER.CHECKPOINT_KEEP {keep}: deleted {', '.join(deleted)}; kept {', '.join(sorted(kept))}")
+    return deleted
+
+
+def delete_checkpoints(folder, names, warn):
+    """Delete ``names`` of ``folder``; returns those deleted. One already gone is fine; one that cannot be
+    deleted stays, and ``warn`` gets a line saying so: losing a checkpoint to delete never stops a run."""
     deleted = []
-    for _, name in numbered:
-        if name in kept:
-            continue
+    for name in names:
         try:
             os.unlink(os.path.join(folder, name))
         except FileNotFoundError:
             continue
         except OSError as e:
-            logger.warning(f"SOLVER.CHECKPOINT_KEEP: cannot delete {os.path.join(folder, name)} ({e.strerror or e}); it stays")
+            warn(f"cannot delete {os.path.join(folder, name)} ({e.strerror or e}); it stays")
             continue
         deleted.append(name)
-    if deleted:
-        logger.info(f"SOLVER.CHECKPOINT_KEEP {keep}: deleted {', '.join(deleted)}; kept {', '.join(sorted(kept))}")
     return deleted
 
 

@@ -7,7 +7,6 @@ pretraining images, weights that do not load into a task's model. Each is one li
 command-line overrides) and writes the label budgets' image lists into ``out/budgets/``.
 """
 
-import glob
 import hashlib
 import logging
 import os
@@ -24,6 +23,7 @@ from ..engine.solver import iterations_for_epochs, rescale_schedule
 from ..engine.trainer import VADeRTrainer, check_datasets_registered, is_pretraining, load_model_weights
 from ..modeling.momentum import pretraining_method
 from ..checkpoint.atomic_io import atomic_write_json
+from .results import pretraining_record_path
 from .runner import budget_images, is_fpn_tensor, read_model_zoo_pkl
 
 __all__ = ["StudyFacts", "check_study"]
@@ -132,8 +132,8 @@ def check_study(study, out):
 def _check_unlabeled_unchanged(study, out, images):
     """Pretraining lengths in epochs, and what each pretraining saw, depend on the unlabeled set: one that
     changed since the study's first pretraining would make the rest of its grid on other data."""
-    for path in sorted(glob.glob(os.path.join(glob.escape(out), "pretraining", "*.json"))
-                       + glob.glob(os.path.join(glob.escape(out), "seed*", "pretraining", "*.json"))):
+    made = {pretraining_record_path(study, out, init, seed) for init in study.pretrained for seed in study.seeds}
+    for path in sorted(path for path in made if os.path.exists(path)):
         record = read_json_file(path, "pretraining record")
         then = record.get("unlabeled_images") if isinstance(record, dict) else None
         if isinstance(then, int) and then != images:

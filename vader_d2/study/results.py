@@ -45,6 +45,14 @@ def result_path(out, seed, task, budget, init):
     return os.path.join(out, f"seed{seed}", f"{task}_{budget}", f"{init}.json")
 
 
+def pretraining_record_path(study, out, init, seed):
+    """OUT's record of ``init``'s pretraining (its length and the images it saw): one a seed, or one for
+    every seed where the study pretrains once."""
+    if study.pretrain_per_seed:
+        return os.path.join(out, f"seed{seed}", "pretraining", f"{init}.json")
+    return os.path.join(out, "pretraining", f"{init}.json")
+
+
 def read_result(path, **place):
     """A downstream result (``finetune_result``): its ``finetune`` numbers, checked, and made by the run
     that its ``place`` in OUT names (``name``, ``seed``, ``task``, ``budget``)."""

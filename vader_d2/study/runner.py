@@ -27,10 +27,10 @@ from detectron2.utils.file_io import PathManager
 
 from ..checkpoint.atomic_io import atomic_write, atomic_write_json, short_error
 from ..engine.launchers import signal_when_parent_dies
-from ..engine.output_dir import OutputDirLock, list_checkpoints
+from ..engine.output_dir import OutputDirLock, delete_checkpoints, list_checkpoints
 from ..errors import PREEMPTED_EXIT, USER_ERROR_EXIT, UserError, read_json_file, read_text_file
 from .declaration import parse_study
-from .results import finetune_result, result_path
+from .results import finetune_result, pretraining_record_path, result_path
 
 __all__ = ["StudyRunner", "check_declaration_unchanged"]
 
@@ -178,11 +178,6 @@ class StudyRunner:
             return declared.weights
         return os.path.join(self.pretraining_dir(init, seed), "d2.pkl")
 
-    def pretraining_record_path(self, init, seed):
-        if self.study.pretrain_per_seed:
-            return os.path.join(self.out, f"seed{seed}", "pretraining", f"{init}.json")
-        return os.path.join(self.out, "pretraining", f"{init}.json")
-
     # ---- lengths ---------------------------------------------------------------------------------------
 
     def calibration(self):
@@ -215,11 +210,8 @@ class StudyRunner:
     def _refuse_a_lost_calibration(self, problem):
         """Once a pretraining was made at a calibrated length, a new calibration would make the rest of the
         study's pretrainings at other lengths: the file is restored, not made again."""
-        made = sorted({
-            os.path.relpath(self.pretraining_record_path(init, seed), self.out)
-            for init in self.equal_time_inits() for seed in self.study.seeds
-            if os.path.exists(self.pretraining_record_path(init, seed))
-        })
+        records = {pretraining_record_path(self.study, self.out, init, seed) for init in self.equal_time_inits() for seed in self.study.seeds}
+        made = sorted(os.path.relpath(path, self.out) for path in records if os.path.exists(path))
         if made:
             raise UserError(f"{problem}, but {', '.join(made)} in {self.out} were pretrained at the lengths it fixed: "
                             "restore it from where OUT is kept (git); a new calibration would pretrain the rest at other lengths")
@@ -462,7 +454,7 @@ class StudyRunner:
             "epochs": round(iterations * batch / images, 3), "seconds_per_step": _training_speed(os.path.join(run, "log.txt")),
         }
         record_declaration(self.study, self.out)
-        atomic_write_json(self.pretraining_record_path(init, seed), record, "the pretraining record")
+        atomic_write_json(pretraining_record_path(self.study, self.out, init, seed), record, "the pretraining record")
 
     def derived_weights(self, init, seed):
         """A resnet_of initialisation's file: its source's export without the FPN tensors (made once)."""
@@ -512,15 +504,8 @@ def drop_periodic_checkpoints(run):
     resumes from them, and a long schedule (Mask R-CNN R-50: a few hundred MB every 5000 iterations) times
     every seed, budget and initialisation would fill a disk. model_final.pth stays; a file that cannot be
     deleted stays too, with a line saying so (the result is written: the study goes on)."""
-    for name in list_checkpoints(run):
-        if name == "model_final.pth":
-            continue
-        try:
-            os.remove(os.path.join(run, name))
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            print(f"[transfer_study] cannot delete {os.path.join(run, name)} ({e.strerror or e}); it stays", flush=True)
+    delete_checkpoints(run, [name for name in list_checkpoints(run) if name != "model_final.pth"],
+                       lambda problem: print(f"[transfer_study] {problem}", flush=True))
 
 
 def wait_for_previous_run(run, seconds=300):
