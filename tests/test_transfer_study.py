@@ -576,6 +576,19 @@ def test_a_valid_study_passes_its_checks_and_writes_its_budgets(tmp_path, labell
     assert not (tmp_path / "out" / "study.sha256").exists()  # recorded with the first result, not before
 
 
+def test_a_damaged_result_is_refused_by_check_before_any_training(tmp_path, labelled):
+    from vader_d2.study.runner import record_declaration
+
+    train, test = labelled
+    text = study_text(train, test)
+    record_declaration(parse_study(text, str(tmp_path / "study.yaml")), str(tmp_path / "out"))
+    damaged = tmp_path / "out" / "seed2" / "mask_rcnn_8" / "vader.json"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_text('{"name": "vader", "finetune": {"segm/AP": 1.0')
+    with pytest.raises(UserError, match=rf"^the results file {damaged} is not valid JSON \(truncated\? .*\); delete it so that its run is made again$"):
+        check(tmp_path, text)
+
+
 def test_bad_input_is_one_line_before_any_training(tmp_path, labelled):
     train, test = labelled
     cases = {

@@ -30,7 +30,7 @@ from ..engine.launchers import signal_when_parent_dies
 from ..engine.output_dir import OutputDirLock, delete_checkpoints, list_checkpoints
 from ..errors import PREEMPTED_EXIT, USER_ERROR_EXIT, UserError, read_json_file, read_text_file
 from .declaration import parse_study
-from .results import finetune_result, pretraining_record_path, result_path
+from .results import finetune_result, pretraining_record_path, read_result, result_path
 
 __all__ = ["StudyRunner", "check_declaration_unchanged"]
 
@@ -259,10 +259,15 @@ class StudyRunner:
         jobs = []
         shared_planned = set()
         for seed in seeds:
-            missing = [
-                (task, budget, init) for task in tasks for budget in budgets for init in inits
-                if not os.path.exists(result_path(self.out, seed, task, budget, init))
-            ]
+            missing = []
+            for task in tasks:
+                for budget in budgets:
+                    for init in inits:
+                        path = result_path(self.out, seed, task, budget, init)
+                        if not os.path.exists(path):
+                            missing.append((task, budget, init))
+                        else:  # a damaged result is refused now, not by the table after every run
+                            read_result(path, name=init, seed=seed, task=task, budget=budget)
             needed = set()
             for _, _, init in missing:
                 needed |= self._closure(init)
