@@ -23,7 +23,7 @@ from ..engine.solver import iterations_for_epochs, rescale_schedule
 from ..engine.trainer import VADeRTrainer, check_datasets_registered, is_pretraining, load_model_weights
 from ..modeling.momentum import pretraining_method
 from ..checkpoint.atomic_io import atomic_write_json
-from .results import pretraining_record_path
+from .results import LOSS_KEYS, pretraining_record_path
 from .runner import budget_images, is_fpn_tensor, read_model_zoo_pkl
 
 __all__ = ["StudyFacts", "check_study"]
@@ -179,7 +179,7 @@ def result_numbers(cfg, test):
     else:
         kinds = ["bbox", *(["segm"] if cfg.MODEL.MASK_ON else []), *(["keypoints"] if cfg.MODEL.KEYPOINT_ON else [])]
         evaluated = [f"{kind}/{name}" for kind in kinds for name in ("AP", "AP50", "AP75", "APs", "APm", "APl") if (kind, name) != ("keypoints", "APs")]
-    return [*evaluated, "loss_first_record", "loss_last_record"]
+    return [*evaluated, *LOSS_KEYS]
 
 
 def _check_metrics(study, cfg, task):

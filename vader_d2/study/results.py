@@ -37,6 +37,8 @@ __all__ = [
 MIN_SEEDS_FOR_A_CLAIM = 3
 # Keys Detectron2's COCO and semantic-segmentation evaluators write into metrics.json.
 EVALUATION_PREFIXES = ("bbox/", "segm/", "keypoints/", "sem_seg/")
+# The training numbers of a result, beside its evaluation's: its first and last logged total loss.
+LOSS_KEYS = ("loss_first_record", "loss_last_record")
 # The headline numbers of a task whose declaration names none: the first of these its results hold.
 HEADLINE_CHOICES = (("sem_seg/mIoU",), ("segm/AP", "bbox/AP"), ("keypoints/AP", "bbox/AP"), ("bbox/AP",))
 
@@ -88,9 +90,10 @@ def finetune_result(name, seed, run_dir, final_iteration=None, **extra):
         raise UserError(f"{run_dir}/metrics.json has no evaluation at iteration {final_iteration}: did the run finish?")
     # The set-level numbers; per-class ones ("bbox/AP-bird", "sem_seg/IoU-fish") carry a "-class" suffix.
     final = {k: v for k, v in evaluations[-1].items() if k.startswith(EVALUATION_PREFIXES) and "-" not in k.split("/", 1)[1]}
+    first_loss, last_loss = LOSS_KEYS
     return {
         "name": name, "seed": seed, "run_dir": run_dir,
-        "finetune": {"loss_first_record": losses[0], "loss_last_record": losses[-1], **final},
+        "finetune": {first_loss: losses[0], last_loss: losses[-1], **final},
         **extra,
     }
 
