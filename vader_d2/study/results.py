@@ -26,6 +26,7 @@ __all__ = [
     "MIN_SEEDS_FOR_A_CLAIM",
     "result_path",
     "read_result",
+    "made_result",
     "finetune_result",
     "collect",
     "gain_table",
@@ -75,6 +76,15 @@ def read_result(path, **place):
     return result
 
 
+def made_result(out, seed, task, budget, init):
+    """The result of one run of a study's grid in OUT (``read_result``, checked against its place), or None
+    where that run is not made yet."""
+    path = result_path(out, seed, task, budget, init)
+    if not os.path.exists(path):
+        return None
+    return read_result(path, name=init, seed=seed, task=task, budget=budget)
+
+
 def finetune_result(name, seed, run_dir, final_iteration=None, **extra):
     """A results dict of one Detectron2 training run: first and last logged total loss, final evaluation
     (with ``final_iteration``, one made at that iteration: not an earlier periodic one)."""
@@ -105,10 +115,9 @@ def collect(study, out):
         for budget in study.label_budgets:
             for init in study.initialisations:
                 for seed in study.seeds:
-                    path = result_path(out, seed, task, budget, init)
-                    if os.path.exists(path):
-                        numbers = read_result(path, name=init, seed=seed, task=task, budget=budget)["finetune"]
-                        found.setdefault((task, budget), {}).setdefault(init, {})[seed] = numbers
+                    result = made_result(out, seed, task, budget, init)
+                    if result is not None:
+                        found.setdefault((task, budget), {}).setdefault(init, {})[seed] = result["finetune"]
     return found
 
 

@@ -10,6 +10,7 @@ exports, logs) live in the work folder, which may be lost: a seed whose results 
 again. What OUT holds (results, budgets, calibration, the declaration) is small and worth committing.
 """
 
+import itertools
 import json
 import os
 import pickle
@@ -30,7 +31,7 @@ from ..engine.launchers import signal_when_parent_dies
 from ..engine.output_dir import OutputDirLock, delete_checkpoints, list_checkpoints
 from ..errors import PREEMPTED_EXIT, USER_ERROR_EXIT, UserError, read_json_file, read_text_file
 from .declaration import parse_study
-from .results import finetune_result, pretraining_record_path, read_result, result_path
+from .results import finetune_result, made_result, pretraining_record_path, result_path
 
 __all__ = ["StudyRunner", "check_declaration_unchanged"]
 
@@ -259,15 +260,11 @@ class StudyRunner:
         jobs = []
         shared_planned = set()
         for seed in seeds:
-            missing = []
-            for task in tasks:
-                for budget in budgets:
-                    for init in inits:
-                        path = result_path(self.out, seed, task, budget, init)
-                        if not os.path.exists(path):
-                            missing.append((task, budget, init))
-                        else:  # a damaged result is refused now, not by the table after every run
-                            read_result(path, name=init, seed=seed, task=task, budget=budget)
+            # Each made result is read: a damaged one is refused now, not by the table after every run.
+            missing = [
+                (task, budget, init) for task, budget, init in itertools.product(tasks, budgets, inits)
+                if made_result(self.out, seed, task, budget, init) is None
+            ]
             needed = set()
             for _, _, init in missing:
                 needed |= self._closure(init)
