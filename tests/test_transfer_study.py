@@ -4,6 +4,7 @@ results it keeps and the table made from them. The end-to-end run (train, kill, 
 tests/test_transfer_study_run.py (slow).
 """
 
+import hashlib
 import json
 import math
 import os
@@ -26,8 +27,10 @@ from vader_d2.engine.solver import iterations_for_epochs, rescale_schedule
 from vader_d2.study import collect, gain_table, load_study, parse_study
 from vader_d2.study.checks import check_study
 from vader_d2.study.declaration import Schedule
-from vader_d2.study.results import choose_schedule, dodged
-from vader_d2.study.runner import Job, StudyRunner, budget_images, wait_for_previous_run, write_resnet_only
+from vader_d2.study.results import choose_schedule, dodged, file_sha256
+from vader_d2.study.runner import (
+    Job, StudyRunner, budget_images, say_whether_remade_model_is_equal, wait_for_previous_run, write_resnet_only,
+)
 from vader_d2.engine.output_dir import OutputDirLock
 from vader_d2.engine.trainer import schedule_in_epochs
 
@@ -680,6 +683,34 @@ def test_a_pretraining_from_a_file_of_its_own_is_made_again_when_the_file_change
     assert runner.pretraining_record("vader", 1, 10) == before
     weights.write_bytes(b"another model")
     assert runner.pretraining_record("vader", 1, 10) != before  # its run folder is not reused
+
+
+def test_a_pretraining_made_again_says_whether_it_is_the_model_of_the_earlier_results(tmp_path, capsys):
+    """A lost work folder: a seed with results still to make pretrains again, and OUT's record of the first
+    pretraining says whether the earlier results came from a bit-equal model."""
+    model = tmp_path / "d2.pkl"
+    model.write_bytes(b"the exported weights" * 100_000)  # over one read block
+    digest = file_sha256(model)
+    assert digest == hashlib.sha256(model.read_bytes()).hexdigest()
+    record = tmp_path / "vader.json"
+
+    def said(content):
+        if content is not None:
+            record.write_text(content)
+        say_whether_remade_model_is_equal("seed 3's vader pretraining", str(record), digest)
+        return capsys.readouterr().out
+
+    assert said(None) == ""  # the first pretraining: nothing to compare
+    assert said(json.dumps({"iterations": 10, "weights_sha256": digest})) == (
+        "[transfer_study] seed 3's vader pretraining was made again, bit-equal to the model OUT's earlier results of it were made with\n"
+    )
+    assert said(json.dumps({"iterations": 10, "weights_sha256": "0" * 64})) == (
+        "[transfer_study] seed 3's vader pretraining was made again and is not bit-equal to the model OUT's earlier results "
+        f"of it were made with (sha256 000000000000, now {digest[:12]}): those results stay, and each result names the "
+        "sha256 of the weights it loaded\n"
+    )
+    for unknown in (json.dumps({"iterations": 10}), "[1, 2]", '{"iterations": 1'):  # an earlier version's, not a dict, damaged
+        assert said(unknown).endswith("(no weights_sha256), so whether this one is bit-equal is not known\n"), unknown
 
 
 def test_a_run_folder_still_held_is_waited_for_aloud_then_refused(tmp_path, capsys):

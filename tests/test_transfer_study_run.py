@@ -3,12 +3,13 @@ A tiny study end to end, as a user runs it (tools/transfer_study.py): random ini
 budget, two seeds, a few iterations each, on a COCO json the test writes. A finished downstream run keeps
 its final checkpoint only. Stopped by SIGTERM (exit status
 75, one line), later killed by SIGKILL, and run again each time, it repeats no finished run and ends with
-the results of an uninterrupted run; a changed study file is refused; table and plot come from the
-stored results.
+the results of an uninterrupted run; a lost pretrained model is made again and said bit-equal to the one
+the kept results came from; a changed study file is refused; table and plot come from the stored results.
 """
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from vader_d2.cli import build_config
 from vader_d2.data.datasets import register_named_datasets
 from vader_d2.study import parse_study
 from vader_d2.study.checks import result_numbers
+from vader_d2.study.results import file_sha256
 
 from .helpers import REPO, assert_one_line_refusal, run_python, train_net_env
 from .test_bad_inputs import photo
@@ -136,6 +138,23 @@ def test_a_killed_study_resumes_without_repeating_a_finished_run(study, tmp_path
     # Nothing left to do: a third run trains nothing.
     again = run_python("tools/transfer_study.py", "run", str(study), str(out), timeout=600)
     assert again.returncode == 0 and "[transfer_study] run" not in again.stdout
+
+    # A lost work folder: seed 1's VADeR model and one result of it are gone. The run pretrains it again
+    # and says whether the model is bit-equal to the one the kept results were made with (here, one
+    # machine, it is); each result names the sha256 of the weights it loaded.
+    record = json.loads((out / "seed1" / "pretraining" / "vader.json").read_text())
+    model = out / "work" / "seed1" / "pretraining" / "vader"
+    assert record["weights_sha256"] == file_sha256(model / "d2.pkl")
+    assert json.loads((out / "seed2" / "mask_rcnn_8" / "vader.json").read_text())["weights_sha256"] == file_sha256(
+        out / "work" / "seed2" / "pretraining" / "vader" / "d2.pkl")
+    assert json.loads((out / "seed1" / "mask_rcnn_8" / "random_init.json").read_text())["weights_sha256"] is None
+    shutil.rmtree(model)
+    (out / "seed1" / "mask_rcnn_8" / "vader.json").unlink()
+    lost = run_python("tools/transfer_study.py", "run", str(study), str(out), timeout=1200)
+    assert lost.returncode == 0, lost.stdout[-3000:] + lost.stderr[-3000:]
+    assert "[transfer_study] seed 1's vader pretraining was made again, bit-equal to the model OUT's earlier results" in lost.stdout
+    assert json.loads((out / "seed1" / "mask_rcnn_8" / "vader.json").read_text())["weights_sha256"] == record["weights_sha256"]
+    assert results(out) == expected
 
     # The grid may not change under its results.
     study.write_text(study.read_text().replace("seeds: [1, 2]", "seeds: [1, 2, 3]"))

@@ -7,7 +7,6 @@ pretraining images, weights that do not load into a task's model. Each is one li
 command-line overrides) and writes the label budgets' image lists into ``out/budgets/``.
 """
 
-import hashlib
 import logging
 import os
 from collections import defaultdict
@@ -23,7 +22,7 @@ from ..engine.solver import iterations_for_epochs, rescale_schedule
 from ..engine.trainer import VADeRTrainer, check_datasets_registered, is_pretraining, load_model_weights
 from ..modeling.momentum import pretraining_method
 from ..checkpoint.atomic_io import atomic_write_json
-from .results import LOSS_KEYS, pretraining_record_path
+from .results import LOSS_KEYS, file_sha256, pretraining_record_path
 from .runner import budget_images, is_fpn_tensor, read_model_zoo_pkl
 
 __all__ = ["StudyFacts", "check_study"]
@@ -289,11 +288,7 @@ def _check_no_shared_images(test_sets, other_sets):
 
     def digest(path):
         if path not in digests:
-            sha = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    sha.update(block)
-            digests[path] = sha.hexdigest()
+            digests[path] = file_sha256(path)
         return digests[path]
 
     for test_name, test_records in test_sets.items():

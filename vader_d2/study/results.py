@@ -5,7 +5,8 @@ A study's results folder and what is made from it.
     OUT/budgets/<task>_<N>.json      the images of each label budget (a ``subset:`` dataset file)
     OUT/calibration.json             seconds per pretraining step of each method (equal_time_as)
     OUT/seed<s>/<task>_<N>/<init>.json   one downstream run: its final evaluation and first/last loss
-    OUT/seed<s>/pretraining/<init>.json  (or OUT/pretraining/ when pretrained once): what each got
+    OUT/seed<s>/pretraining/<init>.json  (or OUT/pretraining/ when pretrained once): what each got and the
+                                         sha256 of its export, which each result of it names too
 
 ``table`` gives each cell's mean ± sample std over seeds and each initialisation's gain over the random
 one, paired by seed (the same seed drives both downstream runs): mean ± std of the per-seed differences,
@@ -15,6 +16,7 @@ names the shortest after which the random initialisation stops improving (docs/t
 must the downstream runs be?").
 """
 
+import hashlib
 import json
 import math
 import os
@@ -28,6 +30,7 @@ __all__ = [
     "read_result",
     "made_result",
     "finetune_result",
+    "file_sha256",
     "collect",
     "gain_table",
     "plot_gains",
@@ -106,6 +109,15 @@ def finetune_result(name, seed, run_dir, final_iteration=None, **extra):
         "finetune": {first_loss: losses[0], last_loss: losses[-1], **final},
         **extra,
     }
+
+
+def file_sha256(path):
+    """The sha256 of a file's bytes: which pretrained model a result was made with, which image is which."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def collect(study, out):

@@ -7,7 +7,7 @@ What is resumed how: a pretraining continues from its last checkpoint (``train_n
 reproducible, not bit-equal to an uninterrupted run, docs/troubleshooting.md); an unfinished downstream run
 (minutes) starts over, so that its result equals an uninterrupted run's. The heavy files (checkpoints,
 exports, logs) live in the work folder, which may be lost: a seed whose results are missing is pretrained
-again. What OUT holds (results, budgets, calibration, the declaration) is small and worth committing.
+again, and said bit-equal or not to the model its kept results came from. What OUT holds (results, budgets, calibration, the declaration) is small and worth committing.
 """
 
 import itertools
@@ -31,7 +31,7 @@ from ..engine.launchers import signal_when_parent_dies
 from ..engine.output_dir import OutputDirLock, delete_checkpoints, list_checkpoints
 from ..errors import PREEMPTED_EXIT, USER_ERROR_EXIT, UserError, read_json_file, read_text_file
 from .declaration import parse_study
-from .results import finetune_result, made_result, pretraining_record_path, result_path
+from .results import file_sha256, finetune_result, made_result, pretraining_record_path, result_path
 
 __all__ = ["StudyRunner", "check_declaration_unchanged"]
 
@@ -450,13 +450,17 @@ class StudyRunner:
 
         export_to_detectron2(os.path.join(run, "model_final.pth"), export)
         images, batch = self.facts.unlabeled_images, self.facts.pretraining_batch(init)
+        record_path = pretraining_record_path(self.study, self.out, init, seed)
+        digest = file_sha256(export)
+        say_whether_remade_model_is_equal(f"seed {seed}'s {init} pretraining", record_path, digest)
         record = {
             "init": init, "seed": seed, "config": declared.pretrain, "start_from": declared.start_from,
             "iterations": iterations, "unlabeled_images": images, "ims_per_batch": batch,
             "epochs": round(iterations * batch / images, 3), "seconds_per_step": _training_speed(os.path.join(run, "log.txt")),
+            "weights_sha256": digest,
         }
         record_declaration(self.study, self.out)
-        atomic_write_json(pretraining_record_path(self.study, self.out, init, seed), record, "the pretraining record")
+        atomic_write_json(record_path, record, "the pretraining record")
 
     def derived_weights(self, init, seed):
         """A resnet_of initialisation's file: its source's export without the FPN tensors (made once)."""
@@ -480,7 +484,8 @@ class StudyRunner:
 
         def result_of_run():
             # Detectron2 logs the final evaluation at iteration MAX_ITER (its loop's counter after the loop).
-            return finetune_result(init, seed, run, final_iteration=max_iter, task=task, budget=budget, weights=weights, max_iter=max_iter)
+            return finetune_result(init, seed, run, final_iteration=max_iter, task=task, budget=budget, weights=weights,
+                                   weights_sha256=file_sha256(weights) if os.path.isfile(weights) else None, max_iter=max_iter)
 
         result = None
         record = _run_record(declared_task.config, opts, weights)
@@ -499,6 +504,28 @@ class StudyRunner:
         record_declaration(self.study, self.out)
         atomic_write_json(result_path(self.out, seed, task, budget, init), result, "the result")
         drop_periodic_checkpoints(run)
+
+
+def say_whether_remade_model_is_equal(what, record_path, digest):
+    """A pretraining made again where OUT already records one (its model was lost with the work folder):
+    OUT's earlier results of it were made with the recorded model. Whether the new one is bit-equal
+    depends on the machine (kernels, GPUs); a different one is kept and said, so that a lost machine costs
+    no finished work, and each result names the sha256 of the weights it loaded."""
+    if not os.path.exists(record_path):
+        return
+    try:
+        earlier = read_json_file(record_path, "pretraining record").get("weights_sha256")
+    except (UserError, AttributeError):
+        earlier = None
+    if not isinstance(earlier, str):
+        print(f"[transfer_study] {what} was made again; {record_path} does not say which model OUT's earlier results "
+              "of it were made with (no weights_sha256), so whether this one is bit-equal is not known", flush=True)
+    elif earlier == digest:
+        print(f"[transfer_study] {what} was made again, bit-equal to the model OUT's earlier results of it were made with", flush=True)
+    else:
+        print(f"[transfer_study] {what} was made again and is not bit-equal to the model OUT's earlier results of it "
+              f"were made with (sha256 {earlier[:12]}, now {digest[:12]}): those results stay, and each result names "
+              "the sha256 of the weights it loaded", flush=True)
 
 
 def drop_periodic_checkpoints(run):
