@@ -7,7 +7,8 @@ What is resumed how: a pretraining continues from its last checkpoint (``train_n
 reproducible, not bit-equal to an uninterrupted run, docs/troubleshooting.md); an unfinished downstream run
 (minutes) starts over, so that its result equals an uninterrupted run's. The heavy files (checkpoints,
 exports, logs) live in the work folder, which may be lost: a seed whose results are missing is pretrained
-again, and said bit-equal or not to the model its kept results came from. What OUT holds (results, budgets, calibration, the declaration) is small and worth committing.
+again, and said bit-equal or not to the model its kept results came from. What OUT holds (results,
+budgets, calibration, the declaration) is small and worth committing.
 """
 
 import itertools
