@@ -515,9 +515,10 @@ def say_whether_remade_model_is_equal(what, record_path, digest):
     if not os.path.exists(record_path):
         return
     try:
-        earlier = read_json_file(record_path, "pretraining record").get("weights_sha256")
-    except (UserError, AttributeError):
-        earlier = None
+        record = read_json_file(record_path, "pretraining record")
+    except UserError:  # damaged: it is about to be written again
+        record = None
+    earlier = record.get("weights_sha256") if isinstance(record, dict) else None
     if not isinstance(earlier, str):
         print(f"[transfer_study] {what} was made again; {record_path} does not say which model OUT's earlier results "
               "of it were made with (no weights_sha256), so whether this one is bit-equal is not known", flush=True)
