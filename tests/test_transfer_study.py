@@ -946,6 +946,18 @@ def test_the_eta_scales_each_run_left_by_its_length():
     assert StudyRunner._eta(left, finished) == "ETA 0:12:00 for the 3 runs left"
 
 
+def test_the_eta_does_not_time_a_kind_of_run_by_another_kind():
+    calibrated = [(Job("calibration", "a", None, iterations=20), 10.0)]
+    left = [Job("pretraining", "b", None, iterations=600), Job("downstream", "c", None, iterations=1200),
+            Job("downstream", "d", None, iterations=1200)]
+    # A calibration times pretraining steps (0.5 s); no downstream step has been timed yet.
+    assert StudyRunner._eta(left, calibrated) == (
+        "ETA 0:05:00 for the 1 run timed so far, and 2 downstream runs: ETA after the first of them")
+    finished = calibrated + [(Job("downstream", "c", None, iterations=1200), 1080.0)]
+    assert StudyRunner._eta(left[1:2], finished) == "ETA 0:18:00 for the 1 run left"
+    assert StudyRunner._eta(left[1:2], calibrated) == "ETA after the first downstream run"
+
+
 def test_a_study_started_twice_on_one_results_folder_is_refused(tmp_path, labelled):
     from vader_d2.engine.output_dir import OutputDirLock
 
