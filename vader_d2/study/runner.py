@@ -340,16 +340,18 @@ class StudyRunner:
 
         by_group, by_kind = {}, {}
         for job, seconds in finished:
-            by_group.setdefault((kind_of(job), job.speed_group), []).append((job.iterations, seconds))
-            by_kind.setdefault(kind_of(job), []).append((job.iterations, seconds))
+            kind = kind_of(job)
+            by_group.setdefault((kind, job.speed_group), []).append((job.iterations, seconds))
+            by_kind.setdefault(kind, []).append((job.iterations, seconds))
         total, timed, untimed = 0.0, 0, {}
         for job in remaining:
             if job.done:
                 continue
-            if kind_of(job) not in by_kind:
-                untimed[kind_of(job)] = untimed.get(kind_of(job), 0) + 1
+            kind = kind_of(job)
+            if kind not in by_kind:
+                untimed[kind] = untimed.get(kind, 0) + 1
                 continue
-            done = by_group.get((kind_of(job), job.speed_group)) or by_kind[kind_of(job)]
+            done = by_group.get((kind, job.speed_group)) or by_kind[kind]
             measured = [(n, s) for n, s in done if n]
             if job.iterations and measured:
                 total += job.iterations * sum(s for _, s in measured) / sum(n for n, _ in measured)
